@@ -1,0 +1,250 @@
+"""`SemantiCodec`: the official model's tokens, batched, on any device, behind the `Codec` interface.
+
+For people coming from the official package: `SemantiCodec(token_rate=50, semantic_vocab_size=16384,
+weights=SOURCE)` then `.encode("a.wav")` gives the same int64 tokens [1, T, 2]. For pipelines:
+`encode_batch` over many clips at once, or the segment-level calls that let CPU workers cut audio
+and accelerator workers encode full batches of segments from many clips.
+"""
+
+from __future__ import annotations
+
+import logging
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import config as C
+from .audiomae import unused_decoder_shapes
+from .checkpoint import (
+    HUB_REPO,
+    file_digest,
+    is_random_source,
+    load_centroids,
+    load_into,
+    random_seed,
+    read_state_dict,
+    resolve_weights,
+)
+from .config import SemantiCodecConfig
+from .encoder import SemantiCodecEncoder
+from .fbank import kaldi_fbank, normalize_fbank
+from .interface import Segments
+from .random_weights import random_centroids, random_state_dict
+from .resample import resample
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Buffers of the VQ that only training uses; checked in the file, never loaded.
+_VQ_TRAINING_BUFFERS = ("initted", "cluster_size", "embed_avg")
+
+
+def codec_version() -> str:
+    try:
+        return version("semtok")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def pick_device(device: str | torch.device | None) -> torch.device:
+    """cuda, else mps, else cpu — the official order — unless the caller names one."""
+    if device is not None:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def _encoder_ignored_keys(config: SemantiCodecConfig) -> dict[str, tuple[int, ...]]:
+    codes = (1, C.ACOUSTIC_VOCAB)
+    return {
+        **unused_decoder_shapes(config),
+        "quantizer._codebook.initted": (1,),
+        "quantizer._codebook.cluster_size": codes,
+        "quantizer._codebook.embed_avg": (*codes, config.feature_dim),
+    }
+
+
+class SemantiCodec:
+    """SemantiCodec encoder (decoder: see `decode_batch`)."""
+
+    name = "semanticodec"
+    sample_rate = C.SAMPLE_RATE
+    segment_input_samples = C.SEGMENT_INPUT_SAMPLES
+
+    def __init__(self, token_rate: int = 50, semantic_vocab_size: int = 16384,
+                 weights: str | None = None, device: str | torch.device | None = None,
+                 size: str = "full", *, dtype: str = "float32", max_batch_segments: int = 16,
+                 cache_dir: str | Path | None = None) -> None:
+        self.config = SemantiCodecConfig(token_rate, semantic_vocab_size, size)
+        if weights is None:
+            if size == "tiny":
+                raise ValueError("no official weights exist for size='tiny': pass weights='random:SEED'")
+            weights = "hub"
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        self.weights = weights
+        self.device = pick_device(device)
+        self.dtype = dtype
+        self.max_batch_segments = max_batch_segments
+        self.random_weights = is_random_source(weights)
+        if self.random_weights:
+            log.warning("SemantiCodec is using RANDOM weights (%s): tokens are meaningless", weights)
+        self.encoder, self.weights_digest = self._build_encoder(
+            Path(cache_dir) if cache_dir else None)
+        self.encoder.to(self.device).eval()
+        self.encoder.set_compute_dtype(DTYPES[dtype])
+
+    # -- construction -------------------------------------------------------------------------
+    def _build_encoder(self, cache_dir: Path | None) -> tuple[SemantiCodecEncoder, str]:
+        config = self.config
+        centroid_shape = (config.semantic_vocab_size, config.feature_dim)
+        if self.random_weights:
+            seed = random_seed(self.weights)
+            centroids = random_centroids(seed, config)
+            encoder = SemantiCodecEncoder(config, centroids)
+            state = random_state_dict(encoder.state_dict(), seed, config)
+            encoder.load_state_dict(state, strict=True)
+            return encoder, f"{self.weights}:{config.size}:r{config.token_rate}"
+        files = resolve_weights(self.weights, config, parts=("encoder",), cache_dir=cache_dir)
+        centroids = load_centroids(files.codebook, centroid_shape)
+        with torch.device("meta"):
+            encoder = SemantiCodecEncoder(config, torch.empty(centroid_shape))
+        encoder.semantic_quantizer.centroids = centroids
+        load_into(encoder, read_state_dict(files.encoder), where=str(files.encoder),
+                  ignored=_encoder_ignored_keys(config),
+                  scalar_ok=frozenset({"quantizer._codebook.initted"}))
+        digest = f"{file_digest(files.encoder, cache_dir)[:16]}-{file_digest(files.codebook, cache_dir)[:16]}"
+        return encoder, digest
+
+    # -- the Codec interface ------------------------------------------------------------------
+    @property
+    def frame_rate(self) -> float:
+        return self.config.frame_rate
+
+    @property
+    def vocab_sizes(self) -> tuple[int, int]:
+        return (self.config.semantic_vocab_size, C.ACOUSTIC_VOCAB)
+
+    @property
+    def tokens_per_segment(self) -> int:
+        return self.config.tokens_per_segment
+
+    def num_tokens(self, num_samples: int) -> int:
+        return C.num_tokens(num_samples, self.config.token_rate)
+
+    def split_segments(self, waveform: torch.Tensor | np.ndarray) -> Segments:
+        """Pad like the official code, remove the global DC, cut into 10.24 s segments + context.
+
+        The DC offset is the mean of the whole padded clip, computed on the CPU in float32 exactly
+        as the official code does, so segments encoded anywhere give the whole clip's tokens.
+        """
+        wave = torch.as_tensor(waveform, dtype=torch.float32).cpu().reshape(1, -1)
+        length = wave.shape[1]
+        segments = C.num_segments(length)
+        padded = torch.nn.functional.pad(wave, (0, segments * C.SEGMENT_SAMPLES - length))
+        padded = padded - padded.mean()
+        # Room for the last segment's look-ahead; those frames are replaced by padding below.
+        padded = torch.nn.functional.pad(padded, (0, C.SEGMENT_LOOKAHEAD))[0]
+        samples = padded.unfold(0, C.SEGMENT_INPUT_SAMPLES, C.SEGMENT_SAMPLES).clone()
+        valid = torch.full((segments,), C.FRAMES_PER_SEGMENT, dtype=torch.int64)
+        # The official fbank over the padded clip has 1024·S − 2 frames; the rest are zero rows.
+        valid[-1] = C.FRAMES_PER_SEGMENT - 2
+        return Segments(samples=samples, valid_frames=valid, num_tokens=self.num_tokens(length))
+
+    def segment_features(self, samples: torch.Tensor, valid_frames: torch.Tensor) -> torch.Tensor:
+        """Normalised fbank [S, 1024, 128] of segments, computed on the model's device."""
+        fbank = kaldi_fbank(samples.to(self.device, torch.float32))
+        frame_index = torch.arange(fbank.shape[1], device=fbank.device)
+        padding = frame_index[None, :] >= valid_frames.to(fbank.device)[:, None]
+        fbank = fbank.masked_fill(padding[..., None], 0.0)
+        return normalize_fbank(fbank)
+
+    def encode_segments(self, samples: torch.Tensor, valid_frames: torch.Tensor) -> torch.Tensor:
+        outputs = []
+        for start in range(0, samples.shape[0], self.max_batch_segments):
+            stop = start + self.max_batch_segments
+            features = self.segment_features(samples[start:stop], valid_frames[start:stop])
+            outputs.append(self.encoder(features))
+        if not outputs:
+            return torch.empty(0, self.tokens_per_segment, 2, dtype=torch.int64, device=self.device)
+        return torch.cat(outputs)
+
+    def join_segment_tokens(self, segment_tokens: torch.Tensor, num_tokens: int) -> torch.Tensor:
+        return segment_tokens.reshape(-1, segment_tokens.shape[-1])[:num_tokens]
+
+    def encode_batch(self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens of B clips (mono 16 kHz, [B, N] padded, true `lengths`), all segments batched.
+
+        Returns int64 tokens [B, T_max, 2] (rows past a clip's length are −1) and lengths [B].
+        """
+        waveforms = torch.as_tensor(waveforms, dtype=torch.float32)
+        if waveforms.dim() == 1:
+            waveforms = waveforms[None]
+        if lengths is None:
+            lengths = torch.full((waveforms.shape[0],), waveforms.shape[1], dtype=torch.int64)
+        clips = [self.split_segments(waveforms[i, : int(n)]) for i, n in enumerate(lengths)]
+        if not clips:
+            return (torch.empty(0, 0, 2, dtype=torch.int64, device=self.device),
+                    torch.empty(0, dtype=torch.int64))
+        tokens = self.encode_segments(torch.cat([c.samples for c in clips]),
+                                      torch.cat([c.valid_frames for c in clips]))
+        token_lengths = torch.tensor([c.num_tokens for c in clips], dtype=torch.int64)
+        out = torch.full((len(clips), int(token_lengths.max()), 2), -1, dtype=torch.int64,
+                         device=tokens.device)
+        start = 0
+        for index, clip in enumerate(clips):
+            count = clip.samples.shape[0]
+            out[index, : clip.num_tokens] = self.join_segment_tokens(
+                tokens[start:start + count], clip.num_tokens)
+            start += count
+        return out, token_lengths
+
+    def decode_batch(self, tokens: torch.Tensor, token_lengths: torch.Tensor, **options: Any
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError("the SemantiCodec decoder is not implemented yet (issue 5)")
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {
+            "codec": self.name,
+            "codec_version": codec_version(),
+            "token_rate": self.config.token_rate,
+            "semantic_vocab_size": self.config.semantic_vocab_size,
+            "acoustic_vocab_size": C.ACOUSTIC_VOCAB,
+            "frame_rate": self.frame_rate,
+            "sample_rate": self.sample_rate,
+            "size": self.config.size,
+            "weights": f"hub:{HUB_REPO}" if self.weights == "hub" else self.weights,
+            "weights_digest": self.weights_digest,
+            "random_weights": self.random_weights,
+            "dtype": self.dtype,
+        }
+
+    # -- the official package's API -------------------------------------------------------------
+    def load_audio(self, path: str | Path) -> torch.Tensor:
+        """A file as the official reader sees it: float32, resampled to 16 kHz, channel 0."""
+        import soundfile
+
+        data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+        wave = torch.from_numpy(np.ascontiguousarray(data.T))  # [channels, samples]
+        if rate != self.sample_rate:
+            wave = resample(wave, rate, self.sample_rate)
+        return wave[0]
+
+    def encode(self, audio: str | Path | torch.Tensor | np.ndarray,
+               sample_rate: int | None = None) -> torch.Tensor:
+        """Tokens int64 [1, T, 2] (semantic, acoustic) of one file or mono waveform, on the device."""
+        if isinstance(audio, (str, Path)):
+            wave = self.load_audio(audio)
+        else:
+            wave = torch.as_tensor(audio, dtype=torch.float32)
+            if sample_rate is not None and sample_rate != self.sample_rate:
+                wave = resample(wave.reshape(1, -1), sample_rate, self.sample_rate)[0]
+        tokens, lengths = self.encode_batch(wave.reshape(1, -1))
+        return tokens[:, : int(lengths[0])]

@@ -1,0 +1,187 @@
+"""SemantiCodec behaviour on the tiny architecture: batching, lengths, inputs, loading."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from codec import CheckpointError, Codec, SemantiCodec, num_tokens
+from codec.resample import resample
+from tests.tiny_checkpoint import write_checkpoint_folder
+
+
+@pytest.fixture(scope="module")
+def tiny() -> SemantiCodec:
+    return SemantiCodec(50, 16384, weights="random:0", size="tiny", device="cpu")
+
+
+def _noise(seconds: float, seed: int, rate: int = 16000) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    n = int(round(seconds * rate))
+    t = torch.arange(n) / rate
+    return (0.3 * torch.sin(2 * math.pi * (200 + 50 * seed) * t)
+            + 0.05 * torch.randn(n, generator=generator)).float()
+
+
+def test_implements_codec_interface(tiny: SemantiCodec) -> None:
+    assert isinstance(tiny, Codec)
+    assert tiny.vocab_sizes == (16384, 8192) and tiny.frame_rate == 25.0
+    fingerprint = tiny.fingerprint()
+    assert fingerprint["weights"] == "random:0" and fingerprint["random_weights"] is True
+    assert fingerprint["token_rate"] == 50 and fingerprint["weights_digest"]
+
+
+@pytest.mark.parametrize(("seconds", "rate", "expected"), [
+    (10.0, 100, 504), (10.0, 50, 252), (10.0, 25, 126),
+    (10.24, 100, 520), (10.24, 50, 260), (10.24, 25, 130), (1.0, 100, 57),
+])
+def test_token_counts_follow_official_arithmetic(seconds, rate, expected) -> None:
+    assert num_tokens(int(round(seconds * 16000)), rate) == expected
+
+
+@pytest.mark.parametrize("seconds", [0.05, 10.24, 10.25, 20.48, 200.0])
+def test_token_lengths_for_awkward_durations(tiny: SemantiCodec, seconds: float) -> None:
+    wave = _noise(seconds, seed=1)
+    tokens = tiny.encode(wave)
+    assert tokens.shape == (1, num_tokens(len(wave), 50), 2)
+    segments = tiny.split_segments(wave)
+    assert segments.samples.shape[0] == len(wave) // 163840 + 1  # exact multiples get one more
+    assert tokens.min() >= 0
+    assert int(tokens[..., 0].max()) < 16384 and int(tokens[..., 1].max()) < 8192
+
+
+def test_batch_equals_single_encodes(tiny: SemantiCodec) -> None:
+    clips = [_noise(s, seed=i) for i, s in enumerate([0.05, 3.3, 10.24, 12.0, 25.0])]
+    lengths = torch.tensor([len(c) for c in clips])
+    padded = torch.zeros(len(clips), int(lengths.max()))
+    for i, clip in enumerate(clips):
+        padded[i, : len(clip)] = clip
+    tokens, token_lengths = tiny.encode_batch(padded, lengths)
+    for i, clip in enumerate(clips):
+        single = tiny.encode(clip)[0]
+        assert int(token_lengths[i]) == single.shape[0]
+        torch.testing.assert_close(tokens[i, : single.shape[0]], single, rtol=0, atol=0)
+        assert (tokens[i, single.shape[0]:] == -1).all()
+
+
+def test_segments_encoded_anywhere_join_to_whole_clip(tiny: SemantiCodec) -> None:
+    clip = _noise(23.0, seed=4)
+    segments = tiny.split_segments(clip)
+    pieces = [tiny.encode_segments(segments.samples[i:i + 1], segments.valid_frames[i:i + 1])
+              for i in range(segments.samples.shape[0])]
+    joined = tiny.join_segment_tokens(torch.cat(pieces), segments.num_tokens)
+    torch.testing.assert_close(joined, tiny.encode(clip)[0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(("rate", "channels"), [(16000, 2), (44100, 2), (48000, 1), (48000, 6)])
+def test_file_input_resamples_then_keeps_channel_0(tiny, tmp_path: Path, rate, channels) -> None:
+    data = np.stack([_noise(2.5, seed=c, rate=rate).numpy() for c in range(channels)], axis=1)
+    path = tmp_path / f"clip_{rate}_{channels}.wav"
+    soundfile.write(path, data, rate, subtype="FLOAT")
+    expected_wave = resample(torch.from_numpy(data.T.copy()), rate, 16000)[0]
+    tokens = tiny.encode(str(path))
+    torch.testing.assert_close(tokens, tiny.encode(expected_wave), rtol=0, atol=0)
+    assert tokens.shape[1] == num_tokens(math.ceil(len(data) * 16000 / rate), 50)
+
+
+def test_bfloat16_replica_mostly_agrees(tiny: SemantiCodec) -> None:
+    low = SemantiCodec(50, 16384, weights="random:0", size="tiny", device="cpu", dtype="bfloat16")
+    clip = _noise(12.0, seed=7)
+    reference, lowered = tiny.encode(clip), low.encode(clip)
+    assert lowered.shape == reference.shape
+    # Tokens of random weights are fragile; bf16 must still agree far above chance.
+    assert (lowered[..., 0] == reference[..., 0]).float().mean() > 0.5
+
+
+def test_folder_weights_load_and_match_their_source(tmp_path: Path) -> None:
+    source = write_checkpoint_folder(tmp_path / "ckpt", token_rate=25, vocab=8192)
+    loaded = SemantiCodec(25, 8192, weights=str(tmp_path / "ckpt"), size="tiny", device="cpu")
+    clip = _noise(11.0, seed=2)
+    torch.testing.assert_close(loaded.encode(clip), source.encode(clip), rtol=0, atol=0)
+    assert loaded.fingerprint()["random_weights"] is False
+    assert len(loaded.fingerprint()["weights_digest"]) == 33
+
+
+def test_hub_layout_root_is_accepted(tmp_path: Path) -> None:
+    write_checkpoint_folder(tmp_path / "hub" / "semanticodec_tokenrate_50", token_rate=50)
+    # the hub keeps codebook_idx/ at the top, beside the per-rate folders
+    (tmp_path / "hub" / "semanticodec_tokenrate_50" / "codebook_idx").rename(
+        tmp_path / "hub" / "codebook_idx")
+    codec = SemantiCodec(50, 4096, weights=str(tmp_path / "hub"), size="tiny", device="cpu")
+    assert codec.encode(_noise(1.0, seed=0)).shape == (1, num_tokens(16000, 50), 2)
+
+
+def test_fsspec_url_source_is_fetched_once_into_cache(tmp_path: Path) -> None:
+    source = write_checkpoint_folder(tmp_path / "ckpt", token_rate=50)
+    fs = fsspec.filesystem("memory")
+    fs.put(str(tmp_path / "ckpt"), "/bucket/semanticodec", recursive=True)
+    cache = tmp_path / "cache"
+    codec = SemantiCodec(50, 4096, weights="memory://bucket/semanticodec", size="tiny",
+                         device="cpu", cache_dir=cache)
+    clip = _noise(3.0, seed=5)
+    torch.testing.assert_close(codec.encode(clip), source.encode(clip), rtol=0, atol=0)
+    cached = sorted(p.name for p in cache.rglob("*.ckpt"))
+    assert cached == ["encoder.ckpt"]
+    mtime = next(cache.rglob("encoder.ckpt")).stat().st_mtime_ns
+    SemantiCodec(50, 4096, weights="memory://bucket/semanticodec", size="tiny", device="cpu",
+                 cache_dir=cache)
+    assert next(cache.rglob("encoder.ckpt")).stat().st_mtime_ns == mtime  # not fetched again
+
+
+@pytest.mark.parametrize(("tamper", "named"), [
+    (lambda s: s.pop("encoder_output_linear.weight"), "encoder_output_linear.weight"),
+    (lambda s: s.__setitem__("encoder.extra_bias", torch.zeros(3)), "encoder.extra_bias"),
+    (lambda s: s.__setitem__("audiomae.model.norm.weight", torch.ones(7)),
+     "audiomae.model.norm.weight"),
+    (lambda s: s.pop("audiomae.model.decoder_pred.bias"), "audiomae.model.decoder_pred.bias"),
+])
+def test_tampered_checkpoint_is_rejected_naming_the_key(tmp_path: Path, tamper, named) -> None:
+    write_checkpoint_folder(tmp_path, token_rate=50)
+    state = torch.load(tmp_path / "encoder.ckpt", weights_only=True)
+    tamper(state)
+    torch.save(state, tmp_path / "encoder.ckpt")
+    with pytest.raises(CheckpointError, match=named.replace(".", r"\.")):
+        SemantiCodec(50, 4096, weights=str(tmp_path), size="tiny", device="cpu")
+
+
+def test_pickled_code_in_checkpoint_is_never_run(tmp_path: Path) -> None:
+    write_checkpoint_folder(tmp_path, token_rate=50)
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    state = torch.load(tmp_path / "encoder.ckpt", weights_only=True)
+    state["evil"] = Evil()
+    torch.save(state, tmp_path / "encoder.ckpt")
+    with pytest.raises(Exception):  # noqa: B017 - any refusal is fine, running it is not
+        SemantiCodec(50, 4096, weights=str(tmp_path), size="tiny", device="cpu")
+    assert not marker.exists()
+
+
+def test_wrong_codebook_shape_and_missing_files_are_clear(tmp_path: Path) -> None:
+    codec = write_checkpoint_folder(tmp_path, token_rate=50)
+    np.save(tmp_path / codec.config.codebook_relpath, np.zeros((4096, 5), dtype=np.float32))
+    with pytest.raises(CheckpointError, match="k-means table"):
+        SemantiCodec(50, 4096, weights=str(tmp_path), size="tiny", device="cpu")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        SemantiCodec(50, 4096, weights=str(tmp_path / "nowhere"), size="tiny", device="cpu")
+    (tmp_path / "encoder.ckpt").unlink()
+    with pytest.raises(FileNotFoundError, match="no encoder file"):
+        SemantiCodec(50, 4096, weights=str(tmp_path), size="tiny", device="cpu")
+
+
+def test_random_weights_are_never_implicit() -> None:
+    with pytest.raises(ValueError, match="random:SEED"):
+        SemantiCodec(50, 4096, size="tiny")
+    a = SemantiCodec(50, 4096, weights="random:11", size="tiny", device="cpu")
+    b = SemantiCodec(50, 4096, weights="random:11", size="tiny", device="cpu")
+    clip = _noise(2.0, seed=3)
+    torch.testing.assert_close(a.encode(clip), b.encode(clip), rtol=0, atol=0)

@@ -1,0 +1,362 @@
+"""Exactly once: a unit is visible iff its manifest entry exists, and reruns never duplicate."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import fsspec
+import numpy as np
+import pyarrow.dataset as pads
+import pytest
+
+from pipeline.commit import (
+    cleanup_tmp,
+    commit_unit,
+    committed_source_uris,
+    committed_unit_ids,
+    load_errors,
+    load_tokens,
+    read_manifest,
+    read_run_records,
+    write_run_record,
+)
+from pipeline.dataset_card import render_dataset_card, write_dataset_card
+from pipeline.output_layout import OutputLayout, fingerprint_digest
+
+FP = {
+    "codec": "semanticodec",
+    "codec_version": "0.1.0",
+    "token_rate": 50,
+    "semantic_vocab_size": 16384,
+    "acoustic_vocab_size": 8192,
+    "frame_rate": 25.0,
+    "size": "full",
+    "weights": "random:0",
+    "weights_digest": "00ff",
+    "channel_policy": "first",
+    "sample_rate": 16000,
+}
+
+
+class Crash(Exception):
+    """Stands for a worker dying between publishing data and publishing the manifest."""
+
+
+@pytest.fixture(params=["file", "memory"])
+def store(request, tmp_path):
+    """(fs, root) on each fsspec backend; an S3 case can join the params later."""
+    if request.param == "file":
+        yield fsspec.filesystem("file"), str(tmp_path / "out")
+        return
+    fs = fsspec.filesystem("memory")
+    root = f"memory://test-{uuid.uuid4().hex}"
+    yield fs, root
+    if fs.exists(root):
+        fs.rm(root, recursive=True)
+
+
+@pytest.fixture
+def layout(store):
+    return OutputLayout.for_fingerprint(store[1], FP)
+
+
+def make_rows(n: int, unit: str, seed: int = 0) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        frames = int(rng.integers(1, 30))
+        rows.append(
+            {
+                "id": f"{unit}/item {i}.wav",
+                "semantic_tokens": rng.integers(0, 16384, frames),
+                "acoustic_tokens": rng.integers(0, 8192, frames),
+                "n_frames": frames,
+                "duration_s": frames / 25.0,
+                "source_uri": f"s3://in/{unit}/item {i}.wav",
+                "metadata": {"i": i},
+            }
+        )
+    return rows
+
+
+def error_rows(unit: str, n: int) -> list[dict]:
+    return [
+        {
+            "id": f"{unit}/bad {i}.wav",
+            "source_uri": f"s3://in/{unit}/bad {i}.wav",
+            "stage": "decode",
+            "reason": "corrupt",
+            "detail": "no header",
+        }
+        for i in range(n)
+    ]
+
+
+def files_info(unit: str, rows: list[dict]) -> dict:
+    return {"kind": "files", "uris": sorted(r["source_uri"] for r in rows)}
+
+
+def file_bytes(fs, layout, unit_id: str) -> dict[str, bytes]:
+    entry = read_manifest(fs, layout)[unit_id]
+    return {f["path"]: fs.cat_file(layout.path(f["path"])) for f in entry["files"]}
+
+
+def test_commit_publishes_files_and_manifest(store, layout):
+    fs, _ = store
+    rows = make_rows(4, "u1")
+    result = commit_unit(
+        fs,
+        layout,
+        "u1",
+        token_rows=rows,
+        error_rows=error_rows("u1", 2),
+        fingerprint=FP,
+        formats=("parquet", "webdataset"),
+        unit_info=files_info("u1", rows),
+        run_id="run-1",
+    )
+    manifest = read_manifest(fs, layout)
+    assert list(manifest) == ["u1"]
+    entry = manifest["u1"]
+    assert entry == json.loads(fs.cat_file(result.manifest_path))
+    assert {f["path"]: f["rows"] for f in entry["files"]} == {
+        "tokens/part-u1.parquet": 4,
+        "errors/part-u1.parquet": 2,
+        "wds/u1.tar": 4,
+    }
+    for item in entry["files"]:
+        data = fs.cat_file(layout.path(item["path"]))
+        assert item["bytes"] == len(data)
+        assert item["sha256"] == hashlib.sha256(data).hexdigest()
+    assert (entry["n_items"], entry["n_tokens_rows"], entry["n_error_rows"]) == (6, 4, 2)
+    assert entry["audio_seconds"] == pytest.approx(sum(r["duration_s"] for r in rows))
+    assert entry["fingerprint_digest"] == fingerprint_digest(FP)
+    assert entry["run_id"] == "run-1"
+    assert entry["unit_info"]["kind"] == "files"
+    tokens = load_tokens(fs, layout, verify=True)
+    assert sorted(tokens.column("id").to_pylist()) == sorted(r["id"] for r in rows)
+    by_id = {r["id"]: r for r in rows}
+    for record in tokens.to_pylist():
+        assert record["semantic_tokens"] == by_id[record["id"]]["semantic_tokens"].tolist()
+    assert load_errors(fs, layout).num_rows == 2
+    assert committed_unit_ids(fs, layout) == {"u1"}
+    assert committed_source_uris(fs, layout) == {r["source_uri"] for r in rows}
+
+
+def test_errors_file_only_when_there_are_errors(store, layout):
+    fs, _ = store
+    commit_unit(fs, layout, "u1", token_rows=make_rows(2, "u1"), fingerprint=FP)
+    entry = read_manifest(fs, layout)["u1"]
+    assert [f["path"] for f in entry["files"]] == ["tokens/part-u1.parquet"]
+    assert not fs.exists(layout.errors_path("u1"))
+    assert load_errors(fs, layout).num_rows == 0
+
+
+def test_all_failed_unit_still_has_an_empty_tokens_file(store, layout):
+    fs, _ = store
+    commit_unit(fs, layout, "u1", token_rows=[], error_rows=error_rows("u1", 3), fingerprint=FP)
+    entry = read_manifest(fs, layout)["u1"]
+    assert {f["path"]: f["rows"] for f in entry["files"]} == {
+        "tokens/part-u1.parquet": 0,
+        "errors/part-u1.parquet": 3,
+    }
+    assert load_tokens(fs, layout).num_rows == 0
+
+
+def test_crash_before_manifest_leaves_unit_uncommitted_then_recommit_once(store, layout):
+    fs, _ = store
+    commit_unit(fs, layout, "u0", token_rows=make_rows(2, "u0"), fingerprint=FP)
+    rows = make_rows(5, "u1", seed=1)
+
+    def crash() -> None:
+        raise Crash
+
+    with pytest.raises(Crash):
+        commit_unit(fs, layout, "u1", token_rows=rows, fingerprint=FP, before_manifest=crash)
+    assert fs.exists(layout.tokens_path("u1"))  # data was published ...
+    assert committed_unit_ids(fs, layout) == {"u0"}  # ... but the unit is not committed
+    assert load_tokens(fs, layout).num_rows == 2  # and readers do not see its rows
+    leftover = fs.cat_file(layout.tokens_path("u1"))
+
+    commit_unit(fs, layout, "u1", token_rows=rows, fingerprint=FP)
+    assert committed_unit_ids(fs, layout) == {"u0", "u1"}
+    ids = load_tokens(fs, layout).column("id").to_pylist()
+    assert len(ids) == 7 and len(set(ids)) == 7
+    assert fs.cat_file(layout.tokens_path("u1")) == leftover
+
+
+def test_recommit_is_idempotent(store, layout):
+    fs, _ = store
+    rows = make_rows(6, "u1")
+    kwargs = dict(
+        token_rows=rows,
+        error_rows=error_rows("u1", 1),
+        fingerprint=FP,
+        formats=("parquet", "webdataset"),
+    )
+    commit_unit(fs, layout, "u1", **kwargs)
+    before = file_bytes(fs, layout, "u1")
+    commit_unit(fs, layout, "u1", **{**kwargs, "token_rows": rows[::-1]})
+    assert file_bytes(fs, layout, "u1") == before
+    assert list(read_manifest(fs, layout)) == ["u1"]
+    assert load_tokens(fs, layout).num_rows == 6
+    assert len(fs.ls(layout.tokens_dir)) == 1
+
+
+def test_recommit_removes_files_the_new_attempt_did_not_write(store, layout):
+    fs, _ = store
+    rows = make_rows(3, "u1")
+    commit_unit(
+        fs,
+        layout,
+        "u1",
+        token_rows=rows,
+        error_rows=error_rows("u1", 1),
+        fingerprint=FP,
+        formats=("parquet", "webdataset"),
+    )
+    commit_unit(fs, layout, "u1", token_rows=rows, fingerprint=FP)
+    assert not fs.exists(layout.errors_path("u1"))
+    assert not fs.exists(layout.wds_path("u1"))
+    assert [f["kind"] for f in read_manifest(fs, layout)["u1"]["files"]] == ["tokens"]
+
+
+def test_fingerprint_must_match_the_version(store):
+    fs, root = store
+    layout = OutputLayout(root, "some-other-version")
+    with pytest.raises(ValueError, match="for_fingerprint"):
+        commit_unit(fs, layout, "u1", token_rows=make_rows(1, "u1"), fingerprint=FP)
+
+
+def test_bad_tokens_commit_nothing(store, layout):
+    fs, _ = store
+    rows = make_rows(2, "u1")
+    rows[1]["semantic_tokens"] = rows[1]["semantic_tokens"] + 16384
+    with pytest.raises(ValueError):
+        commit_unit(fs, layout, "u1", token_rows=rows, fingerprint=FP)
+    assert read_manifest(fs, layout) == {}
+    assert not fs.exists(layout.tokens_path("u1"))
+
+
+def test_empty_output_reads_as_empty(store, layout):
+    fs, _ = store
+    assert read_manifest(fs, layout) == {}
+    assert committed_source_uris(fs, layout) == set()
+    table = load_tokens(fs, layout, columns=["id", "n_frames"])
+    assert table.num_rows == 0 and table.column_names == ["id", "n_frames"]
+    assert cleanup_tmp(fs, layout) == []
+
+
+def test_only_files_units_give_source_uris(store, layout):
+    fs, _ = store
+    rows = make_rows(2, "u1")
+    commit_unit(fs, layout, "u1", token_rows=rows, fingerprint=FP, unit_info=files_info("u1", rows))
+    commit_unit(
+        fs,
+        layout,
+        "shard-0",
+        token_rows=make_rows(2, "shard"),
+        fingerprint=FP,
+        unit_info={"kind": "tar", "uris": ["s3://in/shard-0.tar"]},
+    )
+    assert committed_source_uris(fs, layout) == {r["source_uri"] for r in rows}
+
+
+def test_verify_detects_a_changed_file(store, layout):
+    fs, _ = store
+    commit_unit(fs, layout, "u1", token_rows=make_rows(3, "u1"), fingerprint=FP)
+    commit_unit(fs, layout, "u2", token_rows=make_rows(1, "u2", seed=9), fingerprint=FP)
+    assert load_tokens(fs, layout, verify=True).num_rows == 4
+    fs.pipe_file(layout.tokens_path("u1"), fs.cat_file(layout.tokens_path("u2")))
+    with pytest.raises(ValueError, match="sha256"):
+        load_tokens(fs, layout, verify=True)
+
+
+def test_cleanup_tmp_removes_leftovers(store, layout):
+    fs, _ = store
+    commit_unit(fs, layout, "u1", token_rows=make_rows(1, "u1"), fingerprint=FP)
+    leftover = layout.tmp_dir("deadbeef") + "/part-u2.parquet.tmp-1"
+    fs.makedirs(layout.tmp_dir("deadbeef"), exist_ok=True)
+    fs.pipe_file(leftover, b"partial")
+    assert cleanup_tmp(fs, layout, min_age_s=3600) == []
+    assert fs.exists(leftover)
+    removed = cleanup_tmp(fs, layout)
+    assert len(removed) == 1 and not fs.exists(leftover)
+    assert committed_unit_ids(fs, layout) == {"u1"}
+
+
+def test_local_commit_leaves_no_tmp(tmp_path):
+    fs = fsspec.filesystem("file")
+    layout = OutputLayout.for_fingerprint(str(tmp_path), FP)
+    commit_unit(fs, layout, "u1", token_rows=make_rows(2, "u1"), fingerprint=FP)
+    assert sorted(os.listdir(tmp_path / layout.version)) == ["_manifest", "_tmp", "tokens"]
+    assert os.listdir(tmp_path / layout.version / "_tmp") == []
+
+
+def test_concurrent_units_all_commit(store, layout):
+    fs, _ = store
+    units = [f"u{i}" for i in range(8)]
+    with ThreadPoolExecutor(4) as pool:
+        list(
+            pool.map(
+                lambda u: commit_unit(
+                    fs, layout, u, token_rows=make_rows(3, u, seed=len(u)), fingerprint=FP
+                ),
+                units,
+            )
+        )
+    assert committed_unit_ids(fs, layout) == set(units)
+    assert load_tokens(fs, layout).num_rows == 24
+
+
+def test_run_records_round_trip(store, layout):
+    fs, _ = store
+    record = {"run_id": "r1", "counts": {"items": 3}, "config": {"batch": 8}}
+    path = write_run_record(fs, layout, "r1", record)
+    assert path == layout.run_path("r1")
+    assert read_run_records(fs, layout) == {"r1": record}
+
+
+def test_committed_output_loads_with_pyarrow_and_datasets(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    from datasets import load_dataset
+
+    fs = fsspec.filesystem("file")
+    layout = OutputLayout.for_fingerprint(str(tmp_path / "out"), FP)
+    commit_unit(fs, layout, "a", token_rows=make_rows(3, "a"), fingerprint=FP)
+    commit_unit(fs, layout, "b", token_rows=[], error_rows=error_rows("b", 1), fingerprint=FP)
+    assert pads.dataset(layout.tokens_dir, format="parquet").to_table().num_rows == 3
+    loaded = load_dataset(
+        "parquet",
+        data_files=f"{layout.tokens_dir}/*.parquet",
+        split="train",
+        cache_dir=str(tmp_path / "cache"),
+    )
+    assert loaded.num_rows == 3
+
+
+def test_dataset_card(store, layout):
+    fs, _ = store
+    commit_unit(
+        fs,
+        layout,
+        "u1",
+        token_rows=make_rows(3, "u1"),
+        error_rows=error_rows("u1", 1),
+        fingerprint=FP,
+    )
+    path = write_dataset_card(fs, layout, FP)
+    text = fs.cat_file(path).decode()
+    assert "RANDOMLY INITIALISED" in text
+    assert layout.version in text
+    assert "list<uint16>" in text and "load_dataset" in text and "read_parquet" in text
+    assert "| token_rows | 3 |" in text and "| error_rows | 1 |" in text
+    real = render_dataset_card({**FP, "weights": "hf:some/repo"}, counts={}, random_weights=False)
+    assert "RANDOMLY" not in real
+    assert "< 16384" in real and "< 8192" in real
