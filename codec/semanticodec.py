@@ -20,6 +20,7 @@ from . import config as C
 from .audiomae import unused_decoder_shapes
 from .checkpoint import (
     HUB_REPO,
+    WeightFiles,
     file_digest,
     is_random_source,
     load_centroids,
@@ -70,6 +71,55 @@ def _encoder_ignored_keys(config: SemantiCodecConfig) -> dict[str, tuple[int, ..
     }
 
 
+def split_segments(waveform: torch.Tensor | np.ndarray, token_rate: int) -> Segments:
+    """Pad like the official code, remove the global DC, cut into 10.24 s segments + look-ahead.
+
+    The DC offset is the mean of the whole padded clip, computed on the CPU in float32 exactly as
+    the official code does, so segments encoded anywhere, in any batch, give the whole clip's tokens.
+    Needs no weights: CPU workers call it before the encode stage.
+    """
+    wave = torch.as_tensor(waveform, dtype=torch.float32).cpu().reshape(1, -1)
+    length = wave.shape[1]
+    segments = C.num_segments(length)
+    padded = torch.nn.functional.pad(wave, (0, segments * C.SEGMENT_SAMPLES - length))
+    padded = padded - padded.mean()
+    # Room for the last segment's look-ahead; those frames are replaced by padding rows later.
+    padded = torch.nn.functional.pad(padded, (0, C.SEGMENT_LOOKAHEAD))[0]
+    samples = padded.unfold(0, C.SEGMENT_INPUT_SAMPLES, C.SEGMENT_SAMPLES).clone()
+    valid = torch.full((segments,), C.FRAMES_PER_SEGMENT, dtype=torch.int64)
+    # The official fbank over the padded clip has 1024·S − 2 frames; the rest are zero rows.
+    valid[-1] = C.FRAMES_PER_SEGMENT - 2
+    return Segments(samples=samples, valid_frames=valid,
+                    num_tokens=C.num_tokens(length, token_rate))
+
+
+def weights_digest(weights: str, config: SemantiCodecConfig, cache_dir: Path | None = None, *,
+                   files: WeightFiles | None = None) -> str:
+    """What identifies the encoder weights: the seed for random ones, else file content digests."""
+    if is_random_source(weights):
+        return f"{weights}:{config.size}:r{config.token_rate}"
+    files = files or resolve_weights(weights, config, parts=("encoder",), cache_dir=cache_dir)
+    return f"{file_digest(files.encoder, cache_dir)[:16]}-{file_digest(files.codebook, cache_dir)[:16]}"
+
+
+def fingerprint(config: SemantiCodecConfig, weights: str, digest: str, dtype: str) -> dict[str, Any]:
+    """The identity of the tokens a SemantiCodec replica makes (recorded with every output)."""
+    return {
+        "codec": SemantiCodec.name,
+        "codec_version": codec_version(),
+        "token_rate": config.token_rate,
+        "semantic_vocab_size": config.semantic_vocab_size,
+        "acoustic_vocab_size": C.ACOUSTIC_VOCAB,
+        "frame_rate": config.frame_rate,
+        "sample_rate": C.SAMPLE_RATE,
+        "size": config.size,
+        "weights": f"hub:{HUB_REPO}" if weights == "hub" else weights,
+        "weights_digest": digest,
+        "random_weights": is_random_source(weights),
+        "dtype": dtype,
+    }
+
+
 class SemantiCodec:
     """SemantiCodec encoder (decoder: see `decode_batch`)."""
 
@@ -95,8 +145,8 @@ class SemantiCodec:
         self.random_weights = is_random_source(weights)
         if self.random_weights:
             log.warning("SemantiCodec is using RANDOM weights (%s): tokens are meaningless", weights)
-        self.encoder, self.weights_digest = self._build_encoder(
-            Path(cache_dir) if cache_dir else None)
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.encoder, self.weights_digest = self._build_encoder(self.cache_dir)
         self.encoder.to(self.device).eval()
         self.encoder.set_compute_dtype(DTYPES[dtype])
 
@@ -110,7 +160,7 @@ class SemantiCodec:
             encoder = SemantiCodecEncoder(config, centroids)
             state = random_state_dict(encoder.state_dict(), seed, config)
             encoder.load_state_dict(state, strict=True)
-            return encoder, f"{self.weights}:{config.size}:r{config.token_rate}"
+            return encoder, weights_digest(self.weights, config, self.cache_dir)
         files = resolve_weights(self.weights, config, parts=("encoder",), cache_dir=cache_dir)
         centroids = load_centroids(files.codebook, centroid_shape)
         with torch.device("meta"):
@@ -119,8 +169,43 @@ class SemantiCodec:
         load_into(encoder, read_state_dict(files.encoder), where=str(files.encoder),
                   ignored=_encoder_ignored_keys(config),
                   scalar_ok=frozenset({"quantizer._codebook.initted"}))
-        digest = f"{file_digest(files.encoder, cache_dir)[:16]}-{file_digest(files.codebook, cache_dir)[:16]}"
-        return encoder, digest
+        return encoder, weights_digest(self.weights, config, cache_dir, files=files)
+
+    # -- construction from plain options (what pipeline/ passes around) ---------------------------
+    OPTIONS = ("token_rate", "semantic_vocab_size", "weights", "size", "dtype", "max_batch_segments",
+               "cache_dir")
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any], *, device: str | torch.device | None = None
+                     ) -> SemantiCodec:
+        return cls(**cls._checked(options), device=device)
+
+    @classmethod
+    def describe(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """The fingerprint a replica built from `options` will report, without loading the model."""
+        opts = cls._checked(options)
+        config = SemantiCodecConfig(opts.get("token_rate", 50), opts.get("semantic_vocab_size", 16384),
+                                    opts.get("size", "full"))
+        weights = opts.get("weights") or ("hub" if config.size == "full" else None)
+        if weights is None:
+            raise ValueError("no official weights exist for size='tiny': pass weights='random:SEED'")
+        cache = Path(opts["cache_dir"]) if opts.get("cache_dir") else None
+        return fingerprint(config, weights, weights_digest(weights, config, cache),
+                           opts.get("dtype", "float32"))
+
+    @classmethod
+    def segmenter(cls, options: dict[str, Any]):
+        """A weight-free function waveform → `Segments`, for CPU workers."""
+        token_rate = cls._checked(options).get("token_rate", 50)
+        SemantiCodecConfig(token_rate)  # validates
+        return lambda waveform: split_segments(waveform, token_rate)
+
+    @classmethod
+    def _checked(cls, options: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(options) - set(cls.OPTIONS))
+        if unknown:
+            raise ValueError(f"unknown SemantiCodec option(s) {unknown}; known: {list(cls.OPTIONS)}")
+        return {k: v for k, v in options.items() if v is not None}
 
     # -- the Codec interface ------------------------------------------------------------------
     @property
@@ -139,23 +224,7 @@ class SemantiCodec:
         return C.num_tokens(num_samples, self.config.token_rate)
 
     def split_segments(self, waveform: torch.Tensor | np.ndarray) -> Segments:
-        """Pad like the official code, remove the global DC, cut into 10.24 s segments + context.
-
-        The DC offset is the mean of the whole padded clip, computed on the CPU in float32 exactly
-        as the official code does, so segments encoded anywhere give the whole clip's tokens.
-        """
-        wave = torch.as_tensor(waveform, dtype=torch.float32).cpu().reshape(1, -1)
-        length = wave.shape[1]
-        segments = C.num_segments(length)
-        padded = torch.nn.functional.pad(wave, (0, segments * C.SEGMENT_SAMPLES - length))
-        padded = padded - padded.mean()
-        # Room for the last segment's look-ahead; those frames are replaced by padding below.
-        padded = torch.nn.functional.pad(padded, (0, C.SEGMENT_LOOKAHEAD))[0]
-        samples = padded.unfold(0, C.SEGMENT_INPUT_SAMPLES, C.SEGMENT_SAMPLES).clone()
-        valid = torch.full((segments,), C.FRAMES_PER_SEGMENT, dtype=torch.int64)
-        # The official fbank over the padded clip has 1024·S − 2 frames; the rest are zero rows.
-        valid[-1] = C.FRAMES_PER_SEGMENT - 2
-        return Segments(samples=samples, valid_frames=valid, num_tokens=self.num_tokens(length))
+        return split_segments(waveform, self.config.token_rate)
 
     def segment_features(self, samples: torch.Tensor, valid_frames: torch.Tensor) -> torch.Tensor:
         """Normalised fbank [S, 1024, 128] of segments, computed on the model's device."""
@@ -211,20 +280,7 @@ class SemantiCodec:
         raise NotImplementedError("the SemantiCodec decoder is not implemented yet (issue 5)")
 
     def fingerprint(self) -> dict[str, Any]:
-        return {
-            "codec": self.name,
-            "codec_version": codec_version(),
-            "token_rate": self.config.token_rate,
-            "semantic_vocab_size": self.config.semantic_vocab_size,
-            "acoustic_vocab_size": C.ACOUSTIC_VOCAB,
-            "frame_rate": self.frame_rate,
-            "sample_rate": self.sample_rate,
-            "size": self.config.size,
-            "weights": f"hub:{HUB_REPO}" if self.weights == "hub" else self.weights,
-            "weights_digest": self.weights_digest,
-            "random_weights": self.random_weights,
-            "dtype": self.dtype,
-        }
+        return fingerprint(self.config, self.weights, self.weights_digest, self.dtype)
 
     # -- the official package's API -------------------------------------------------------------
     def load_audio(self, path: str | Path) -> torch.Tensor:

@@ -185,3 +185,22 @@ def test_random_weights_are_never_implicit() -> None:
     b = SemantiCodec(50, 4096, weights="random:11", size="tiny", device="cpu")
     clip = _noise(2.0, seed=3)
     torch.testing.assert_close(a.encode(clip), b.encode(clip), rtol=0, atol=0)
+
+
+def test_spec_builds_replicas_fingerprints_and_segmenters_alike(tmp_path: Path) -> None:
+    from codec import CodecSpec, build_codec, build_segmenter, describe_codec
+
+    write_checkpoint_folder(tmp_path, token_rate=100, vocab=4096)
+    spec = CodecSpec("semanticodec", {"token_rate": 100, "semantic_vocab_size": 4096,
+                                      "weights": str(tmp_path), "size": "tiny"})
+    codec = build_codec(spec, device="cpu")
+    assert describe_codec(spec) == codec.fingerprint()
+    clip = _noise(12.5, seed=9)
+    segments = build_segmenter(spec)(clip)
+    tokens = codec.encode_segments(segments.samples, segments.valid_frames)
+    torch.testing.assert_close(codec.join_segment_tokens(tokens, segments.num_tokens),
+                               codec.encode(clip)[0], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="unknown SemantiCodec option"):
+        describe_codec(CodecSpec("semanticodec", {"tokenrate": 50}))
+    with pytest.raises(ValueError, match="unknown codec"):
+        build_codec(CodecSpec("encodec", {}))

@@ -11,7 +11,7 @@ import torch
 
 from codec import SemantiCodec, SemantiCodecConfig
 from codec.encoder import SemantiCodecEncoder
-from tests.golden import golden_dir, golden_input, golden_weights, load_npy, shared_dir  # noqa: F401
+from tests.golden import load_npy, shared_dir
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from codec.fbank import kaldi_fbank, normalize_fbank
-from tests.golden import golden_dir, golden_input  # noqa: F401  (fixtures)
 from tests.references import torchaudio_reference
 
 OFFICIAL_ARGS = dict(htk_compat=True, sample_frequency=16000, use_energy=False,

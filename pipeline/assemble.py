@@ -1,0 +1,124 @@
+"""Stage 3 (driver): join segment tokens back into items, and items into finished units.
+
+Rows of one unit arrive in any order, across many batches. A unit is finished when its closing
+`unit` row has arrived and every one of its items is accounted for: all segments encoded (a token
+row) or an error (an error row). Only unfinished units are held, and only their tokens (a few KB
+per minute of audio), so driver memory stays flat however large the corpus is.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pipeline.prepare_stage import ERROR, SEGMENT, UNIT
+from pipeline.records import InputUnit
+
+
+@dataclass
+class _Item:
+    item_id: str = ""
+    source_uri: str = ""
+    metadata: str = "{}"
+    duration_s: float = 0.0
+    num_tokens: int = 0
+    n_segments: int = -1
+    segments: dict[int, bytes] = field(default_factory=dict)
+    error: dict[str, str] | None = None
+    accounted: int = 0  # segments seen (encoded or failed)
+
+    @property
+    def done(self) -> bool:
+        if self.error is not None and self.n_segments <= 0:
+            return True
+        return self.n_segments >= 0 and self.accounted >= self.n_segments
+
+
+@dataclass
+class _Unit:
+    unit: InputUnit | None = None
+    n_items: int | None = None
+    items: dict[int, _Item] = field(default_factory=dict)
+
+    @property
+    def done(self) -> bool:
+        return (self.n_items is not None and len(self.items) == self.n_items
+                and all(item.done for item in self.items.values()))
+
+
+@dataclass
+class FinishedUnit:
+    unit: InputUnit
+    token_rows: list[dict[str, Any]]
+    error_rows: list[dict[str, Any]]
+
+    @property
+    def audio_seconds(self) -> float:
+        return sum(row["duration_s"] for row in self.token_rows)
+
+
+class UnitAssembler:
+    def __init__(self, streams: int = 2) -> None:
+        self.streams = streams
+        self._units: dict[str, _Unit] = {}
+
+    @property
+    def pending(self) -> int:
+        return len(self._units)
+
+    def add(self, batch: dict[str, np.ndarray]) -> Iterator[FinishedUnit]:
+        touched: set[str] = set()
+        for i in range(len(batch["row_kind"])):
+            unit_id = str(batch["unit_id"][i])
+            touched.add(unit_id)
+            state = self._units.setdefault(unit_id, _Unit())
+            kind = batch["row_kind"][i]
+            if kind == UNIT:
+                state.unit = InputUnit.from_json(str(batch["unit"][i]))
+                state.n_items = int(batch["n_items"][i])
+                continue
+            item = state.items.setdefault(int(batch["item_index"][i]), _Item())
+            item.item_id = str(batch["item_id"][i])
+            item.source_uri = str(batch["source_uri"][i])
+            if batch["metadata"][i]:
+                item.metadata = str(batch["metadata"][i])
+            if kind == SEGMENT:
+                item.n_segments = int(batch["n_segments"][i])
+                item.num_tokens = int(batch["num_tokens"][i])
+                item.duration_s = float(batch["duration_s"][i])
+                item.segments[int(batch["seg_index"][i])] = bytes(batch["tokens"][i])
+                item.accounted += 1
+            elif kind == ERROR:
+                if item.error is None:
+                    item.error = {"stage": str(batch["stage"][i]), "reason": str(batch["reason"][i]),
+                                  "detail": str(batch["detail"][i])}
+                segments = int(batch["n_segments"][i])
+                if segments > 0:  # a segment that failed to encode
+                    item.n_segments = segments
+                    item.accounted += 1
+        for unit_id in sorted(touched):
+            state = self._units[unit_id]
+            if state.done:
+                del self._units[unit_id]
+                yield self._finish(state)
+
+    def _finish(self, state: _Unit) -> FinishedUnit:
+        token_rows, error_rows = [], []
+        for _, item in sorted(state.items.items()):
+            if item.error is not None:
+                error_rows.append({"id": item.item_id, "source_uri": item.source_uri, **item.error})
+                continue
+            parts = [np.frombuffer(item.segments[s], dtype=np.uint16) for s in range(item.n_segments)]
+            tokens = np.concatenate(parts).reshape(-1, self.streams)[: item.num_tokens]
+            token_rows.append({
+                "id": item.item_id, "semantic_tokens": tokens[:, 0].copy(),
+                "acoustic_tokens": tokens[:, 1].copy(), "n_frames": int(tokens.shape[0]),
+                "duration_s": item.duration_s, "source_uri": item.source_uri,
+                "metadata": json.loads(item.metadata or "{}"),
+            })
+        assert state.unit is not None
+        return FinishedUnit(state.unit, token_rows, error_rows)

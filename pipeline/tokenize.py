@@ -1,0 +1,289 @@
+"""The tokenize job: plan → prepare (CPU) → encode (actor pool) → assemble + commit (driver).
+
+`build_tokenize_dataset` wires the Ray Data stages; `run_tokenize` plans the work against what is
+already committed, streams the dataset, commits each finished unit atomically (in a thread pool, so
+storage latency never stalls the stream), and writes the run record and dataset card.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import time
+import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from codec import describe_codec
+from pipeline.assemble import FinishedUnit, UnitAssembler
+from pipeline.commit import (
+    cleanup_tmp,
+    commit_unit,
+    committed_source_uris,
+    committed_unit_ids,
+    write_run_record,
+)
+from pipeline.config import ConfigError, TokenizeConfig
+from pipeline.dataset_card import write_dataset_card
+from pipeline.encode_stage import EncodeActor
+from pipeline.output_layout import OutputLayout
+from pipeline.prepare_stage import PrepareUnit
+from pipeline.records import InputUnit
+from pipeline.sources import plan_units
+from pipeline.storage import open_filesystem, protocol_of, s3_options_from_env, with_retries
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Resources:
+    """How the encode stage is laid out on the cluster."""
+
+    device: str
+    num_encoders: int
+    cpus_per_encoder: float
+    gpus_per_encoder: float
+    batch_segments: int
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    output: str
+    units_planned: int = 0
+    units_skipped: int = 0
+    units_committed: int = 0
+    items: int = 0
+    items_ok: int = 0
+    items_failed: int = 0
+    errors_by_reason: dict[str, int] = field(default_factory=dict)
+    audio_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    resources: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def audio_hours(self) -> float:
+        return self.audio_seconds / 3600
+
+    @property
+    def real_time_factor(self) -> float:
+        return self.audio_seconds / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dict(self.__dict__)
+        data.update(audio_hours=self.audio_hours, real_time_factor=self.real_time_factor)
+        return data
+
+    def line(self) -> str:
+        errors = ", ".join(f"{k}: {v}" for k, v in sorted(self.errors_by_reason.items())) or "none"
+        return (f"{self.items} items ({self.items_ok} tokenized, {self.items_failed} failed), "
+                f"{self.audio_hours:.3f} audio-hours, {self.units_committed} units committed "
+                f"({self.units_skipped} already done), wall {self.wall_seconds:.1f} s, "
+                f"{self.real_time_factor:.1f}x real time; errors: {errors}")
+
+
+def init_ray(address: str | None) -> None:
+    """Connect to `address` (or RAY_ADDRESS); without one, start a local Ray on loopback."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=True,
+             runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith("SEMTOK_")}})
+
+
+def plan_resources(config: TokenizeConfig, cluster: dict[str, float]) -> Resources:
+    """Encoder pool from config or from the cluster; a clear error instead of a hang."""
+    gpus = float(cluster.get("GPU", 0))
+    cpus = float(cluster.get("CPU", 1))
+    device = config.device
+    if device == "auto":
+        device = "cuda" if gpus > 0 else "cpu"
+    if device == "cuda":
+        if gpus <= 0:
+            raise ConfigError("device='cuda' but the Ray cluster has no GPUs: use --device cpu, "
+                              "or add GPU nodes")
+        per = config.gpus_per_encoder
+        count = config.num_encoders or max(1, int(gpus // per))
+        if count * per > gpus:
+            raise ConfigError(f"num_encoders={count} × gpus_per_encoder={per} exceeds the "
+                              f"cluster's {gpus:g} GPUs")
+        return Resources("cuda", count, config.cpus_per_encoder or 1.0, per,
+                         config.encode_batch_segments or 32)
+    # CPU: leave room for the prepare stage, or it never gets a CPU (Ray's 2-core deadlock).
+    per = config.cpus_per_encoder or max(1.0, min(8.0, math.floor(cpus / 2)))
+    spare = max(cpus - config.read_cpus, per)
+    count = config.num_encoders or max(1, int(spare // per))
+    if count * per + config.read_cpus > cpus + 1e-9:
+        raise ConfigError(f"num_encoders={count} × cpus_per_encoder={per:g} + read_cpus="
+                          f"{config.read_cpus:g} exceeds the cluster's {cpus:g} CPUs (it would hang)")
+    return Resources("cpu", count, per, 0.0, config.encode_batch_segments or 8)
+
+
+def worker_storage_options(url: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Storage options resolved on the driver (AWS env vars included), for workers whose
+    environment may not carry the driver's credentials. Travels as a task argument, never logged."""
+    return s3_options_from_env(options) if protocol_of(url) in ("s3", "s3a") else dict(options)
+
+
+def build_tokenize_dataset(config: TokenizeConfig, units: list[InputUnit], resources: Resources):
+    """The Ray Data stream of encoded rows for `units` (not executed until iterated)."""
+    import ray
+
+    spec = config.codec_spec()
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = False
+    context.enable_progress_bars = False
+    dataset = ray.data.from_items([{"unit": unit.to_json()} for unit in units],
+                                  override_num_blocks=max(1, len(units)))
+    dataset = dataset.flat_map(
+        PrepareUnit(spec, channel_policy=config.channel_policy,
+                    max_audio_seconds=config.max_audio_seconds,
+                    storage_options=worker_storage_options(config.input, config.storage_options),
+                    audio_column=config.audio_column,
+                    uri_column=config.uri_column),
+        num_cpus=config.read_cpus,
+    )
+    threads = int(resources.cpus_per_encoder) if resources.device == "cpu" else None
+    return dataset.map_batches(
+        EncodeActor,
+        fn_constructor_kwargs={"spec": spec, "device": resources.device, "threads": threads},
+        batch_size=resources.batch_segments,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=resources.num_encoders),
+        num_cpus=resources.cpus_per_encoder,
+        num_gpus=resources.gpus_per_encoder,
+    )
+
+
+class _Progress:
+    def __init__(self, stream: TextIO, interval: float, total_units: int) -> None:
+        self.stream, self.interval, self.total = stream, interval, total_units
+        self.started = self.last = time.monotonic()
+
+    def update(self, summary: RunSummary, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last < self.interval:
+            return
+        self.last = now
+        elapsed = now - self.started
+        rate = summary.audio_seconds / elapsed if elapsed else 0.0
+        done = summary.units_committed
+        eta = ""
+        if done and done < self.total:
+            eta = f", ETA {(self.total - done) * elapsed / done / 60:.1f} min"
+        print(f"[semtok] {done}/{self.total} units, {summary.items} items, "
+              f"{summary.audio_hours:.3f} audio-h, {summary.items_failed} failed, "
+              f"{rate:.1f}x real time{eta}", file=self.stream, flush=True)
+
+
+def run_tokenize(config: TokenizeConfig, *, stream: TextIO = sys.stderr) -> RunSummary:
+    """Tokenize `config.input` into `config.output`; skips units already committed there."""
+    started = time.monotonic()
+    run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
+    fingerprint = {**describe_codec(config.codec_spec()), "channel_policy": config.channel_policy,
+                   "resampler": "soxr-hq"}
+    if fingerprint.get("random_weights"):
+        print(f"[semtok] WARNING: RANDOM codec weights ({config.weights}): tokens are meaningless "
+              "and the output is marked so", file=stream, flush=True)
+    fs, _ = open_filesystem(config.output, config.storage_options)
+    layout = OutputLayout.for_fingerprint(config.output, fingerprint)
+    summary = RunSummary(run_id=run_id, output=layout.version_url)
+
+    done_units = with_retries(lambda: committed_unit_ids(fs, layout))
+    done_uris = with_retries(lambda: committed_source_uris(fs, layout))
+    planned = plan_units(config.input, storage_options=config.storage_options,
+                         kind=config.input_kind, files_per_unit=config.files_per_unit,
+                         exclude_uris=frozenset(done_uris), glob=config.glob)
+    units = [unit for unit in planned if unit.unit_id not in done_units]
+    summary.units_planned = len(units)
+    summary.units_skipped = len(done_units)
+    print(f"[semtok] output {layout.version_url}: {len(units)} units to do, "
+          f"{len(done_units)} already committed", file=stream, flush=True)
+
+    if units:
+        _execute(config, units, fs, layout, fingerprint, summary, stream)
+    with_retries(lambda: cleanup_tmp(fs, layout))
+    summary.wall_seconds = time.monotonic() - started
+    record = {"kind": "tokenize", "config": config.to_dict(), "fingerprint": fingerprint,
+              **summary.to_dict()}
+    with_retries(lambda: write_run_record(fs, layout, run_id, record))
+    with_retries(lambda: write_dataset_card(fs, layout, fingerprint))
+    print(f"[semtok] done: {summary.line()}", file=stream, flush=True)
+    print(f"[semtok] run record: {layout.run_path(run_id)}", file=stream, flush=True)
+    _check_error_budget(config, summary)
+    return summary
+
+
+def _execute(config: TokenizeConfig, units: list[InputUnit], fs, layout: OutputLayout,
+             fingerprint: dict[str, Any], summary: RunSummary, stream: TextIO) -> None:
+    import ray
+
+    init_ray(config.ray_address)
+    resources = plan_resources(config, ray.cluster_resources())
+    summary.resources = dict(resources.__dict__)
+    print(f"[semtok] encoding on {resources.num_encoders} {resources.device} replica(s), "
+          f"{resources.batch_segments} segments per batch", file=stream, flush=True)
+    dataset = build_tokenize_dataset(config, units, resources)
+    assembler = UnitAssembler()
+    progress = _Progress(stream, config.progress_interval_s, len(units))
+    pending: list[Future] = []
+
+    def commit(finished: FinishedUnit) -> None:
+        info = {**finished.unit.to_dict(), "n_items": len(finished.token_rows) + len(finished.error_rows)}
+        with_retries(lambda: commit_unit(
+            fs, layout, finished.unit.unit_id, token_rows=finished.token_rows,
+            error_rows=finished.error_rows, fingerprint=fingerprint, formats=config.formats,
+            unit_info=info, run_id=summary.run_id))
+
+    with ThreadPoolExecutor(max_workers=config.commit_threads) as pool:
+        for batch in dataset.iter_batches(batch_format="numpy", batch_size=None):
+            for finished in assembler.add(batch):
+                pending.append(pool.submit(commit, finished))
+                _count(summary, finished)
+            pending = _reap(pending, summary)
+            progress.update(summary)
+        for future in pending:
+            future.result()
+            summary.units_committed += 1
+    if assembler.pending:
+        raise RuntimeError(f"{assembler.pending} unit(s) never finished: the stream ended early")
+    progress.update(summary, force=True)
+
+
+def _reap(pending: list[Future], summary: RunSummary) -> list[Future]:
+    still = []
+    for future in pending:
+        if future.done():
+            future.result()  # a failed commit fails the job: rerunning resumes it
+            summary.units_committed += 1
+        else:
+            still.append(future)
+    return still
+
+
+def _count(summary: RunSummary, finished: FinishedUnit) -> None:
+    summary.items += len(finished.token_rows) + len(finished.error_rows)
+    summary.items_ok += len(finished.token_rows)
+    summary.items_failed += len(finished.error_rows)
+    summary.audio_seconds += finished.audio_seconds
+    for row in finished.error_rows:
+        summary.errors_by_reason[row["reason"]] = summary.errors_by_reason.get(row["reason"], 0) + 1
+
+
+def _check_error_budget(config: TokenizeConfig, summary: RunSummary) -> None:
+    if config.max_error_fraction is None or not summary.items:
+        return
+    fraction = summary.items_failed / summary.items
+    if fraction > config.max_error_fraction:
+        raise RuntimeError(f"{summary.items_failed} of {summary.items} items failed "
+                           f"({fraction:.1%} > max_error_fraction {config.max_error_fraction:.1%}); "
+                           f"see the errors table under {summary.output}")
