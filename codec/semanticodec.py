@@ -157,9 +157,11 @@ class SemantiCodec:
         if self.random_weights:
             seed = random_seed(self.weights)
             centroids = random_centroids(seed, config)
-            encoder = SemantiCodecEncoder(config, centroids)
+            with torch.device("meta"):  # no throw-away default init of a billion LSTM weights
+                encoder = SemantiCodecEncoder(config, torch.empty(centroids.shape))
+            encoder.semantic_quantizer.centroids = centroids
             state = random_state_dict(encoder.state_dict(), seed, config)
-            encoder.load_state_dict(state, strict=True)
+            encoder.load_state_dict(state, strict=True, assign=True)
             return encoder, weights_digest(self.weights, config, self.cache_dir)
         files = resolve_weights(self.weights, config, parts=("encoder",), cache_dir=cache_dir)
         centroids = load_centroids(files.codebook, centroid_shape)
