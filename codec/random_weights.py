@@ -63,3 +63,62 @@ def random_centroids(seed: int, config: SemantiCodecConfig) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed + 1_000_003)
     shape = (config.semantic_vocab_size, config.feature_dim)
     return torch.randn(shape, generator=generator) * KMEANS_STD
+
+
+# -- decoder ---------------------------------------------------------------------------------------
+DECODER_SEED_OFFSET = 2_000_003
+SCALE_FACTOR = 0.8  # the golden reference's value; the real one lives in decoder.ckpt
+LINEAR_START, LINEAR_END, NUM_TIMESTEPS = 0.0015, 0.0195, 1000
+
+
+def diffusion_schedule() -> dict[str, torch.Tensor]:
+    """The LDM "linear" schedule buffers (float64 maths, stored float32), textbook DDPM definitions."""
+    betas = torch.linspace(LINEAR_START ** 0.5, LINEAR_END ** 0.5, NUM_TIMESTEPS, dtype=torch.float64) ** 2
+    alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+    prev = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])
+    posterior_variance = betas * (1.0 - prev) / (1.0 - alphas_cumprod)
+    values = {
+        "logvar": torch.zeros(NUM_TIMESTEPS, dtype=torch.float64),
+        "betas": betas,
+        "alphas_cumprod": alphas_cumprod,
+        "alphas_cumprod_prev": prev,
+        "sqrt_alphas_cumprod": alphas_cumprod.sqrt(),
+        "sqrt_one_minus_alphas_cumprod": (1.0 - alphas_cumprod).sqrt(),
+        "log_one_minus_alphas_cumprod": (1.0 - alphas_cumprod).log(),
+        "sqrt_recip_alphas_cumprod": (1.0 / alphas_cumprod).sqrt(),
+        "sqrt_recipm1_alphas_cumprod": (1.0 / alphas_cumprod - 1).sqrt(),
+        "posterior_variance": posterior_variance,
+        "posterior_log_variance_clipped": posterior_variance.clamp(min=1e-20).log(),
+        "posterior_mean_coef1": betas * prev.sqrt() / (1.0 - alphas_cumprod),
+        "posterior_mean_coef2": (1.0 - prev) * (1.0 - betas).sqrt() / (1.0 - alphas_cumprod),
+    }
+    return {name: value.float() for name, value in values.items()}
+
+
+def random_decoder_state_dict(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, torch.Tensor]:
+    """Values for decoder keys (shapes only are read): the golden generator's rules.
+
+    Fan-in normal weights (ConvTranspose included, fan-in = all but the first dimension), biases
+    N(0, 0.02), norm scales 1 + N(0, 0.02), schedule buffers from their formula, scale_factor 0.8,
+    EMA bookkeeping scalars fixed. Zero-initialised official layers get fan-in values too, so every
+    layer does something.
+    """
+    generator = torch.Generator().manual_seed(seed + DECODER_SEED_OFFSET)
+    schedule = diffusion_schedule()
+    out: dict[str, torch.Tensor] = {}
+    for name, shape in shapes.items():
+        if name in schedule:
+            out[name] = schedule[name]
+        elif name == "scale_factor":
+            out[name] = torch.tensor(SCALE_FACTOR)
+        elif name == "model_ema.decay":
+            out[name] = torch.tensor(0.9999)
+        elif name == "model_ema.num_updates":
+            out[name] = torch.tensor(0, dtype=torch.int32)
+        elif name.endswith("bias"):  # also the dot-less EMA names (…0bias)
+            out[name] = torch.randn(shape, generator=generator) * 0.02
+        elif len(shape) == 1:
+            out[name] = 1 + torch.randn(shape, generator=generator) * 0.02
+        else:
+            out[name] = torch.randn(shape, generator=generator) / math.sqrt(math.prod(shape[1:]))
+    return out

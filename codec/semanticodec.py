@@ -9,6 +9,7 @@ and accelerator workers encode full batches of segments from many clips.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -29,18 +30,31 @@ from .checkpoint import (
     read_state_dict,
     resolve_weights,
 )
+from .condition import ConditionBuilder
 from .config import SemantiCodecConfig
+from .decoder import (
+    SemantiCodecDecoder,
+    decoded_length,
+    overlap_add,
+    split_windows,
+    unused_decoder_keys,
+    window_length,
+)
 from .encoder import SemantiCodecEncoder
 from .fbank import kaldi_fbank, normalize_fbank
 from .interface import Segments
-from .random_weights import random_centroids, random_state_dict
+from .random_weights import random_centroids, random_decoder_state_dict, random_state_dict
 from .resample import resample
+from .sampler import NoiseSource
 
 log = logging.getLogger(__name__)
 
+# Bumped whenever a change here changes the tokens some input gets (part of the output identity).
+TOKENS_VERSION = 1
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Buffers of the VQ that only training uses; checked in the file, never loaded.
 _VQ_TRAINING_BUFFERS = ("initted", "cluster_size", "embed_avg")
+COMPONENTS = ("encoder", "decoder")
 
 
 def codec_version() -> str:
@@ -107,6 +121,7 @@ def fingerprint(config: SemantiCodecConfig, weights: str, digest: str, dtype: st
     return {
         "codec": SemantiCodec.name,
         "codec_version": codec_version(),
+        "tokens_version": TOKENS_VERSION,
         "token_rate": config.token_rate,
         "semantic_vocab_size": config.semantic_vocab_size,
         "acoustic_vocab_size": C.ACOUSTIC_VOCAB,
@@ -121,7 +136,12 @@ def fingerprint(config: SemantiCodecConfig, weights: str, digest: str, dtype: st
 
 
 class SemantiCodec:
-    """SemantiCodec encoder (decoder: see `decode_batch`)."""
+    """SemantiCodec encoder, and decoder when built with `components=("encoder", "decoder")`.
+
+    The decoder (decoder.ckpt, ~1.1 GB) is read only when asked for: an encode-only replica never
+    opens it. Decoding needs the encoder's VQ codebook and k-means table, so the encoder part is
+    always built (its weights are memory-mapped, so unused LSTM weights cost no RAM).
+    """
 
     name = "semanticodec"
     sample_rate = C.SAMPLE_RATE
@@ -130,8 +150,14 @@ class SemantiCodec:
     def __init__(self, token_rate: int = 50, semantic_vocab_size: int = 16384,
                  weights: str | None = None, device: str | torch.device | None = None,
                  size: str = "full", *, dtype: str = "float32", max_batch_segments: int = 16,
-                 cache_dir: str | Path | None = None) -> None:
+                 cache_dir: str | Path | None = None,
+                 components: Sequence[str] = ("encoder",)) -> None:
         self.config = SemantiCodecConfig(token_rate, semantic_vocab_size, size)
+        components = (components,) if isinstance(components, str) else tuple(components)
+        unknown = sorted(set(components) - set(COMPONENTS))
+        if unknown or not components:
+            raise ValueError(f"components must be a non-empty subset of {COMPONENTS}, got {components!r}")
+        self.components = tuple(c for c in COMPONENTS if c in components)
         if weights is None:
             if size == "tiny":
                 raise ValueError("no official weights exist for size='tiny': pass weights='random:SEED'")
@@ -149,6 +175,9 @@ class SemantiCodec:
         self.encoder, self.weights_digest = self._build_encoder(self.cache_dir)
         self.encoder.to(self.device).eval()
         self.encoder.set_compute_dtype(DTYPES[dtype])
+        self.decoder: SemantiCodecDecoder | None = None
+        if "decoder" in self.components:
+            self.decoder = self._build_decoder(self.cache_dir).to(self.device).eval()
 
     # -- construction -------------------------------------------------------------------------
     def _build_encoder(self, cache_dir: Path | None) -> tuple[SemantiCodecEncoder, str]:
@@ -173,9 +202,25 @@ class SemantiCodec:
                   scalar_ok=frozenset({"quantizer._codebook.initted"}))
         return encoder, weights_digest(self.weights, config, cache_dir, files=files)
 
+    def _build_decoder(self, cache_dir: Path | None) -> SemantiCodecDecoder:
+        """The decoder networks; official weights are checked strictly (unused keys named too)."""
+        conditions = ConditionBuilder(self.encoder.quantizer, self.encoder.semantic_quantizer,
+                                      self.config.tokens_per_segment)
+        with torch.device("meta"):
+            decoder = SemantiCodecDecoder(self.config, conditions)
+        if self.random_weights:
+            shapes = {name: tuple(t.shape) for name, t in decoder.state_dict().items()}
+            state = random_decoder_state_dict(shapes, random_seed(self.weights))
+            decoder.load_state_dict(state, strict=True, assign=True)
+            return decoder
+        files = resolve_weights(self.weights, self.config, parts=("decoder",), cache_dir=cache_dir)
+        load_into(decoder, read_state_dict(files.decoder), where=str(files.decoder),
+                  ignored=unused_decoder_keys(decoder))
+        return decoder
+
     # -- construction from plain options (what pipeline/ passes around) ---------------------------
     OPTIONS = ("token_rate", "semantic_vocab_size", "weights", "size", "dtype", "max_batch_segments",
-               "cache_dir")
+               "cache_dir", "components")
 
     @classmethod
     def from_options(cls, options: dict[str, Any], *, device: str | torch.device | None = None
@@ -277,9 +322,73 @@ class SemantiCodec:
             start += count
         return out, token_lengths
 
-    def decode_batch(self, tokens: torch.Tensor, token_lengths: torch.Tensor, **options: Any
+    def decode_batch(self, tokens: torch.Tensor, token_lengths: torch.Tensor | None = None, *,
+                     steps: int = 50, guidance: float = 2.0, seed: int | Sequence[int] | None = None,
+                     noise: tuple[torch.Tensor, torch.Tensor] | None = None, batched_cfg: bool = True,
+                     max_batch_windows: int = 8, dtype: str = "float32"
                      ) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError("the SemantiCodec decoder is not implemented yet (issue 5)")
+        """Waveforms of B token sequences ([B, T_max, 2], true `token_lengths`), all windows batched.
+
+        Returns (float32 [B, N_max] on the CPU, zero past each length; int64 lengths [B]), each
+        clip decoded exactly as the official `decode` (windows, crossfade, trim) would.
+        Noise, per window x_T then one draw per step (the official order):
+        - `seed=None`: torch's global CPU generator, clip after clip — after `torch.manual_seed(s)`
+          this is the official decode's stream (CPU);
+        - `seed=int` (or one per clip): each clip draws from its own generator seeded with it, so a
+          clip decodes the same alone or in any batch;
+        - `noise=(x_T [W, 8, 256, 16], step_noise [W, S, 8, 256, 16])`: explicit, for all windows of
+          all clips in order.
+        `dtype="bfloat16"` runs the networks under autocast (GPU option; official is float32).
+        """
+        if self.decoder is None:
+            raise RuntimeError("this SemantiCodec was built without the decoder: pass "
+                               "components=('encoder', 'decoder')")
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        tokens = torch.as_tensor(tokens)
+        if tokens.dim() != 3 or tokens.shape[-1] != 2:
+            raise ValueError(f"tokens must be [B, T, 2], got {tuple(tokens.shape)}")
+        if token_lengths is None:
+            token_lengths = torch.full((tokens.shape[0],), tokens.shape[1], dtype=torch.int64)
+        lengths = [int(n) for n in torch.as_tensor(token_lengths).cpu()]
+        size = window_length(self.config.token_rate)
+        windows: list[torch.Tensor] = []
+        owners: list[int] = []
+        for clip, count in enumerate(lengths):
+            parts = split_windows(tokens[clip, :count].cpu(), size)
+            windows += parts
+            owners += [clip] * len(parts)
+        source = self._noise_source(owners, len(lengths), seed, noise)
+        self.decoder.compute_dtype = DTYPES[dtype]
+        waves = self.decoder.decode_windows(windows, source, steps=steps, guidance=guidance,
+                                            batched_cfg=batched_cfg, max_batch_windows=max_batch_windows)
+        clips = []
+        for clip, count in enumerate(lengths):
+            joined = overlap_add([waves[i] for i, o in enumerate(owners) if o == clip])
+            clips.append(joined[: decoded_length(count, self.config.token_rate)])
+        out_lengths = torch.tensor([len(c) for c in clips], dtype=torch.int64)
+        out = torch.zeros(len(clips), int(out_lengths.max()) if clips else 0)
+        for clip, wave in enumerate(clips):
+            out[clip, : len(wave)] = wave
+        return out, out_lengths
+
+    @staticmethod
+    def _noise_source(owners: list[int], clips: int, seed: int | Sequence[int] | None,
+                      noise: tuple[torch.Tensor, torch.Tensor] | None) -> NoiseSource:
+        if noise is not None:
+            if seed is not None:
+                raise ValueError("give seed or noise, not both")
+            x_t, step_noise = noise
+            if x_t.shape[0] != len(owners) or step_noise.shape[0] != len(owners):
+                raise ValueError(f"explicit noise for {x_t.shape[0]} windows, the tokens make {len(owners)}")
+            return NoiseSource(explicit=(x_t, step_noise))
+        if seed is None:
+            return NoiseSource(generators=[None] * len(owners))
+        seeds = [seed] * clips if isinstance(seed, int) else list(seed)
+        if len(seeds) != clips:
+            raise ValueError(f"{len(seeds)} seeds for {clips} clips")
+        generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        return NoiseSource(generators=[generators[o] for o in owners])
 
     def fingerprint(self) -> dict[str, Any]:
         return fingerprint(self.config, self.weights, self.weights_digest, self.dtype)
@@ -306,3 +415,18 @@ class SemantiCodec:
                 wave = resample(wave.reshape(1, -1), sample_rate, self.sample_rate)[0]
         tokens, lengths = self.encode_batch(wave.reshape(1, -1))
         return tokens[:, : int(lengths[0])]
+
+    def decode(self, tokens: torch.Tensor, seed: int | None = None, **options: Any) -> np.ndarray:
+        """Official-style decode: tokens [1, T, 2] → numpy float32 [1, 1, N] at 16 kHz.
+
+        Draws from torch's global CPU generator in the official order; `seed` first calls
+        `torch.manual_seed(seed)`, so `decode(tokens, seed=s)` equals the official
+        `torch.manual_seed(s); codec.decode(tokens)` run on the CPU.
+        """
+        tokens = torch.as_tensor(tokens)
+        if tokens.dim() != 3 or tokens.shape[0] != 1:
+            raise ValueError(f"decode takes tokens [1, T, 2], got {tuple(tokens.shape)}")
+        if seed is not None:
+            torch.manual_seed(seed)
+        wave, lengths = self.decode_batch(tokens, None, seed=None, **options)
+        return wave[:, : int(lengths[0])].numpy()[:, None, :]

@@ -38,6 +38,58 @@ def _tokenize_parser(sub: argparse._SubParsersAction) -> None:
                                                          "or a new local Ray)")
 
 
+def _verify_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("verify", help="check a committed output: missing, duplicate, orphaned, bad files",
+                       description="Check every dataset version under OUTPUT (or --version): items "
+                                   "planned but not committed (with --input), duplicate item ids, "
+                                   "orphaned data files, files that do not match the manifest. "
+                                   "Exit status 1 when anything is wrong.")
+    p.add_argument("output", help="output root URL (the folder holding dataset versions)")
+    p.add_argument("--input", help="input URL to plan against (settings from the latest run record)")
+    p.add_argument("--version", help="check only this dataset version")
+    p.add_argument("--input-kind", choices=["auto", "files", "tar", "parquet", "manifest"])
+    p.add_argument("--files-per-unit", type=int)
+    p.add_argument("--glob")
+    p.add_argument("--deep", action="store_true", help="also check every file's sha256 (reads all bytes)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def _retry_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("retry-failed", help="reprocess only the items in the errors table",
+                       description="Read, decode and encode again the items in OUTPUT's errors "
+                                   "table (e.g. after a fix); successes move into the tokens, the "
+                                   "rest stay in errors with their latest reason.")
+    p.add_argument("output", help="output root URL")
+    p.add_argument("--version", help="retry only this dataset version")
+    p.add_argument("--reason", dest="reasons", action="append",
+                   help="retry only errors with this reason (repeatable; default all)")
+    p.add_argument("--num-encoders", type=int)
+    p.add_argument("--cpus-per-encoder", type=float)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--address", dest="ray_address", help="Ray cluster address")
+
+
+def _run_verify(args: argparse.Namespace) -> int:
+    import json
+
+    from pipeline.verify import verify
+
+    report = verify(args.output, input=args.input, version=args.version, input_kind=args.input_kind,
+                    files_per_unit=args.files_per_unit, glob=args.glob, deep=args.deep)
+    print(json.dumps(report.to_dict(), indent=1, sort_keys=True) if args.json else report.text())
+    return 0 if report.ok else 1
+
+
+def _run_retry(args: argparse.Namespace) -> int:
+    from pipeline.retry_failed import retry_failed
+
+    overrides = {k: getattr(args, k) for k in ("num_encoders", "cpus_per_encoder", "device")
+                 if getattr(args, k) is not None}
+    retry_failed(args.output, version=args.version, reasons=args.reasons, ray_address=args.ray_address,
+                 overrides=overrides)
+    return 0
+
+
 def tokenize_config(args: argparse.Namespace) -> TokenizeConfig:
     overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config", "verbose")}
     config = TokenizeConfig.load(args.config, **overrides)
@@ -51,6 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
     _tokenize_parser(sub)
+    _verify_parser(sub)
+    _retry_parser(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -59,8 +113,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             from pipeline.tokenize import run_tokenize
 
             run_tokenize(tokenize_config(args))
+        elif args.command == "verify":
+            return _run_verify(args)
+        elif args.command == "retry-failed":
+            return _run_retry(args)
     except ConfigError as error:
         print(f"semtok: config error: {error}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as error:
+        print(f"semtok: not found: {error}", file=sys.stderr)
         return 2
     return 0
 

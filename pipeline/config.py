@@ -47,7 +47,7 @@ class TokenizeConfig:
     gpus_per_encoder: float = 1.0
     cpus_per_encoder: float | None = None
     encode_batch_segments: int | None = None
-    read_cpus: float = 1.0
+    read_cpus: float = 0.5
     commit_threads: int = 8
     max_error_fraction: float | None = None
     storage_options: dict[str, Any] = field(default_factory=dict)
@@ -75,6 +75,8 @@ class TokenizeConfig:
             raise bad("num_encoders", "must be >= 1")
         if self.gpus_per_encoder <= 0:
             raise bad("gpus_per_encoder", "must be > 0")
+        if self.read_cpus <= 0:
+            raise bad("read_cpus", "must be > 0")
         if self.cpus_per_encoder is not None and self.cpus_per_encoder <= 0:
             raise bad("cpus_per_encoder", "must be > 0")
         if self.encode_batch_segments is not None and self.encode_batch_segments < 1:

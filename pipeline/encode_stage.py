@@ -24,6 +24,14 @@ log = logging.getLogger(__name__)
 # Fault injection for tests: "item_id" → the first encode of a batch holding that item raises,
 # once per actor process; the retry (a new attempt of the batch) must then succeed.
 FAIL_ONCE_ENV = "SEMTOK_TEST_FAIL_ONCE_ITEM"
+# "item_id,item_id": encoding a segment of these items always raises (they end as encode_failed
+# error rows), until the variable is gone: the "bug" that `semtok retry-failed` recovers from.
+FAIL_ITEMS_ENV = "SEMTOK_TEST_FAIL_ITEMS"
+# "item_id": the actor PROCESS dies (os._exit) on the first batch holding that item. "First" is
+# remembered in a marker file (CRASH_MARKER_ENV, created atomically before dying), because the
+# restarted actor is a fresh process: Ray must redo the batch, and the item must end exactly once.
+CRASH_ONCE_ENV = "SEMTOK_TEST_CRASH_ONCE_ITEM"
+CRASH_MARKER_ENV = "SEMTOK_TEST_CRASH_MARKER"
 
 
 @dataclass
@@ -52,6 +60,7 @@ class EncodeActor:
         tokens = np.empty(len(kinds), dtype=object)
         tokens[:] = [b""] * len(kinds)
         if len(index):
+            _maybe_crash(batch, index)
             started = time.perf_counter()
             encoded = self._encode_rows(batch, index)
             self.stats.seconds += time.perf_counter() - started
@@ -84,6 +93,7 @@ class EncodeActor:
         return results
 
     def _encode(self, batch: dict[str, np.ndarray], index: np.ndarray) -> list[bytes]:
+        _maybe_fail_always(batch, index)
         samples = torch.from_numpy(np.stack([np.frombuffer(batch["samples"][i], dtype=np.float32)
                                              for i in index]))
         valid = torch.as_tensor(batch["valid_frames"][index].astype(np.int64))
@@ -98,3 +108,25 @@ class EncodeActor:
         if any(batch["item_id"][i] == target for i in index):
             self._failed_once.add(target)
             raise RuntimeError(f"injected test fault for item {target!r}")
+
+
+def _maybe_fail_always(batch: dict[str, np.ndarray], index: np.ndarray) -> None:
+    targets = {t for t in os.environ.get(FAIL_ITEMS_ENV, "").split(",") if t}
+    hit = targets.intersection(str(batch["item_id"][i]) for i in index)
+    if hit:
+        raise RuntimeError(f"injected persistent test fault for item(s) {sorted(hit)}")
+
+
+def _maybe_crash(batch: dict[str, np.ndarray], index: np.ndarray) -> None:
+    target, marker = os.environ.get(CRASH_ONCE_ENV), os.environ.get(CRASH_MARKER_ENV)
+    if not target or not marker or not any(batch["item_id"][i] == target for i in index):
+        return
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return  # crashed once already: this is the redo
+    os.write(fd, f"{os.getpid()}\n".encode())
+    os.fsync(fd)
+    os.close(fd)
+    log.warning("injected test crash of encode actor pid %d on item %r", os.getpid(), target)
+    os._exit(17)

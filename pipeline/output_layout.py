@@ -52,11 +52,18 @@ def _name_part(value: Any) -> str:
     return text[:24] or "x"
 
 
-def dataset_version(fingerprint: dict[str, Any]) -> str:
-    """Folder name of the tokens a codec config makes: readable prefix + digest of the whole config.
+# Fingerprint fields that say where tokens came from but not what they are: the package version
+# (the codec's `tokens_version` changes when its tokens do) and where the weights were read from
+# (`weights_digest` identifies their content). Moving weights or upgrading semtok keeps the version.
+PROVENANCE_FIELDS = ("codec_version", "weights")
 
-    The digest covers every field, so any change (weights, rates, channel policy) gives a new folder
-    and tokens of different codecs never mix; the prefix is only for humans.
+
+def dataset_version(fingerprint: dict[str, Any]) -> str:
+    """Folder name of the tokens a codec config makes: readable prefix + digest of their identity.
+
+    The digest covers every field that shapes the tokens (codec, rates, vocabularies, weights
+    digest, channel policy, resampler, dtype…), so tokens of different configs never mix; the
+    prefix is only for humans.
     """
     codec = _name_part(fingerprint.get("codec", "codec"))
     parts = [codec]
@@ -64,7 +71,8 @@ def dataset_version(fingerprint: dict[str, Any]) -> str:
         parts.append(f"r{_name_part(fingerprint['token_rate'])}")
     if "semantic_vocab_size" in fingerprint:
         parts.append(f"v{_name_part(fingerprint['semantic_vocab_size'])}")
-    parts.append(fingerprint_digest(fingerprint)[:10])
+    identity = {k: v for k, v in fingerprint.items() if k not in PROVENANCE_FIELDS}
+    parts.append(fingerprint_digest(identity)[:10])
     return check_safe_id("-".join(parts), "dataset version")
 
 

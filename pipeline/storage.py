@@ -127,6 +127,14 @@ _TRANSIENT_MARKERS = (
     "requesttimeout",
     "connection reset",
     "timed out",
+    # the store is down or restarting (seen with SeaweedFS stopped mid-job): worth waiting for
+    "connection refused",
+    "could not connect",
+    "connection aborted",
+    "server disconnected",
+    "remote end closed",
+    "broken pipe",
+    "temporarily unavailable",
 )
 _TRANSIENT_ERRNOS = {
     errno.EBUSY,

@@ -13,6 +13,7 @@ import os
 import sys
 import time
 import uuid
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TextIO
@@ -36,6 +37,10 @@ from pipeline.sources import plan_units
 from pipeline.storage import open_filesystem, protocol_of, s3_options_from_env, with_retries
 
 log = logging.getLogger(__name__)
+
+
+# A failed commit fails the job, so commits wait out a storage outage of ~half a minute.
+COMMIT_RETRIES: dict[str, Any] = {"attempts": 8, "max_delay": 30.0}
 
 
 @dataclass
@@ -118,12 +123,13 @@ def plan_resources(config: TokenizeConfig, cluster: dict[str, float]) -> Resourc
                               f"cluster's {gpus:g} GPUs")
         return Resources("cuda", count, config.cpus_per_encoder or 1.0, per,
                          config.encode_batch_segments or 32)
-    # CPU: leave room for the prepare stage, or it never gets a CPU (Ray's 2-core deadlock).
-    per = config.cpus_per_encoder or max(1.0, min(8.0, math.floor(cpus / 2)))
-    spare = max(cpus - config.read_cpus, per)
-    count = config.num_encoders or max(1, int(spare // per))
+    # CPU: the prepare stage keeps `read_cpus`, or it never gets a CPU (Ray's small-node deadlock);
+    # the encoders share the rest, about 8 CPUs (torch threads) each.
+    free = cpus - config.read_cpus
+    count = config.num_encoders or max(1, round(free / 8))
+    per = config.cpus_per_encoder or max(free / count, 0.5)
     if count * per + config.read_cpus > cpus + 1e-9:
-        raise ConfigError(f"num_encoders={count} × cpus_per_encoder={per:g} + read_cpus="
+        raise ConfigError(f"num_encoders={count} x cpus_per_encoder={per:g} + read_cpus="
                           f"{config.read_cpus:g} exceeds the cluster's {cpus:g} CPUs (it would hang)")
     return Resources("cpu", count, per, 0.0, config.encode_batch_segments or 8)
 
@@ -134,25 +140,35 @@ def worker_storage_options(url: str, options: dict[str, Any]) -> dict[str, Any]:
     return s3_options_from_env(options) if protocol_of(url) in ("s3", "s3a") else dict(options)
 
 
-def build_tokenize_dataset(config: TokenizeConfig, units: list[InputUnit], resources: Resources):
-    """The Ray Data stream of encoded rows for `units` (not executed until iterated)."""
+def build_tokenize_dataset(config: TokenizeConfig, units: list[InputUnit], resources: Resources, *,
+                           prepare_cls: type[PrepareUnit] = PrepareUnit,
+                           only_items: Mapping[str, Sequence[str]] | None = None):
+    """The Ray Data stream of encoded rows for `units` (not executed until iterated).
+
+    `only_items` (unit id → item ids) travels in each unit's row as "only", for a `prepare_cls`
+    that reads just those items (retry-failed). Fault tolerance of the encode pool is Ray Data's
+    default for actor pools, which we rely on and test (tests/test_faults.py): max_restarts=-1
+    (a dead actor, e.g. on a lost node, is recreated) and max_task_retries=-1 (its in-flight
+    batches are resubmitted); the only way to set them is the deprecated **ray_remote_args.
+    """
     import ray
 
     spec = config.codec_spec()
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = False
     context.enable_progress_bars = False
-    dataset = ray.data.from_items([{"unit": unit.to_json()} for unit in units],
-                                  override_num_blocks=max(1, len(units)))
+    rows = [{"unit": unit.to_json(), **({"only": list(only_items.get(unit.unit_id, ()))}
+                                        if only_items is not None else {})} for unit in units]
+    dataset = ray.data.from_items(rows, override_num_blocks=max(1, len(units)))
     dataset = dataset.flat_map(
-        PrepareUnit(spec, channel_policy=config.channel_policy,
+        prepare_cls(spec, channel_policy=config.channel_policy,
                     max_audio_seconds=config.max_audio_seconds,
                     storage_options=worker_storage_options(config.input, config.storage_options),
                     audio_column=config.audio_column,
                     uri_column=config.uri_column),
         num_cpus=config.read_cpus,
     )
-    threads = int(resources.cpus_per_encoder) if resources.device == "cpu" else None
+    threads = math.ceil(resources.cpus_per_encoder) if resources.device == "cpu" else None
     return dataset.map_batches(
         EncodeActor,
         fn_constructor_kwargs={"spec": spec, "device": resources.device, "threads": threads},
@@ -185,12 +201,17 @@ class _Progress:
               f"{rate:.1f}x real time{eta}", file=self.stream, flush=True)
 
 
+def job_fingerprint(config: TokenizeConfig) -> dict[str, Any]:
+    """What the tokens depend on; its digest names the dataset version (one place computes it)."""
+    return {**describe_codec(config.codec_spec()), "channel_policy": config.channel_policy,
+            "resampler": "soxr-hq"}
+
+
 def run_tokenize(config: TokenizeConfig, *, stream: TextIO = sys.stderr) -> RunSummary:
     """Tokenize `config.input` into `config.output`; skips units already committed there."""
     started = time.monotonic()
     run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
-    fingerprint = {**describe_codec(config.codec_spec()), "channel_policy": config.channel_policy,
-                   "resampler": "soxr-hq"}
+    fingerprint = job_fingerprint(config)
     if fingerprint.get("random_weights"):
         print(f"[semtok] WARNING: RANDOM codec weights ({config.weights}): tokens are meaningless "
               "and the output is marked so", file=stream, flush=True)
@@ -210,7 +231,15 @@ def run_tokenize(config: TokenizeConfig, *, stream: TextIO = sys.stderr) -> RunS
           f"{len(done_units)} already committed", file=stream, flush=True)
 
     if units:
-        _execute(config, units, fs, layout, fingerprint, summary, stream)
+        try:
+            _execute(config, units, fs, layout, fingerprint, summary, stream)
+        except BaseException as error:
+            # Committed units stay committed (and are skipped by a rerun); nothing else is visible.
+            print(f"[semtok] FAILED after {summary.units_committed} of {len(units)} units committed: "
+                  f"{type(error).__name__}: {str(error)[:500]}\n[semtok] the output is consistent; "
+                  "rerun the same command to resume (committed units are skipped)",
+                  file=stream, flush=True)
+            raise
     with_retries(lambda: cleanup_tmp(fs, layout))
     summary.wall_seconds = time.monotonic() - started
     record = {"kind": "tokenize", "config": config.to_dict(), "fingerprint": fingerprint,
@@ -224,7 +253,11 @@ def run_tokenize(config: TokenizeConfig, *, stream: TextIO = sys.stderr) -> RunS
 
 
 def _execute(config: TokenizeConfig, units: list[InputUnit], fs, layout: OutputLayout,
-             fingerprint: dict[str, Any], summary: RunSummary, stream: TextIO) -> None:
+             fingerprint: dict[str, Any], summary: RunSummary, stream: TextIO, *,
+             prepare_cls: type[PrepareUnit] = PrepareUnit,
+             only_items: Mapping[str, Sequence[str]] | None = None,
+             transform: Callable[[FinishedUnit], FinishedUnit] | None = None) -> None:
+    """Stream the dataset, assemble units, commit each (after `transform`, e.g. a merge)."""
     import ray
 
     init_ray(config.ray_address)
@@ -232,21 +265,29 @@ def _execute(config: TokenizeConfig, units: list[InputUnit], fs, layout: OutputL
     summary.resources = dict(resources.__dict__)
     print(f"[semtok] encoding on {resources.num_encoders} {resources.device} replica(s), "
           f"{resources.batch_segments} segments per batch", file=stream, flush=True)
-    dataset = build_tokenize_dataset(config, units, resources)
+    dataset = build_tokenize_dataset(config, units, resources, prepare_cls=prepare_cls,
+                                     only_items=only_items)
     assembler = UnitAssembler()
+    dedup = RowDeduplicator()
     progress = _Progress(stream, config.progress_interval_s, len(units))
     pending: list[Future] = []
 
     def commit(finished: FinishedUnit) -> None:
+        if transform is not None:
+            finished = transform(finished)
         info = {**finished.unit.to_dict(), "n_items": len(finished.token_rows) + len(finished.error_rows)}
         with_retries(lambda: commit_unit(
             fs, layout, finished.unit.unit_id, token_rows=finished.token_rows,
             error_rows=finished.error_rows, fingerprint=fingerprint, formats=config.formats,
-            unit_info=info, run_id=summary.run_id))
+            unit_info=info, run_id=summary.run_id), **COMMIT_RETRIES)
 
     with ThreadPoolExecutor(max_workers=config.commit_threads) as pool:
-        for batch in dataset.iter_batches(batch_format="numpy", batch_size=None):
+        for raw in dataset.iter_batches(batch_format="numpy", batch_size=None):
+            batch = dedup.filter(raw)
+            if batch is None:
+                continue
             for finished in assembler.add(batch):
+                dedup.finished(finished.unit.unit_id)
                 pending.append(pool.submit(commit, finished))
                 _count(summary, finished)
             pending = _reap(pending, summary)
@@ -257,6 +298,47 @@ def _execute(config: TokenizeConfig, units: list[InputUnit], fs, layout: OutputL
     if assembler.pending:
         raise RuntimeError(f"{assembler.pending} unit(s) never finished: the stream ended early")
     progress.update(summary, force=True)
+
+
+class RowDeduplicator:
+    """Drops rows the driver has seen already, so a redelivered block never counts twice.
+
+    Ray Data re-executes work after faults (a restarted actor redoes its in-flight batch; a lost
+    node's blocks are rebuilt from lineage). Redone work normally replaces, never adds, but the
+    assembler counts segments, so a row delivered twice could finish an item early. Keys:
+    (unit, item, segment, kind) for units in flight; rows of finished units are dropped.
+    """
+
+    def __init__(self) -> None:
+        self._seen: dict[str, set[tuple[int, int, str]]] = {}
+        self._finished: set[str] = set()
+        self.dropped = 0
+
+    def filter(self, batch: dict[str, Any]) -> dict[str, Any] | None:
+        import numpy as np
+
+        keep = np.ones(len(batch["row_kind"]), dtype=bool)
+        for i, (unit, item, seg, kind) in enumerate(zip(batch["unit_id"], batch["item_index"],
+                                                        batch["seg_index"], batch["row_kind"],
+                                                        strict=True)):
+            unit = str(unit)
+            key = (int(item), int(seg), str(kind))
+            seen = self._seen.setdefault(unit, set()) if unit not in self._finished else None
+            if seen is None or key in seen:
+                keep[i] = False
+                continue
+            seen.add(key)
+        if keep.all():
+            return batch
+        self.dropped += int((~keep).sum())
+        log.warning("dropped %d redelivered row(s)", int((~keep).sum()))
+        if not keep.any():
+            return None
+        return {name: column[keep] for name, column in batch.items()}
+
+    def finished(self, unit_id: str) -> None:
+        self._seen.pop(unit_id, None)
+        self._finished.add(unit_id)
 
 
 def _reap(pending: list[Future], summary: RunSummary) -> list[Future]:

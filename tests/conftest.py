@@ -44,6 +44,25 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
         server.stop()
 
 
+@pytest.fixture(params=["file", "memory", "s3"])
+def store(request, tmp_path):
+    """(fs, root) on each storage backend: local files, fsspec memory, and the real S3 server."""
+    import fsspec
+
+    if request.param == "file":
+        yield fsspec.filesystem("file"), str(tmp_path / "out")
+        return
+    if request.param == "s3":
+        server = request.getfixturevalue("s3_server")
+        yield server.filesystem(), server.make_bucket(f"store-{uuid.uuid4().hex[:12]}")
+        return
+    fs = fsspec.filesystem("memory")
+    root = f"memory://test-{uuid.uuid4().hex}"
+    yield fs, root
+    if fs.exists(root):
+        fs.rm(root, recursive=True)
+
+
 @pytest.fixture()
 def s3_bucket(s3_server: SeaweedS3) -> str:
     """A fresh bucket per test: 's3://semtok-<random>'."""

@@ -204,3 +204,14 @@ def test_spec_builds_replicas_fingerprints_and_segmenters_alike(tmp_path: Path) 
         describe_codec(CodecSpec("semanticodec", {"tokenrate": 50}))
     with pytest.raises(ValueError, match="unknown codec"):
         build_codec(CodecSpec("encodec", {}))
+
+
+def test_s3_weights_through_standard_aws_variables(tmp_path: Path, s3_server, aws_env) -> None:
+    source = write_checkpoint_folder(tmp_path / "ckpt", token_rate=50)
+    bucket = s3_server.make_bucket("semtok-weights")
+    s3_server.filesystem().put(str(tmp_path / "ckpt") + "/", f"{bucket}/semanticodec/", recursive=True)
+    codec = SemantiCodec(50, 4096, weights=f"{bucket}/semanticodec", size="tiny", device="cpu",
+                         cache_dir=tmp_path / "cache")
+    clip = _noise(4.0, seed=8)
+    torch.testing.assert_close(codec.encode(clip), source.encode(clip), rtol=0, atol=0)
+    assert codec.fingerprint()["weights"] == f"{bucket}/semanticodec"

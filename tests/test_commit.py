@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import fsspec
@@ -46,17 +45,6 @@ class Crash(Exception):
     """Stands for a worker dying between publishing data and publishing the manifest."""
 
 
-@pytest.fixture(params=["file", "memory"])
-def store(request, tmp_path):
-    """(fs, root) on each fsspec backend; an S3 case can join the params later."""
-    if request.param == "file":
-        yield fsspec.filesystem("file"), str(tmp_path / "out")
-        return
-    fs = fsspec.filesystem("memory")
-    root = f"memory://test-{uuid.uuid4().hex}"
-    yield fs, root
-    if fs.exists(root):
-        fs.rm(root, recursive=True)
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import uuid
 
 import fsspec
 import pytest
@@ -31,31 +30,19 @@ FP = {
 }
 
 
-@pytest.fixture(params=["file", "memory"])
-def store(request, tmp_path):
-    """(fs, root) on each fsspec backend; an S3 case can join the params later."""
-    if request.param == "file":
-        yield fsspec.filesystem("file"), str(tmp_path / "out")
-        return
-    fs = fsspec.filesystem("memory")
-    root = f"memory://test-{uuid.uuid4().hex}"
-    yield fs, root
-    if fs.exists(root):
-        fs.rm(root, recursive=True)
-
-
 def test_dataset_version_is_stable_and_readable():
     version = dataset_version(FP)
     assert version == dataset_version(dict(reversed(list(FP.items()))))
     assert version.startswith("semanticodec-r50-v16384-")
-    assert version.endswith(fingerprint_digest(FP)[:10])
+    identity = {k: v for k, v in FP.items() if k not in ("codec_version", "weights")}
+    assert version.endswith(fingerprint_digest(identity)[:10])
     check_safe_id(version)
 
 
 @pytest.mark.parametrize(
-    "change", [{"weights": "random:1"}, {"size": "small"}, {"semantic_vocab_size": 8192}]
+    "change", [{"weights_digest": "random:1"}, {"size": "small"}, {"semantic_vocab_size": 8192}]
 )
-def test_dataset_version_changes_with_any_config(change):
+def test_dataset_version_changes_with_any_identity_field(change):
     assert dataset_version({**FP, **change}) != dataset_version(FP)
 
 
@@ -118,3 +105,10 @@ def test_publish_local_failure_keeps_old_content(tmp_path, monkeypatch):
         publish(fs, str(target), b"new")
     assert target.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.bin"]
+
+
+def test_version_ignores_provenance_but_not_identity():
+    moved = {**FP, "weights": "s3://elsewhere/ckpt", "codec_version": "9.9.9"}
+    assert dataset_version(moved) == dataset_version(FP)
+    for field, value in (("weights_digest", "11ee"), ("channel_policy", "mean"), ("token_rate", 25)):
+        assert dataset_version({**FP, field: value}) != dataset_version(FP)

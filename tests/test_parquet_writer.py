@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import uuid
 
 import fsspec
 import numpy as np
@@ -33,17 +32,6 @@ FP = {
 }
 
 
-@pytest.fixture(params=["file", "memory"])
-def store(request, tmp_path):
-    """(fs, root) on each fsspec backend; an S3 case can join the params later."""
-    if request.param == "file":
-        yield fsspec.filesystem("file"), str(tmp_path / "out")
-        return
-    fs = fsspec.filesystem("memory")
-    root = f"memory://test-{uuid.uuid4().hex}"
-    yield fs, root
-    if fs.exists(root):
-        fs.rm(root, recursive=True)
 
 
 def make_rows(n: int, seed: int = 0, prefix: str = "clip") -> list[dict]:

@@ -203,7 +203,9 @@ def test_gpu_request_without_gpus_fails_fast_with_a_clear_message() -> None:
         plan_resources(TokenizeConfig(input="x", output="y", num_encoders=2, cpus_per_encoder=1, **TINY),
                        {"CPU": 2.0})
     cpu = plan_resources(TokenizeConfig(input="x", output="y", **TINY), {"CPU": 2.0})
-    assert (cpu.device, cpu.num_encoders, cpu.cpus_per_encoder) == ("cpu", 1, 1.0)
+    assert (cpu.device, cpu.num_encoders, cpu.cpus_per_encoder) == ("cpu", 1, 1.5)
+    big = plan_resources(TokenizeConfig(input="x", output="y", **TINY), {"CPU": 64.0})
+    assert big.num_encoders == 8 and big.num_encoders * big.cpus_per_encoder + 0.5 <= 64
     gpu = plan_resources(TokenizeConfig(input="x", output="y", **TINY), {"CPU": 16.0, "GPU": 4.0})
     assert (gpu.device, gpu.num_encoders, gpu.gpus_per_encoder) == ("cuda", 4, 1.0)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import re
 import tarfile
-import uuid
 
 import fsspec
 import numpy as np
@@ -37,17 +36,6 @@ UNSAFE_IDS = [
 ]
 
 
-@pytest.fixture(params=["file", "memory"])
-def store(request, tmp_path):
-    """(fs, root) on each fsspec backend; an S3 case can join the params later."""
-    if request.param == "file":
-        yield fsspec.filesystem("file"), str(tmp_path / "out")
-        return
-    fs = fsspec.filesystem("memory")
-    root = f"memory://test-{uuid.uuid4().hex}"
-    yield fs, root
-    if fs.exists(root):
-        fs.rm(root, recursive=True)
 
 
 def make_rows(ids: list[str], seed: int = 0) -> list[dict]:

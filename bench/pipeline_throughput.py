@@ -1,0 +1,190 @@
+"""End-to-end pipeline throughput against the bare batched codec loop and a per-file loop.
+
+All three encode the same decoded audio with the same codec config; figures are audio seconds per
+wall second. Prints figures, never passes or fails.
+
+    python bench/pipeline_throughput.py throughput --files 6 --seconds 20 --size full
+    python bench/pipeline_throughput.py memory --files 40 --scale 10     # tiny codec, peak RSS
+
+`memory` runs the pipeline on N and scale×N files, each in a fresh process with a fresh local Ray,
+and reports the peak RSS of the driver and of every Ray worker process (Linux /proc VmHWM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from codec import build_codec
+from pipeline.audio_decoding import decode_audio
+from pipeline.config import TokenizeConfig
+
+
+def write_corpus(folder: Path, files: int, seconds: float, seed: int = 0) -> list[Path]:
+    import soundfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for index in range(files):
+        t = np.arange(int(seconds * 16000)) / 16000
+        f0 = 120 + 40 * index % 200
+        wave = 0.3 * np.sin(2 * np.pi * f0 * t * (1 + 0.1 * np.sin(2 * np.pi * 0.5 * t)))
+        wave += 0.03 * rng.standard_normal(len(t))
+        path = folder / f"clip_{index:05d}.wav"
+        soundfile.write(path, wave.astype(np.float32), 16000, subtype="PCM_16")
+        paths.append(path)
+    return paths
+
+
+def config_for(args, input_dir: Path, output: Path) -> TokenizeConfig:
+    return TokenizeConfig(input=str(input_dir), output=str(output), weights=args.weights,
+                          token_rate=args.token_rate, semantic_vocab_size=args.vocab, codec_size=args.size,
+                          encode_batch_segments=args.batch, progress_interval_s=3600,
+                          files_per_unit=args.files_per_unit)
+
+
+def throughput(args) -> None:
+    import ray
+
+    from pipeline.tokenize import init_ray, run_tokenize
+
+    work = Path(tempfile.mkdtemp(prefix="semtok-bench-"))
+    paths = write_corpus(work / "in", args.files, args.seconds)
+    config = config_for(args, work / "in", work / "out")
+    waves = [torch.from_numpy(decode_audio(p.read_bytes()).samples) for p in paths]
+    audio_s = sum(len(w) for w in waves) / 16000
+
+    started = time.perf_counter()
+    codec = build_codec(config.codec_spec(), device="cpu")
+    load_s = time.perf_counter() - started
+    segments = [codec.split_segments(w) for w in waves]
+    samples = torch.cat([s.samples for s in segments])
+    valid = torch.cat([s.valid_frames for s in segments])
+
+    codec.max_batch_segments = args.batch
+    started = time.perf_counter()
+    codec.encode_segments(samples, valid)
+    batched_s = time.perf_counter() - started
+
+    codec.max_batch_segments = 1
+    started = time.perf_counter()
+    for wave in waves:  # the official way: one file, one segment at a time
+        codec.encode(wave)
+    per_file_s = time.perf_counter() - started
+    del codec
+
+    init_ray(None)
+    summary = run_tokenize(config, stream=open(os.devnull, "w"))
+    ray.shutdown()
+    result = {
+        "files": args.files, "seconds_per_file": args.seconds, "audio_s": round(audio_s, 1),
+        "segments": int(samples.shape[0]), "size": args.size, "token_rate": args.token_rate,
+        "batch": args.batch, "torch_threads": torch.get_num_threads(),
+        "replica_load_s": round(load_s, 2),
+        "bare_batched_loop": {"wall_s": round(batched_s, 2), "x_real_time": round(audio_s / batched_s, 3)},
+        "per_file_loop": {"wall_s": round(per_file_s, 2), "x_real_time": round(audio_s / per_file_s, 3)},
+        "pipeline": {"wall_s": round(summary.wall_seconds, 2),
+                     "x_real_time": round(summary.real_time_factor, 3),
+                     "wall_minus_replica_load_s": round(summary.wall_seconds - load_s, 2)},
+    }
+    result["pipeline_vs_bare"] = round(batched_s / summary.wall_seconds, 3)
+    result["pipeline_vs_bare_excluding_replica_load"] = round(batched_s / (summary.wall_seconds - load_s), 3)
+    result["pipeline_vs_per_file"] = round(per_file_s / summary.wall_seconds, 3)
+    print(json.dumps(result, indent=1))
+
+
+def _peak_rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def _ray_worker_pids() -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if b"ray::" in (entry / "cmdline").read_bytes():
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def memory_child(args) -> None:
+    import threading
+
+    import ray
+
+    from pipeline.tokenize import init_ray, run_tokenize
+
+    work = Path(tempfile.mkdtemp(prefix="semtok-mem-"))
+    write_corpus(work / "in", args.files, args.seconds)
+    init_ray(None)
+    peaks: dict[int, float] = {}
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            for pid in _ray_worker_pids():
+                peaks[pid] = max(peaks.get(pid, 0.0), _peak_rss_mb(pid))
+            time.sleep(0.5)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    summary = run_tokenize(config_for(args, work / "in", work / "out"), stream=open(os.devnull, "w"))
+    stop.set()
+    sampler.join()
+    print(json.dumps({"files": args.files, "items": summary.items, "audio_h": round(summary.audio_hours, 3),
+                      "driver_peak_rss_mb": round(_peak_rss_mb(os.getpid()), 1),
+                      "worker_peak_rss_mb": round(max(peaks.values(), default=0.0), 1),
+                      "wall_s": round(summary.wall_seconds, 1)}))
+    ray.shutdown()
+
+
+def memory(args) -> None:
+    rows = []
+    for files in (args.files, args.files * args.scale):
+        command = [sys.executable, __file__, "memory-child", "--files", str(files), "--seconds",
+                   str(args.seconds), "--size", args.size, "--weights", args.weights, "--token-rate",
+                   str(args.token_rate), "--vocab", str(args.vocab), "--batch", str(args.batch),
+                   "--files-per-unit", str(args.files_per_unit)]
+        out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        rows.append(json.loads(out.strip().splitlines()[-1]))
+        print(json.dumps(rows[-1]), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("mode", choices=["throughput", "memory", "memory-child"])
+    parser.add_argument("--files", type=int, default=6)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--scale", type=int, default=10)
+    parser.add_argument("--size", default=None)
+    parser.add_argument("--weights", default="random:0")
+    parser.add_argument("--token-rate", type=int, default=50)
+    parser.add_argument("--vocab", type=int, default=16384)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--files-per-unit", type=int, default=16)
+    args = parser.parse_args()
+    args.size = args.size or ("full" if args.mode == "throughput" else "tiny")
+    {"throughput": throughput, "memory": memory, "memory-child": memory_child}[args.mode](args)
+
+
+if __name__ == "__main__":
+    main()

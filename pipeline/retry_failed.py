@@ -1,0 +1,203 @@
+"""`semtok retry-failed`: reprocess only the items in the errors table (e.g. after a fix).
+
+Why not just rerun tokenize: committed units are skipped, by design. Here each unit with error
+rows is read again, but only its failed items are decoded and encoded, through the same Ray Data
+stages as tokenize (a `PrepareUnit` that keeps only the named items, then the encode actor pool).
+Each finished unit is merged with what is committed — old token rows + new successes; old error
+rows of retried items replaced by their new outcome — and committed with `commit_unit`: same final
+names, data first, manifest entry last, so a crash at any point leaves the old or the new unit,
+never both, and every item stays exactly once (in tokens, or in errors with its latest reason).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from codec import build_segmenter
+from pipeline.assemble import FinishedUnit
+from pipeline.commit import read_manifest, read_run_records, write_run_record
+from pipeline.config import ConfigError, TokenizeConfig
+from pipeline.output_layout import OutputLayout
+from pipeline.prepare_stage import UNIT, PrepareUnit, empty_row
+from pipeline.records import InputUnit
+from pipeline.sources import read_unit
+from pipeline.storage import open_filesystem, with_retries
+from pipeline.tokenize import RunSummary, _execute, job_fingerprint
+from pipeline.verify import dataset_versions
+
+__all__ = ["OnlyItemsPrepare", "retry_failed"]
+
+
+class OnlyItemsPrepare(PrepareUnit):
+    """`PrepareUnit` that decodes only the items named in the row's "only" list.
+
+    Item indexes stay those of the full unit (the assembler keys by them); the closing row counts
+    only the kept items, so the unit finishes when those are accounted for.
+    """
+
+    def __call__(self, row: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        if self._segmenter is None:
+            self._segmenter = build_segmenter(self.spec)
+        unit = InputUnit.from_json(row["unit"])
+        wanted = {str(i) for i in (row.get("only") if row.get("only") is not None else ())}
+        count = 0
+        for index, item in enumerate(read_unit(unit, storage_options=self.storage_options,
+                                               audio_column=self.audio_column,
+                                               uri_column=self.uri_column)):
+            if item.item_id not in wanted:
+                continue
+            count += 1
+            yield from self._item_rows(unit.unit_id, index, item)
+        closing = empty_row()
+        closing.update(row_kind=UNIT, unit_id=unit.unit_id, n_items=count, unit=row["unit"])
+        yield closing
+
+
+@dataclass
+class _Target:
+    """One unit to retry: its committed entry and the error rows being retried."""
+
+    unit: InputUnit  # as committed (full)
+    read_unit: InputUnit  # what the prepare stage reads (files units: only the failed files)
+    errors: list[dict[str, Any]]  # all committed error rows of the unit
+    retried: set[str]  # ids being retried
+
+
+def _latest_tokenize_record(fs, layout: OutputLayout) -> dict[str, Any]:
+    records = with_retries(lambda: read_run_records(fs, layout))
+    for _, record in sorted(records.items(), reverse=True):
+        if record.get("kind", "tokenize") == "tokenize" and record.get("config"):
+            return record
+    raise ConfigError(f"{layout.version_url} has no tokenize run record: cannot tell how it was made")
+
+
+def _read_rows(fs, layout: OutputLayout, rel: str) -> list[dict[str, Any]]:
+    data = with_retries(lambda: fs.cat_file(layout.path(rel)))
+    return pq.read_table(io.BytesIO(data)).to_pylist()
+
+
+def _targets(fs, layout: OutputLayout, manifest: Mapping[str, dict[str, Any]],
+             reasons: Sequence[str] | None) -> list[_Target]:
+    targets = []
+    for unit_id, entry in manifest.items():
+        errors_file = next((f for f in entry.get("files", []) if f["kind"] == "errors"), None)
+        if errors_file is None or not entry.get("n_error_rows", errors_file.get("rows")):
+            continue
+        errors = _read_rows(fs, layout, errors_file["path"])
+        retried = {row["id"] for row in errors if not reasons or row["reason"] in reasons}
+        if not retried:
+            continue
+        unit = InputUnit.from_dict({**entry["unit_info"], "unit_id": unit_id})
+        readable = unit
+        if unit.kind == "files":  # one file per item: read only the failed files
+            failed_uris = {row["source_uri"] for row in errors if row["id"] in retried}
+            readable = InputUnit(unit_id=unit.unit_id, kind="files", root=unit.root,
+                                 uris=tuple(u for u in unit.uris if u in failed_uris))
+        targets.append(_Target(unit, readable, errors, retried))
+    return targets
+
+
+def _token_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A committed token row back into the form `commit_unit` takes."""
+    return {**row, "semantic_tokens": np.asarray(row["semantic_tokens"], dtype=np.uint16),
+            "acoustic_tokens": np.asarray(row["acoustic_tokens"], dtype=np.uint16),
+            "metadata": json.loads(row.get("metadata") or "{}")}
+
+
+def _merger(fs, layout: OutputLayout, manifest: Mapping[str, dict[str, Any]],
+            targets: Mapping[str, _Target]):
+    def merge(finished: FinishedUnit) -> FinishedUnit:
+        """Committed rows + the retry's outcome; items the read did not produce keep their row."""
+        target = targets[finished.unit.unit_id]
+        entry = manifest[target.unit.unit_id]
+        tokens_file = next(f for f in entry["files"] if f["kind"] == "tokens")
+        old_tokens = [_token_row(r) for r in _read_rows(fs, layout, tokens_file["path"])]
+        redone = {r["id"] for r in finished.token_rows} | {r["id"] for r in finished.error_rows}
+        redone &= target.retried
+        new_tokens = [r for r in finished.token_rows if r["id"] in redone]
+        new_errors = [r for r in finished.error_rows if r["id"] in redone]
+        kept_errors = [r for r in target.errors if r["id"] not in redone]
+        token_ids = {r["id"] for r in old_tokens}
+        clash = token_ids & {r["id"] for r in new_tokens}
+        if clash:  # an item in both tables would be a duplicate: refuse to commit it
+            raise RuntimeError(f"unit {target.unit.unit_id}: retried items already in tokens: "
+                               f"{sorted(clash)[:3]}")
+        return FinishedUnit(target.unit, old_tokens + new_tokens, kept_errors + new_errors)
+
+    return merge
+
+
+def retry_failed(
+    output: str,
+    *,
+    version: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    input_storage_options: Mapping[str, Any] | None = None,
+    reasons: Sequence[str] | None = None,
+    ray_address: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    stream: TextIO = sys.stderr,
+) -> list[RunSummary]:
+    """Retry the failed items of every (or one) dataset version under `output`; one summary each.
+
+    The job's config comes from the version's latest tokenize run record (storage options are
+    redacted there: pass them, or use the AWS env vars); `overrides` adjust execution fields
+    (num_encoders, ...). Refuses when the current codec would write another version.
+    """
+    fs, root_path = open_filesystem(output, storage_options)
+    versions = dataset_versions(fs, root_path)
+    if version is not None:
+        if version not in versions:
+            raise FileNotFoundError(f"no dataset version {version!r} under {output}")
+        versions = [version]
+    summaries = []
+    for name in versions:
+        layout = OutputLayout(output.rstrip("/"), name)
+        summaries.append(_retry_version(fs, layout, storage_options=storage_options,
+                                        input_storage_options=input_storage_options, reasons=reasons,
+                                        ray_address=ray_address, overrides=overrides or {},
+                                        stream=stream))
+    return summaries
+
+
+def _retry_version(fs, layout: OutputLayout, *, storage_options, input_storage_options, reasons,
+                   ray_address, overrides, stream: TextIO) -> RunSummary:
+    started = time.monotonic()
+    run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-retry-" + uuid.uuid4().hex[:8]
+    summary = RunSummary(run_id=run_id, output=layout.version_url)
+    record = _latest_tokenize_record(fs, layout)
+    config_data = {**record["config"], **dict(overrides), "ray_address": ray_address,
+                   "storage_options": dict(input_storage_options or storage_options or {})}
+    config = TokenizeConfig.from_dict(config_data)
+    fingerprint = job_fingerprint(config)
+    if OutputLayout.for_fingerprint(layout.root_url, fingerprint).version != layout.version:
+        raise ConfigError(f"the recorded codec config now makes another dataset version than "
+                          f"{layout.version}: retrying would mix tokens of different codecs")
+    manifest = with_retries(lambda: read_manifest(fs, layout))
+    targets = {t.unit.unit_id: t for t in _targets(fs, layout, manifest, reasons)}
+    summary.units_planned = len(targets)
+    n_items = sum(len(t.retried) for t in targets.values())
+    print(f"[semtok] retry-failed {layout.version_url}: {n_items} failed item(s) in {len(targets)} "
+          "unit(s)", file=stream, flush=True)
+    if targets:
+        _execute(config, [t.read_unit for t in targets.values()], fs, layout, fingerprint, summary,
+                 stream, prepare_cls=OnlyItemsPrepare,
+                 only_items={u: sorted(t.retried) for u, t in targets.items()},
+                 transform=_merger(fs, layout, manifest, targets))
+    summary.wall_seconds = time.monotonic() - started
+    with_retries(lambda: write_run_record(fs, layout, run_id, {
+        "kind": "retry-failed", "config": config.to_dict(), "fingerprint": fingerprint,
+        "reasons": list(reasons or []), **summary.to_dict()}))
+    print(f"[semtok] retry-failed done: {summary.items_ok} of {summary.items} retried item(s) now "
+          f"tokenized, {summary.items_failed} still failing", file=stream, flush=True)
+    return summary

@@ -1,0 +1,322 @@
+"""`semtok verify`: prove that a committed output holds every input item exactly once.
+
+Why a tool of its own: exactly once is a property of naming + commit order, and faults (killed
+drivers, lost nodes, storage outages) are survived by rerunning. Verify is the cheap check that a
+rerun left nothing behind: it reads the manifest entries (in parallel), each listed Parquet file's
+footer and `id` column only, and one listing per output folder. It reports
+
+- missing units / items: planned from the input (with the config of the latest run record, or
+  flags) but not committed, and items of committed `files` units absent from their unit's files;
+- duplicate item ids across the tokens and errors tables of a version;
+- orphaned files: data files under tokens/ errors/ wds/ (and `_tmp/`, hidden temporaries) that no
+  manifest entry lists — leftovers of crashed attempts, never read by readers;
+- bad files: listed but missing, unreadable, size / row-count mismatches vs the manifest, and with
+  `deep=True` sha256 mismatches (that reads every byte).
+
+Every dataset version under the root is checked, or one with `version=`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import posixpath
+from collections import Counter
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import fsspec
+import pyarrow.parquet as pq
+
+from pipeline.commit import READ_THREADS, read_manifest, read_run_records
+from pipeline.output_layout import (
+    ERRORS_DIR,
+    MANIFEST_DIR,
+    RUNS_DIR,
+    TMP_DIR,
+    TOKENS_DIR,
+    WDS_DIR,
+    OutputLayout,
+)
+from pipeline.records import InputUnit
+from pipeline.storage import open_filesystem, with_retries
+
+__all__ = ["VerifyReport", "VersionReport", "dataset_versions", "verify"]
+
+# Show at most this many examples per problem kind in the text report (JSON has them all).
+EXAMPLES = 5
+
+
+@dataclass
+class VersionReport:
+    """Findings for one dataset version; `problems` counts everything that is wrong."""
+
+    version: str
+    url: str
+    units_committed: int = 0
+    items_tokens: int = 0
+    items_errors: int = 0
+    units_planned: int | None = None  # only with an input to plan against
+    missing_units: list[str] = field(default_factory=list)
+    missing_items: list[str] = field(default_factory=list)
+    duplicate_items: list[str] = field(default_factory=list)
+    orphaned_files: list[str] = field(default_factory=list)
+    bad_files: list[dict[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def problems(self) -> int:
+        return (len(self.missing_units) + len(self.missing_items) + len(self.duplicate_items)
+                + len(self.orphaned_files) + len(self.bad_files))
+
+
+@dataclass
+class VerifyReport:
+    """All versions checked under one output root."""
+
+    root: str
+    versions: list[VersionReport] = field(default_factory=list)
+
+    @property
+    def problems(self) -> int:
+        return sum(v.problems for v in self.versions)
+
+    @property
+    def ok(self) -> bool:
+        return self.problems == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"root": self.root, "ok": self.ok, "problems": self.problems,
+                "versions": [{**asdict(v), "problems": v.problems} for v in self.versions]}
+
+    def text(self) -> str:
+        """A short human report: counts, then a few examples of each problem."""
+        lines = [f"verify {self.root}: {len(self.versions)} version(s), "
+                 f"{'OK' if self.ok else f'{self.problems} problem(s)'}"]
+        for v in self.versions:
+            planned = f", {v.units_planned} planned" if v.units_planned is not None else ""
+            lines.append(f"  {v.version}: {v.units_committed} units committed{planned}, "
+                         f"{v.items_tokens} token rows, {v.items_errors} error rows")
+            for name in ("missing_units", "missing_items", "duplicate_items", "orphaned_files"):
+                values = getattr(v, name)
+                if values:
+                    shown = ", ".join(values[:EXAMPLES]) + (" ..." if len(values) > EXAMPLES else "")
+                    lines.append(f"    {name.replace('_', ' ')}: {len(values)} ({shown})")
+            if v.bad_files:
+                lines.append(f"    bad files: {len(v.bad_files)}")
+                lines += [f"      {b['path']}: {b['problem']}" for b in v.bad_files[:EXAMPLES]]
+            lines += [f"    note: {note}" for note in v.notes]
+        return "\n".join(lines)
+
+
+def dataset_versions(fs: fsspec.AbstractFileSystem, root: str) -> list[str]:
+    """Version folders under an output root: those holding a manifest or run records."""
+    try:
+        with_retries(lambda: fs.invalidate_cache(root))
+        entries = with_retries(lambda: fs.ls(root, detail=True))
+    except FileNotFoundError:
+        return []
+    versions = []
+    for entry in entries:
+        if entry.get("type") != "directory":
+            continue
+        name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
+        if with_retries(lambda n=entry["name"]: fs.exists(f"{n}/{MANIFEST_DIR}")
+                        or fs.exists(f"{n}/{RUNS_DIR}")):
+            versions.append(name)
+    return sorted(versions)
+
+
+def verify(
+    output: str,
+    *,
+    input: str | None = None,  # noqa: A002 - mirrors the CLI argument
+    version: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    input_storage_options: Mapping[str, Any] | None = None,
+    input_kind: str | None = None,
+    files_per_unit: int | None = None,
+    glob: str | None = None,
+    deep: bool = False,
+) -> VerifyReport:
+    """Check every (or one) dataset version under `output`; see the module doc for what."""
+    fs, root_path = open_filesystem(output, storage_options)
+    root = output.rstrip("/")
+    versions = dataset_versions(fs, root_path)
+    if version is not None:
+        if version not in versions:
+            raise FileNotFoundError(f"no dataset version {version!r} under {output} "
+                                    f"(found: {', '.join(versions) or 'none'})")
+        versions = [version]
+    report = VerifyReport(root=root)
+    for name in versions:
+        layout = OutputLayout(root, name)
+        result = _verify_version(fs, layout, deep=deep)
+        if input is not None:
+            _check_plan(fs, layout, result, input, input_storage_options or storage_options or {},
+                        input_kind=input_kind, files_per_unit=files_per_unit, glob=glob)
+        report.versions.append(result)
+    return report
+
+
+def _verify_version(fs: fsspec.AbstractFileSystem, layout: OutputLayout, *, deep: bool) -> VersionReport:
+    result = VersionReport(version=layout.version, url=layout.version_url)
+    manifest = with_retries(lambda: read_manifest(fs, layout))
+    result.units_committed = len(manifest)
+    listed: dict[str, tuple[str, dict[str, Any]]] = {}  # rel path → (unit id, file record)
+    for unit_id, entry in manifest.items():
+        for record in entry.get("files", []):
+            listed[record["path"]] = (unit_id, record)
+    present = _list_outputs(fs, layout)
+    result.orphaned_files = sorted(rel for rel in present if rel not in listed)
+    for rel in sorted(set(listed) - set(present)):
+        result.bad_files.append({"path": rel, "problem": "listed in the manifest but missing"})
+
+    # Parquet files: footer row count + id column (or the whole file with deep=True).
+    parquet = [(rel, unit, rec) for rel, (unit, rec) in listed.items()
+               if rel in present and rec["kind"] in ("tokens", "errors")]
+    others = [(rel, unit, rec) for rel, (unit, rec) in listed.items()
+              if rel in present and rec["kind"] not in ("tokens", "errors")]
+
+    def check(job: tuple[str, str, dict[str, Any]]) -> tuple[str, str, dict[str, Any], list[str], str]:
+        rel, unit, rec = job
+        try:
+            ids, problem = _check_file(fs, layout, rec, present[rel], deep=deep)
+        except Exception as error:  # noqa: BLE001 - an unreadable file is a finding, not a crash
+            return rel, unit, rec, [], f"unreadable: {type(error).__name__}: {error}"[:300]
+        return rel, unit, rec, ids, problem
+
+    jobs = parquet + others
+    ids_by_unit: dict[str, list[str]] = {}
+    all_ids: list[str] = []
+    if jobs:
+        with ThreadPoolExecutor(max_workers=min(READ_THREADS, len(jobs))) as pool:
+            checked = list(pool.map(check, jobs))
+        for rel, unit, rec, ids, problem in checked:
+            if problem:
+                result.bad_files.append({"path": rel, "problem": problem})
+            if rec["kind"] == "tokens":
+                result.items_tokens += len(ids)
+            elif rec["kind"] == "errors":
+                result.items_errors += len(ids)
+            else:
+                continue
+            ids_by_unit.setdefault(unit, []).extend(ids)
+            all_ids.extend(ids)
+    counts = Counter(all_ids)
+    result.duplicate_items = sorted(i for i, n in counts.items() if n > 1)
+
+    for unit_id, entry in manifest.items():
+        ids = ids_by_unit.get(unit_id, [])
+        if entry.get("n_items") is not None and int(entry["n_items"]) != len(ids):
+            result.bad_files.append({"path": layout.manifest_rel(unit_id),
+                                     "problem": f"n_items {entry['n_items']} but the unit's files "
+                                                f"hold {len(ids)} rows"})
+        expected = _expected_file_ids(entry.get("unit_info") or {})
+        if expected is not None:
+            result.missing_items += sorted(expected - set(ids))
+    return result
+
+
+def _list_outputs(fs: fsspec.AbstractFileSystem, layout: OutputLayout) -> dict[str, int | None]:
+    """Relative path → size of every data file under tokens/ errors/ wds/, `_tmp/` leftovers and
+    hidden temporaries in `_manifest/` (those are orphans by definition)."""
+    found: dict[str, int | None] = {}
+    for folder in (TOKENS_DIR, ERRORS_DIR, WDS_DIR, TMP_DIR, MANIFEST_DIR):
+        base = layout.path(folder)
+        with_retries(lambda b=base: fs.invalidate_cache(b))
+        try:
+            entries = with_retries(lambda b=base: fs.find(b, detail=True))
+        except FileNotFoundError:
+            continue
+        prefix = fs._strip_protocol(layout.version_url).rstrip("/") + "/"
+        for name, info in entries.items():
+            if info.get("type") == "directory" or name.endswith("/"):
+                continue
+            rel = name[len(prefix):] if name.startswith(prefix) else name
+            if folder == MANIFEST_DIR and not posixpath.basename(rel).startswith("."):
+                continue  # manifest entries themselves are not data files
+            found[rel] = info.get("size")
+    return found
+
+
+def _check_file(fs: fsspec.AbstractFileSystem, layout: OutputLayout, rec: Mapping[str, Any],
+                size: int | None, *, deep: bool) -> tuple[list[str], str]:
+    """(ids in the file, problem or ''): size vs manifest, then footer rows / id column."""
+    path = layout.path(rec["path"])
+    if size is not None and rec.get("bytes") is not None and int(size) != int(rec["bytes"]):
+        return [], f"size {size} != manifest bytes {rec['bytes']}"
+    if deep:
+        data = with_retries(lambda: fs.cat_file(path))
+        if hashlib.sha256(data).hexdigest() != rec.get("sha256"):
+            return [], "sha256 does not match the manifest"
+        if rec["kind"] not in ("tokens", "errors"):
+            return [], ""
+        table = pq.read_table(io.BytesIO(data), columns=["id"])
+    elif rec["kind"] not in ("tokens", "errors"):
+        return [], ""
+    else:
+        def read_ids() -> Any:
+            with fs.open(path, "rb") as handle:
+                return pq.ParquetFile(handle).read(columns=["id"])
+
+        table = with_retries(read_ids)
+    ids = [str(i) for i in table.column("id").to_pylist()]
+    if rec.get("rows") is not None and int(rec["rows"]) != len(ids):
+        return ids, f"{len(ids)} rows != manifest rows {rec['rows']}"
+    return ids, ""
+
+
+def _expected_file_ids(info: Mapping[str, Any]) -> set[str] | None:
+    """Item ids a committed `files` unit must hold (one per file); None for other kinds."""
+    if info.get("kind") != "files":
+        return None
+    unit = InputUnit.from_dict({**info, "uris": info.get("uris") or []})
+    return _file_item_ids(unit)
+
+
+def _file_item_ids(unit: InputUnit) -> set[str]:
+    from pipeline.sources import _relative, safe_relpath
+
+    return {safe_relpath(_relative(uri, unit.root)) for uri in unit.uris}
+
+
+def latest_run_config(fs: fsspec.AbstractFileSystem, layout: OutputLayout) -> dict[str, Any]:
+    """Config of the newest tokenize run record of a version ({} when there is none)."""
+    records = with_retries(lambda: read_run_records(fs, layout))
+    for _, record in sorted(records.items(), reverse=True):
+        if record.get("kind", "tokenize") == "tokenize" and record.get("config"):
+            return dict(record["config"])
+    return {}
+
+
+def _check_plan(fs: fsspec.AbstractFileSystem, layout: OutputLayout, result: VersionReport, input_url: str,
+                storage_options: Mapping[str, Any], *, input_kind: str | None,
+                files_per_unit: int | None, glob: str | None) -> None:
+    """Plan the input as `run_tokenize` would (same exclusions) and report what is not committed."""
+    from pipeline.commit import committed_source_uris, committed_unit_ids
+    from pipeline.sources import plan_units
+
+    config = latest_run_config(fs, layout)
+    kind = input_kind or config.get("input_kind") or "auto"
+    per_unit = files_per_unit or int(config.get("files_per_unit") or 256)
+    pattern = glob if glob is not None else config.get("glob")
+    if not config:
+        result.notes.append("no run record: planned with default/flag settings")
+    done_units = with_retries(lambda: committed_unit_ids(fs, layout))
+    done_uris = with_retries(lambda: committed_source_uris(fs, layout))
+    planned = plan_units(input_url, storage_options=storage_options, kind=kind, files_per_unit=per_unit,
+                         exclude_uris=frozenset(done_uris), glob=pattern)
+    missing = [unit for unit in planned if unit.unit_id not in done_units]
+    result.units_planned = len(planned)
+    result.missing_units = sorted(unit.unit_id for unit in missing)
+    for unit in missing:
+        if unit.kind == "files":  # other kinds name their items only when read
+            result.missing_items += sorted(_file_item_ids(unit))
+
+
+def format_json(report: VerifyReport) -> str:
+    return json.dumps(report.to_dict(), indent=1, sort_keys=True)
