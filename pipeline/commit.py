@@ -229,10 +229,17 @@ def committed_unit_ids(fs: fsspec.AbstractFileSystem, layout: OutputLayout) -> s
     return set(read_manifest(fs, layout))
 
 
-def committed_source_uris(fs: fsspec.AbstractFileSystem, layout: OutputLayout) -> set[str]:
-    """Source URIs already covered by committed "files" units, for incremental planning."""
+def committed_source_uris(
+    fs: fsspec.AbstractFileSystem,
+    layout: OutputLayout,
+    manifest: Mapping[str, dict[str, Any]] | None = None,
+) -> set[str]:
+    """Source URIs already covered by committed "files" units, for incremental planning.
+
+    Pass `manifest` when it was just read: on object stores each read is one GET per unit."""
     uris: set[str] = set()
-    for entry in read_manifest(fs, layout).values():
+    entries = read_manifest(fs, layout) if manifest is None else manifest
+    for entry in entries.values():
         info = entry.get("unit_info") or {}
         if info.get("kind") != "files":
             continue

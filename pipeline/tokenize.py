@@ -24,7 +24,7 @@ from pipeline.commit import (
     cleanup_tmp,
     commit_unit,
     committed_source_uris,
-    committed_unit_ids,
+    read_manifest,
     write_run_record,
 )
 from pipeline.config import ConfigError, TokenizeConfig
@@ -219,8 +219,9 @@ def run_tokenize(config: TokenizeConfig, *, stream: TextIO = sys.stderr) -> RunS
     layout = OutputLayout.for_fingerprint(config.output, fingerprint)
     summary = RunSummary(run_id=run_id, output=layout.version_url)
 
-    done_units = with_retries(lambda: committed_unit_ids(fs, layout))
-    done_uris = with_retries(lambda: committed_source_uris(fs, layout))
+    manifest = with_retries(lambda: read_manifest(fs, layout))  # one read: a GET per unit on S3
+    done_units = set(manifest)
+    done_uris = committed_source_uris(fs, layout, manifest)
     planned = plan_units(config.input, storage_options=config.storage_options,
                          kind=config.input_kind, files_per_unit=config.files_per_unit,
                          exclude_uris=frozenset(done_uris), glob=config.glob)

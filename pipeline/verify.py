@@ -297,7 +297,7 @@ def _check_plan(fs: fsspec.AbstractFileSystem, layout: OutputLayout, result: Ver
                 storage_options: Mapping[str, Any], *, input_kind: str | None,
                 files_per_unit: int | None, glob: str | None) -> None:
     """Plan the input as `run_tokenize` would (same exclusions) and report what is not committed."""
-    from pipeline.commit import committed_source_uris, committed_unit_ids
+    from pipeline.commit import committed_source_uris
     from pipeline.sources import plan_units
 
     config = latest_run_config(fs, layout)
@@ -306,8 +306,9 @@ def _check_plan(fs: fsspec.AbstractFileSystem, layout: OutputLayout, result: Ver
     pattern = glob if glob is not None else config.get("glob")
     if not config:
         result.notes.append("no run record: planned with default/flag settings")
-    done_units = with_retries(lambda: committed_unit_ids(fs, layout))
-    done_uris = with_retries(lambda: committed_source_uris(fs, layout))
+    manifest = with_retries(lambda: read_manifest(fs, layout))
+    done_units = set(manifest)
+    done_uris = committed_source_uris(fs, layout, manifest)
     planned = plan_units(input_url, storage_options=storage_options, kind=kind, files_per_unit=per_unit,
                          exclude_uris=frozenset(done_uris), glob=pattern)
     missing = [unit for unit in planned if unit.unit_id not in done_units]
