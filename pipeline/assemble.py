@@ -4,6 +4,10 @@ Rows of one unit arrive in any order, across many batches. A unit is finished wh
 `unit` row has arrived and every one of its items is accounted for: all segments encoded (a token
 row) or an error (an error row). Only unfinished units are held, and only their tokens (a few KB
 per minute of audio), so driver memory stays flat however large the corpus is.
+
+Ray Data redoes work after faults (a restarted actor redoes its in-flight batch; a lost node's
+blocks are rebuilt), so a row may arrive twice. Segments are keyed, never counted, and rows of a
+unit already finished are ignored: a redelivered row can neither finish an item early nor add one.
 """
 
 from __future__ import annotations
@@ -28,14 +32,15 @@ class _Item:
     num_tokens: int = 0
     n_segments: int = -1
     segments: dict[int, bytes] = field(default_factory=dict)
+    failed_segments: set[int] = field(default_factory=set)
     error: dict[str, str] | None = None
-    accounted: int = 0  # segments seen (encoded or failed)
 
     @property
     def done(self) -> bool:
         if self.error is not None and self.n_segments <= 0:
             return True
-        return self.n_segments >= 0 and self.accounted >= self.n_segments
+        accounted = len(self.failed_segments | self.segments.keys())
+        return self.n_segments >= 0 and accounted >= self.n_segments
 
 
 @dataclass
@@ -65,6 +70,8 @@ class UnitAssembler:
     def __init__(self, streams: int = 2) -> None:
         self.streams = streams
         self._units: dict[str, _Unit] = {}
+        self._finished: set[str] = set()
+        self.redelivered = 0  # rows ignored because their unit was already finished
 
     @property
     def pending(self) -> int:
@@ -74,6 +81,9 @@ class UnitAssembler:
         touched: set[str] = set()
         for i in range(len(batch["row_kind"])):
             unit_id = str(batch["unit_id"][i])
+            if unit_id in self._finished:
+                self.redelivered += 1
+                continue
             touched.add(unit_id)
             state = self._units.setdefault(unit_id, _Unit())
             kind = batch["row_kind"][i]
@@ -91,7 +101,6 @@ class UnitAssembler:
                 item.num_tokens = int(batch["num_tokens"][i])
                 item.duration_s = float(batch["duration_s"][i])
                 item.segments[int(batch["seg_index"][i])] = bytes(batch["tokens"][i])
-                item.accounted += 1
             elif kind == ERROR:
                 if item.error is None:
                     item.error = {"stage": str(batch["stage"][i]), "reason": str(batch["reason"][i]),
@@ -99,11 +108,12 @@ class UnitAssembler:
                 segments = int(batch["n_segments"][i])
                 if segments > 0:  # a segment that failed to encode
                     item.n_segments = segments
-                    item.accounted += 1
+                    item.failed_segments.add(int(batch["seg_index"][i]))
         for unit_id in sorted(touched):
             state = self._units[unit_id]
             if state.done:
                 del self._units[unit_id]
+                self._finished.add(unit_id)
                 yield self._finish(state)
 
     def _finish(self, state: _Unit) -> FinishedUnit:

@@ -296,6 +296,7 @@ def _plan_parquet_file(fs: fsspec.AbstractFileSystem, path: str, root: str) -> l
     except (FileNotFoundError, PermissionError):
         raise
     except Exception as exc:  # noqa: BLE001 - a corrupt footer is per-file data, not fatal
+        _raise_if_transient(exc)
         log.warning("parquet footer unreadable for %s: %s", uri, type(exc).__name__)
         return [InputUnit(unit_id=f"pq-{slug}-bad-{_hash(rel, 12)}", kind="parquet", uris=(uri,), root=root)]
     return [
@@ -435,6 +436,16 @@ def _err(item_id: str, uri: str, reason: str, detail: str, meta: dict | None = N
     )
 
 
+def _raise_if_transient(exc: BaseException) -> None:
+    """Storage trouble that outlasted its retries fails the unit instead of becoming error rows.
+
+    An outage is not a property of the item: recording it would leave good items in the errors
+    table. Failing the unit fails the job with the storage error, and a rerun resumes it.
+    """
+    if is_transient(exc):
+        raise exc
+
+
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:300]
 
@@ -450,6 +461,7 @@ def _read_files(unit: InputUnit, storage_options: Mapping[str, Any] | None) -> I
         try:
             data = _read_object(uri, storage_options)
         except Exception as exc:  # noqa: BLE001 - per-item failure becomes an error row
+            _raise_if_transient(exc)
             yield _err(item_id, uri, "unreadable_object", _describe(exc))
             continue
         yield SourceItem(item_id=item_id, source_uri=uri, data=bytes(data), metadata={})
@@ -487,10 +499,8 @@ def _read_tar(unit: InputUnit, storage_options: Mapping[str, Any] | None) -> Ite
                 yield item
             return
         except _TransientMidStream as exc:
-            if attempt == attempts - 1:
-                shard = _shard_key(unit)
-                yield _err(f"{shard}/#truncated", unit.uris[0], "truncated_tar", str(exc))
-                return
+            if attempt == attempts - 1:  # an outage, not a broken shard: fail the unit (see above)
+                raise OSError(f"storage kept failing while reading {unit.uris[0]}: {exc}") from exc
             log.warning("transient error mid-shard %s, reopening", unit.unit_id)
 
 
@@ -505,6 +515,7 @@ def _tar_items(unit: InputUnit, storage_options: Mapping[str, Any] | None) -> It
         fs, path = open_filesystem(uri, storage_options)
         fobj = with_retries(lambda: fs.open(path, "rb", block_size=_TAR_BLOCK))
     except Exception as exc:  # noqa: BLE001
+        _raise_if_transient(exc)
         yield _err(f"{shard}/#unreadable", uri, "unreadable_object", _describe(exc))
         return
     seen: set[str] = set()
@@ -650,6 +661,7 @@ def _read_parquet(
 
         schema, offset, table = with_retries(load)
     except Exception as exc:  # noqa: BLE001
+        _raise_if_transient(exc)
         yield _err(f"{stem}/#rg{rg}", uri, "unreadable_object", _describe(exc))
         return
     col = _detect_audio_column(schema, audio_column)
@@ -763,6 +775,7 @@ def _read_manifest(
         try:
             data = _read_object(audio_uri, opts)
         except Exception as exc:  # noqa: BLE001
+            _raise_if_transient(exc)
             yield _err(item_id, audio_uri, "unreadable_object", _describe(exc), meta)
             continue
         yield SourceItem(item_id=item_id, source_uri=audio_uri, data=bytes(data), metadata=meta)

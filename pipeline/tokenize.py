@@ -269,7 +269,6 @@ def _execute(config: TokenizeConfig, units: list[InputUnit], fs, layout: OutputL
     dataset = build_tokenize_dataset(config, units, resources, prepare_cls=prepare_cls,
                                      only_items=only_items)
     assembler = UnitAssembler()
-    dedup = RowDeduplicator()
     progress = _Progress(stream, config.progress_interval_s, len(units))
     pending: list[Future] = []
 
@@ -283,12 +282,8 @@ def _execute(config: TokenizeConfig, units: list[InputUnit], fs, layout: OutputL
             unit_info=info, run_id=summary.run_id), **COMMIT_RETRIES)
 
     with ThreadPoolExecutor(max_workers=config.commit_threads) as pool:
-        for raw in dataset.iter_batches(batch_format="numpy", batch_size=None):
-            batch = dedup.filter(raw)
-            if batch is None:
-                continue
+        for batch in dataset.iter_batches(batch_format="numpy", batch_size=None):
             for finished in assembler.add(batch):
-                dedup.finished(finished.unit.unit_id)
                 pending.append(pool.submit(commit, finished))
                 _count(summary, finished)
             pending = _reap(pending, summary)
@@ -296,50 +291,11 @@ def _execute(config: TokenizeConfig, units: list[InputUnit], fs, layout: OutputL
         for future in pending:
             future.result()
             summary.units_committed += 1
+    if assembler.redelivered:
+        log.warning("ignored %d redelivered row(s) of finished units", assembler.redelivered)
     if assembler.pending:
         raise RuntimeError(f"{assembler.pending} unit(s) never finished: the stream ended early")
     progress.update(summary, force=True)
-
-
-class RowDeduplicator:
-    """Drops rows the driver has seen already, so a redelivered block never counts twice.
-
-    Ray Data re-executes work after faults (a restarted actor redoes its in-flight batch; a lost
-    node's blocks are rebuilt from lineage). Redone work normally replaces, never adds, but the
-    assembler counts segments, so a row delivered twice could finish an item early. Keys:
-    (unit, item, segment, kind) for units in flight; rows of finished units are dropped.
-    """
-
-    def __init__(self) -> None:
-        self._seen: dict[str, set[tuple[int, int, str]]] = {}
-        self._finished: set[str] = set()
-        self.dropped = 0
-
-    def filter(self, batch: dict[str, Any]) -> dict[str, Any] | None:
-        import numpy as np
-
-        keep = np.ones(len(batch["row_kind"]), dtype=bool)
-        for i, (unit, item, seg, kind) in enumerate(zip(batch["unit_id"], batch["item_index"],
-                                                        batch["seg_index"], batch["row_kind"],
-                                                        strict=True)):
-            unit = str(unit)
-            key = (int(item), int(seg), str(kind))
-            seen = self._seen.setdefault(unit, set()) if unit not in self._finished else None
-            if seen is None or key in seen:
-                keep[i] = False
-                continue
-            seen.add(key)
-        if keep.all():
-            return batch
-        self.dropped += int((~keep).sum())
-        log.warning("dropped %d redelivered row(s)", int((~keep).sum()))
-        if not keep.any():
-            return None
-        return {name: column[keep] for name, column in batch.items()}
-
-    def finished(self, unit_id: str) -> None:
-        self._seen.pop(unit_id, None)
-        self._finished.add(unit_id)
 
 
 def _reap(pending: list[Future], summary: RunSummary) -> list[Future]:

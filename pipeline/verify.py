@@ -209,7 +209,7 @@ def _verify_version(fs: fsspec.AbstractFileSystem, layout: OutputLayout, *, deep
     counts = Counter(all_ids)
     result.duplicate_items = sorted(i for i, n in counts.items() if n > 1)
 
-    for unit_id, entry in manifest.items():
+    for unit_id, entry in sorted(manifest.items()):
         ids = ids_by_unit.get(unit_id, [])
         if entry.get("n_items") is not None and int(entry["n_items"]) != len(ids):
             result.bad_files.append({"path": layout.manifest_rel(unit_id),
@@ -316,7 +316,8 @@ def _check_plan(fs: fsspec.AbstractFileSystem, layout: OutputLayout, result: Ver
     result.missing_units = sorted(unit.unit_id for unit in missing)
     for unit in missing:
         if unit.kind == "files":  # other kinds name their items only when read
-            result.missing_items += sorted(_file_item_ids(unit))
+            result.missing_items += _file_item_ids(unit)
+    result.missing_items.sort()
 
 
 def format_json(report: VerifyReport) -> str:

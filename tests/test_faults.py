@@ -26,7 +26,7 @@ from pipeline.config import TokenizeConfig
 from pipeline.output_layout import OutputLayout
 from pipeline.sources import plan_units
 from pipeline.storage import is_transient, open_filesystem
-from pipeline.tokenize import RowDeduplicator, job_fingerprint, run_tokenize
+from pipeline.tokenize import job_fingerprint, run_tokenize
 from pipeline.verify import verify
 from tests.corpus import speech_like, wav_bytes
 
@@ -184,20 +184,6 @@ def test_ray_data_actor_pool_restarts_actors_and_retries_their_tasks() -> None:
 
     args = ActorPoolMapOperator._apply_default_remote_args({}, DataContext.get_current())
     assert args["max_restarts"] == -1 and args["max_task_retries"] == -1
-
-
-def test_redelivered_rows_are_dropped() -> None:
-    def batch(unit: str, items: list[int], segs: list[int], kinds: list[str]) -> dict:
-        return {"unit_id": np.array([unit] * len(items)), "item_index": np.array(items),
-                "seg_index": np.array(segs), "row_kind": np.array(kinds), "x": np.arange(len(items))}
-
-    dedup = RowDeduplicator()
-    first = dedup.filter(batch("u", [0, 0, 1], [0, 1, -1], ["segment", "segment", "error"]))
-    assert first is not None and len(first["x"]) == 3
-    again = dedup.filter(batch("u", [0, 0, 2], [1, 2, 0], ["segment", "segment", "segment"]))
-    assert again is not None and again["seg_index"].tolist() == [2, 0] and dedup.dropped == 1
-    dedup.finished("u")
-    assert dedup.filter(batch("u", [0], [0], ["segment"])) is None
 
 
 def test_rerun_of_a_finished_1000_unit_job_encodes_nothing(tmp_path: Path) -> None:

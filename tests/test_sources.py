@@ -316,3 +316,16 @@ def test_safe_relpath():
     assert safe_relpath("日本語 clip.wav") == "日本語 clip.wav"
     assert is_unsafe_name("../x") and is_unsafe_name("/x") and is_unsafe_name("a\x00b")
     assert is_unsafe_name("C:/x") and not is_unsafe_name("a/b.c.wav")
+
+
+def test_storage_outage_fails_the_unit_instead_of_recording_items_as_errors():
+    """Connection refused (nothing listens on the port) outlasts the retries: the unit must fail,
+    so the job stops with the storage error and a rerun redoes it; its items are not 'bad'."""
+    options = {"key": "k", "secret": "s", "endpoint_url": "http://127.0.0.1:9",
+               "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 1}}
+    unit = InputUnit(unit_id="files-x", kind="files", uris=("s3://bucket/a.wav",), root="s3://bucket")
+    with pytest.raises(Exception) as raised:
+        list(read_unit(unit, storage_options=options))
+    from pipeline.storage import is_transient
+
+    assert is_transient(raised.value)
