@@ -105,6 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _tokenize_parser(sub)
     _verify_parser(sub)
     _retry_parser(sub)
+    demo = sub.add_parser("demo-corpus", help="write a few synthetic clips (and a broken file) to try on")
+    demo.add_argument("folder")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -117,6 +119,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_verify(args)
         elif args.command == "retry-failed":
             return _run_retry(args)
+        elif args.command == "demo-corpus":
+            from jobs.demo_corpus import write_demo_corpus
+
+            for path in write_demo_corpus(args.folder):
+                print(path)
     except ConfigError as error:
         print(f"semtok: config error: {error}", file=sys.stderr)
         return 2

@@ -249,3 +249,16 @@ def test_full_size_codec_through_the_pipeline(ray_local, tmp_path: Path) -> None
         audio = decode_audio(read_bytes(row["source_uri"]))
         direct = codec.encode(torch.from_numpy(audio.samples))[0].numpy()
         np.testing.assert_array_equal(np.stack([row["semantic_tokens"], row["acoustic_tokens"]], 1), direct)
+
+
+def test_readme_demo_commands(ray_local, tmp_path: Path) -> None:
+    """The README's first command, in process: demo corpus, then tokenize with the tiny codec."""
+    from jobs.cli import main
+
+    assert main(["demo-corpus", str(tmp_path / "demo")]) == 0
+    assert main(["tokenize", str(tmp_path / "demo"), "--out", str(tmp_path / "tokens"),
+                 "--codec-size", "tiny", "--weights", "random:0"]) == 0
+    version = next((tmp_path / "tokens").iterdir())
+    tokens = pq.read_table(next((version / "tokens").glob("*.parquet")))
+    errors = pq.read_table(next((version / "errors").glob("*.parquet")))
+    assert tokens.num_rows == 4 and errors.column("reason").to_pylist() == ["undecodable"]
