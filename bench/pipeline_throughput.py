@@ -7,7 +7,8 @@ wall second. Prints figures, never passes or fails.
     python bench/pipeline_throughput.py memory --files 40 --scale 10     # tiny codec, peak RSS
 
 `memory` runs the pipeline on N and scale×N files, each in a fresh process with a fresh local Ray,
-and reports the peak RSS of the driver and of every Ray worker process (Linux /proc VmHWM).
+and reports the peak private memory (RssAnon) of the driver and of every Ray worker process, and
+their peak shared object-store pages (RssShmem), sampled from Linux /proc every 0.25 s.
 """
 
 from __future__ import annotations
@@ -103,26 +104,36 @@ def throughput(args) -> None:
     print(json.dumps(result, indent=1))
 
 
-def _peak_rss_mb(pid: int) -> float:
+def _memory_mb(pid: int) -> dict[str, float]:
+    """Current private (RssAnon) and shared (RssShmem: Ray's object store pages) resident memory.
+
+    VmHWM alone misleads here: it counts every object-store page a worker ever touched, which
+    grows with run length although plasma reuses those pages and caps them at its budget.
+    """
+    out = {"private": 0.0, "shared": 0.0}
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
+            if line.startswith("RssAnon:"):
+                out["private"] = int(line.split()[1]) / 1024
+            elif line.startswith("RssShmem:"):
+                out["shared"] = int(line.split()[1]) / 1024
     except OSError:
         pass
-    return 0.0
+    return out
 
 
-def _ray_worker_pids() -> list[int]:
-    pids = []
+def _ray_workers() -> dict[int, str]:
+    """pid → Ray's process title (ray::<task or actor>) of every Ray worker process."""
+    workers = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if b"ray::" in (entry / "cmdline").read_bytes():
-                    pids.append(int(entry.name))
+                cmdline = (entry / "cmdline").read_bytes()
             except OSError:
                 continue
-    return pids
+            if cmdline.startswith(b"ray::"):
+                workers[int(entry.name)] = cmdline.split(b"\0")[0].decode(errors="replace")[:60]
+    return workers
 
 
 def memory_child(args) -> None:
@@ -135,23 +146,30 @@ def memory_child(args) -> None:
     work = Path(tempfile.mkdtemp(prefix="semtok-mem-"))
     write_corpus(work / "in", args.files, args.seconds)
     init_ray(None)
-    peaks: dict[int, float] = {}
+    peaks: dict[str, dict[str, float]] = {}
     stop = threading.Event()
 
     def sample() -> None:
         while not stop.is_set():
-            for pid in _ray_worker_pids():
-                peaks[pid] = max(peaks.get(pid, 0.0), _peak_rss_mb(pid))
-            time.sleep(0.5)
+            for pid, title in [(os.getpid(), "driver"), *_ray_workers().items()]:
+                title = title.split(".")[0]  # one row per actor/task kind, not per method
+                current = _memory_mb(pid)
+                peak = peaks.setdefault(title, {"private": 0.0, "shared": 0.0})
+                for kind, value in current.items():
+                    peak[kind] = max(peak[kind], value)
+            time.sleep(0.25)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     summary = run_tokenize(config_for(args, work / "in", work / "out"), stream=open(os.devnull, "w"))
     stop.set()
     sampler.join()
+    workers = {t: p for t, p in peaks.items() if t != "driver"}
     print(json.dumps({"files": args.files, "items": summary.items, "audio_h": round(summary.audio_hours, 3),
-                      "driver_peak_rss_mb": round(_peak_rss_mb(os.getpid()), 1),
-                      "worker_peak_rss_mb": round(max(peaks.values(), default=0.0), 1),
+                      "driver_peak_private_mb": round(peaks["driver"]["private"], 1),
+                      "worker_peak_private_mb": round(max(p["private"] for p in workers.values()), 1),
+                      "worker_peak_shared_mb": round(max(p["shared"] for p in workers.values()), 1),
+                      "peaks_mb": {t: {k: round(v, 1) for k, v in p.items()} for t, p in peaks.items()},
                       "wall_s": round(summary.wall_seconds, 1)}))
     ray.shutdown()
 

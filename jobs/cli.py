@@ -69,6 +69,70 @@ def _retry_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--address", dest="ray_address", help="Ray cluster address")
 
 
+def _plan_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plan", help="size a tokenize job without encoding: units, items, hours, cost",
+                       description="List the work `semtok tokenize` would do on INPUT (minus what "
+                                   "OUTPUT already holds): units, items, audio hours from headers, "
+                                   "estimated output size and encoder-hours. Encodes nothing.")
+    p.add_argument("input", nargs="?", help="input URL (or set `input` in --config)")
+    p.add_argument("--out", "--output", dest="output", help="output URL: skip what is committed there")
+    p.add_argument("--config", help="YAML file of TokenizeConfig fields (the job's); flags override it")
+    p.add_argument("--version", dest="dataset_version",
+                   help="dataset version under OUTPUT (default: from the codec flags, like tokenize)")
+    p.add_argument("--input-kind", choices=["auto", "files", "tar", "parquet", "manifest"])
+    p.add_argument("--glob", help="glob below INPUT, e.g. '**/*.flac'")
+    p.add_argument("--files-per-unit", type=int)
+    p.add_argument("--format", dest="formats", action="append", choices=["parquet", "webdataset"])
+    p.add_argument("--weights", help="codec weights (names the dataset version of OUTPUT)")
+    p.add_argument("--token-rate", type=int, choices=[25, 50, 100])
+    p.add_argument("--semantic-vocab-size", type=int, choices=[4096, 8192, 16384, 32768])
+    p.add_argument("--codec-size", choices=["full", "tiny"])
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--channel-policy", choices=["first", "mean"])
+    p.add_argument("--x-real-time-per-encoder", type=float, default=None,
+                   help="audio seconds encoded per wall second by one encoder (default 1.4: the "
+                        "full-size codec at rate 50 on a 2-core CPU, bench/pipeline_throughput.py; "
+                        "measure yours on GPUs)")
+    p.add_argument("--encoders", type=int, help="encoders you will run: adds a wall-time estimate")
+    p.add_argument("--threads", type=int, default=8, help="units read at once (default 8)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def _status_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("status", help="runs and committed totals of an output",
+                       description="Summarise OUTPUT from its run records and manifest: per run "
+                                   "(kind, start/end, items ok/failed, audio hours, wall, x real "
+                                   "time, errors by reason) and committed totals per version.")
+    p.add_argument("output", help="output root URL (the folder holding dataset versions)")
+    p.add_argument("--version", help="only this dataset version")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def _run_plan(args: argparse.Namespace) -> int:
+    import json
+
+    from pipeline.planning import DEFAULT_X_REAL_TIME, plan_job
+
+    skip = ("command", "config", "verbose", "dataset_version", "x_real_time_per_encoder", "encoders",
+            "threads", "json")
+    config = TokenizeConfig.load(args.config, **{k: v for k, v in vars(args).items() if k not in skip})
+    speed = DEFAULT_X_REAL_TIME if args.x_real_time_per_encoder is None else args.x_real_time_per_encoder
+    report = plan_job(config, version=args.dataset_version, encoders=args.encoders, threads=args.threads,
+                      x_real_time_per_encoder=speed)
+    print(json.dumps(report.to_dict(), indent=1, sort_keys=True) if args.json else report.text())
+    return 0
+
+
+def _run_status(args: argparse.Namespace) -> int:
+    import json
+
+    from pipeline.status import output_status
+
+    status = output_status(args.output, version=args.version)
+    print(json.dumps(status.to_dict(), indent=1, sort_keys=True) if args.json else status.text())
+    return 0
+
+
 def _run_verify(args: argparse.Namespace) -> int:
     import json
 
@@ -105,6 +169,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _tokenize_parser(sub)
     _verify_parser(sub)
     _retry_parser(sub)
+    _plan_parser(sub)
+    _status_parser(sub)
     demo = sub.add_parser("demo-corpus", help="write a few synthetic clips (and a broken file) to try on")
     demo.add_argument("folder")
     args = parser.parse_args(argv)
@@ -119,6 +185,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_verify(args)
         elif args.command == "retry-failed":
             return _run_retry(args)
+        elif args.command == "plan":
+            return _run_plan(args)
+        elif args.command == "status":
+            return _run_status(args)
         elif args.command == "demo-corpus":
             from jobs.demo_corpus import write_demo_corpus
 

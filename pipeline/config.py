@@ -48,6 +48,7 @@ class TokenizeConfig:
     cpus_per_encoder: float | None = None
     encode_batch_segments: int | None = None
     read_cpus: float = 0.5
+    object_store_budget_mb: int | None = None  # None: 512 MiB per encoder, at least 1 GiB
     commit_threads: int = 8
     max_error_fraction: float | None = None
     storage_options: dict[str, Any] = field(default_factory=dict)

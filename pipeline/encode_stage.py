@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from codec import CodecSpec, build_codec
+from pipeline.metrics import EncodeMetrics
 from pipeline.prepare_stage import ERROR, SEGMENT
 
 log = logging.getLogger(__name__)
@@ -45,13 +46,15 @@ class EncodeStats:
 class EncodeActor:
     """Callable class for `Dataset.map_batches` with an actor pool."""
 
-    def __init__(self, spec: CodecSpec, *, device: str = "cpu", threads: int | None = None) -> None:
+    def __init__(self, spec: CodecSpec, *, device: str = "cpu", threads: int | None = None,
+                 batch_size: int = 8) -> None:
         if device == "cpu" and threads:
             torch.set_num_threads(max(1, int(threads)))
         if device == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("encode actor was given a GPU but torch sees no CUDA device")
         self.codec = build_codec(spec, device=device)
         self.stats = EncodeStats()
+        self.metrics = EncodeMetrics(batch_size)
         self._failed_once: set[str] = set()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -63,8 +66,10 @@ class EncodeActor:
             _maybe_crash(batch, index)
             started = time.perf_counter()
             encoded = self._encode_rows(batch, index)
-            self.stats.seconds += time.perf_counter() - started
+            elapsed = time.perf_counter() - started
+            self.stats.seconds += elapsed
             self.stats.batches += 1
+            self.metrics.batch(elapsed, len(index))
             for position, result in zip(index, encoded, strict=True):
                 if isinstance(result, bytes):
                     tokens[position] = result

@@ -7,6 +7,7 @@ storage latency never stalls the stream), and writes the run record and dataset 
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import math
 import os
@@ -30,6 +31,7 @@ from pipeline.commit import (
 from pipeline.config import ConfigError, TokenizeConfig
 from pipeline.dataset_card import write_dataset_card
 from pipeline.encode_stage import EncodeActor
+from pipeline.metrics import JobMetrics
 from pipeline.output_layout import OutputLayout
 from pipeline.prepare_stage import PrepareUnit
 from pipeline.records import InputUnit
@@ -54,10 +56,17 @@ class Resources:
     batch_segments: int
 
 
+def utc_now_iso() -> str:
+    """Wall-clock time for run records (ISO 8601, UTC): `semtok status` shows when runs ran."""
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
 @dataclass
 class RunSummary:
     run_id: str
     output: str
+    started_at: str = field(default_factory=utc_now_iso)
+    finished_at: str = ""
     units_planned: int = 0
     units_skipped: int = 0
     units_committed: int = 0
@@ -157,6 +166,11 @@ def build_tokenize_dataset(config: TokenizeConfig, units: list[InputUnit], resou
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = False
     context.enable_progress_bars = False
+    # Bound what may wait in the object store between stages, so a fast prepare stage cannot run
+    # ahead of the encoders and worker memory stays flat however large the corpus is.
+    budget = config.object_store_budget_mb or max(1024, 512 * resources.num_encoders)
+    context.execution_options.resource_limits = context.execution_options.resource_limits.copy(
+        object_store_memory=budget * 2**20)
     rows = [{"unit": unit.to_json(), **({"only": list(only_items.get(unit.unit_id, ()))}
                                         if only_items is not None else {})} for unit in units]
     dataset = ray.data.from_items(rows, override_num_blocks=max(1, len(units)))
@@ -171,7 +185,8 @@ def build_tokenize_dataset(config: TokenizeConfig, units: list[InputUnit], resou
     threads = math.ceil(resources.cpus_per_encoder) if resources.device == "cpu" else None
     return dataset.map_batches(
         EncodeActor,
-        fn_constructor_kwargs={"spec": spec, "device": resources.device, "threads": threads},
+        fn_constructor_kwargs={"spec": spec, "device": resources.device, "threads": threads,
+                               "batch_size": resources.batch_segments},
         batch_size=resources.batch_segments,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=resources.num_encoders),
@@ -207,6 +222,28 @@ def job_fingerprint(config: TokenizeConfig) -> dict[str, Any]:
             "resampler": "soxr-hq"}
 
 
+@dataclass
+class WorkPlan:
+    """The units a job still has to do on its output, and the manifest they were planned against."""
+
+    units: list[InputUnit]
+    manifest: dict[str, dict[str, Any]]
+
+
+def plan_remaining(config: TokenizeConfig, fs: Any = None, layout: OutputLayout | None = None) -> WorkPlan:
+    """Plan `config.input` minus what `layout` has committed (one place: tokenize and `semtok plan`).
+
+    Committed units are skipped by id, and files already inside committed `files` units by URI, so
+    new files added to the input are planned into new units. Without a layout nothing is done yet.
+    """
+    manifest = with_retries(lambda: read_manifest(fs, layout)) if layout is not None else {}
+    done_uris = committed_source_uris(fs, layout, manifest) if layout is not None else set()
+    planned = plan_units(config.input, storage_options=config.storage_options,
+                         kind=config.input_kind, files_per_unit=config.files_per_unit,
+                         exclude_uris=frozenset(done_uris), glob=config.glob)
+    return WorkPlan([unit for unit in planned if unit.unit_id not in manifest], manifest)
+
+
 def run_tokenize(config: TokenizeConfig, *, stream: TextIO = sys.stderr) -> RunSummary:
     """Tokenize `config.input` into `config.output`; skips units already committed there."""
     started = time.monotonic()
@@ -219,13 +256,8 @@ def run_tokenize(config: TokenizeConfig, *, stream: TextIO = sys.stderr) -> RunS
     layout = OutputLayout.for_fingerprint(config.output, fingerprint)
     summary = RunSummary(run_id=run_id, output=layout.version_url)
 
-    manifest = with_retries(lambda: read_manifest(fs, layout))  # one read: a GET per unit on S3
-    done_units = set(manifest)
-    done_uris = committed_source_uris(fs, layout, manifest)
-    planned = plan_units(config.input, storage_options=config.storage_options,
-                         kind=config.input_kind, files_per_unit=config.files_per_unit,
-                         exclude_uris=frozenset(done_uris), glob=config.glob)
-    units = [unit for unit in planned if unit.unit_id not in done_units]
+    work = plan_remaining(config, fs, layout)  # one manifest read: a GET per unit on S3
+    units, done_units = work.units, set(work.manifest)
     summary.units_planned = len(units)
     summary.units_skipped = len(done_units)
     print(f"[semtok] output {layout.version_url}: {len(units)} units to do, "
@@ -243,6 +275,7 @@ def run_tokenize(config: TokenizeConfig, *, stream: TextIO = sys.stderr) -> RunS
             raise
     with_retries(lambda: cleanup_tmp(fs, layout))
     summary.wall_seconds = time.monotonic() - started
+    summary.finished_at = utc_now_iso()
     record = {"kind": "tokenize", "config": config.to_dict(), "fingerprint": fingerprint,
               **summary.to_dict()}
     with_retries(lambda: write_run_record(fs, layout, run_id, record))
@@ -270,6 +303,7 @@ def _execute(config: TokenizeConfig, units: list[InputUnit], fs, layout: OutputL
                                      only_items=only_items)
     assembler = UnitAssembler()
     progress = _Progress(stream, config.progress_interval_s, len(units))
+    metrics = JobMetrics(layout.version)
     pending: list[Future] = []
 
     def commit(finished: FinishedUnit) -> None:
@@ -280,12 +314,13 @@ def _execute(config: TokenizeConfig, units: list[InputUnit], fs, layout: OutputL
             fs, layout, finished.unit.unit_id, token_rows=finished.token_rows,
             error_rows=finished.error_rows, fingerprint=fingerprint, formats=config.formats,
             unit_info=info, run_id=summary.run_id), **COMMIT_RETRIES)
+        metrics.unit_committed()
 
     with ThreadPoolExecutor(max_workers=config.commit_threads) as pool:
         for batch in dataset.iter_batches(batch_format="numpy", batch_size=None):
             for finished in assembler.add(batch):
                 pending.append(pool.submit(commit, finished))
-                _count(summary, finished)
+                _count(summary, finished, metrics)
             pending = _reap(pending, summary)
             progress.update(summary)
         for future in pending:
@@ -309,13 +344,16 @@ def _reap(pending: list[Future], summary: RunSummary) -> list[Future]:
     return still
 
 
-def _count(summary: RunSummary, finished: FinishedUnit) -> None:
+def _count(summary: RunSummary, finished: FinishedUnit, metrics: JobMetrics) -> None:
     summary.items += len(finished.token_rows) + len(finished.error_rows)
     summary.items_ok += len(finished.token_rows)
     summary.items_failed += len(finished.error_rows)
     summary.audio_seconds += finished.audio_seconds
+    reasons: dict[str, int] = {}
     for row in finished.error_rows:
+        reasons[row["reason"]] = reasons.get(row["reason"], 0) + 1
         summary.errors_by_reason[row["reason"]] = summary.errors_by_reason.get(row["reason"], 0) + 1
+    metrics.unit_finished(finished.audio_seconds, len(finished.token_rows), reasons)
 
 
 def _check_error_budget(config: TokenizeConfig, summary: RunSummary) -> None:

@@ -18,18 +18,33 @@ from tests.s3_server import SeaweedS3
 pytest_plugins = ["tests.golden"]
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
 def ray_local():
-    """One local Ray for the session (2 CPUs here), every listener on loopback."""
+    """One local Ray for the session (2 CPUs here), every listener on loopback.
+
+    Its Prometheus endpoint is at http://127.0.0.1:<ray_local.metrics_port>/metrics, refreshed
+    every second so tests can watch metrics during a run.
+    """
     import os
+    from types import SimpleNamespace
 
     import ray
 
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    port = free_port()
     if not ray.is_initialized():
         ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
-                 configure_logging=False)
-    yield ray
+                 configure_logging=False, _metrics_export_port=port,
+                 _system_config={"metrics_report_interval_ms": 1000})
+    yield SimpleNamespace(ray=ray, metrics_port=port)
     ray.shutdown()
 
 

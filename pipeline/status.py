@@ -1,0 +1,154 @@
+"""`semtok status`: what has been done to an output — its runs, and what the manifest holds.
+
+Why: on a cluster the driver's console is gone after the job; the run records (`runs/*.json`) and
+the manifest are the durable history. Status reads only those (small JSON objects, no data files),
+so it is cheap on any store. Totals come from the manifest (the truth readers trust), not from
+adding up runs: a unit committed twice by racing attempts counts once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from pipeline.commit import read_manifest, read_run_records
+from pipeline.output_layout import OutputLayout
+from pipeline.storage import open_filesystem, with_retries
+from pipeline.verify import dataset_versions
+
+__all__ = ["OutputStatus", "RunStatus", "VersionStatus", "output_status"]
+
+
+@dataclass
+class RunStatus:
+    """One run record, normalised (older records lack timestamps: derived from id and wall)."""
+
+    run_id: str
+    kind: str
+    started_at: str | None
+    finished_at: str | None
+    units_committed: int
+    units_skipped: int
+    items: int
+    items_ok: int
+    items_failed: int
+    audio_hours: float
+    wall_seconds: float
+    real_time_factor: float
+    errors_by_reason: dict[str, int]
+    device: str | None = None
+    num_encoders: int | None = None
+
+    @classmethod
+    def from_record(cls, run_id: str, record: Mapping[str, Any]) -> RunStatus:
+        wall = float(record.get("wall_seconds") or 0.0)
+        audio = float(record.get("audio_seconds") or 0.0)
+        started = record.get("started_at") or _time_from_run_id(run_id)
+        finished = record.get("finished_at") or _plus_seconds(started, wall)
+        resources = record.get("resources") or {}
+        return cls(
+            run_id=run_id, kind=str(record.get("kind") or "tokenize"), started_at=started,
+            finished_at=finished, units_committed=int(record.get("units_committed") or 0),
+            units_skipped=int(record.get("units_skipped") or 0), items=int(record.get("items") or 0),
+            items_ok=int(record.get("items_ok") or 0), items_failed=int(record.get("items_failed") or 0),
+            audio_hours=audio / 3600, wall_seconds=wall,
+            real_time_factor=audio / wall if wall > 0 else 0.0,
+            errors_by_reason=dict(sorted((record.get("errors_by_reason") or {}).items())),
+            device=resources.get("device"), num_encoders=resources.get("num_encoders"),
+        )
+
+
+def _time_from_run_id(run_id: str) -> str | None:
+    """Run ids start with their UTC start time (`20260101T120000Z-…`)."""
+    try:
+        when = dt.datetime.strptime(run_id[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.timezone.utc)
+    except ValueError:
+        return None
+    return when.isoformat(timespec="seconds")
+
+
+def _plus_seconds(iso: str | None, seconds: float) -> str | None:
+    if not iso:
+        return None
+    try:
+        start = dt.datetime.fromisoformat(iso)
+    except ValueError:
+        return None
+    return (start + dt.timedelta(seconds=round(seconds))).isoformat(timespec="seconds")
+
+
+@dataclass
+class VersionStatus:
+    """One dataset version: manifest totals, then its runs oldest first."""
+
+    version: str
+    url: str
+    units_committed: int = 0
+    items: int = 0
+    items_ok: int = 0
+    items_failed: int = 0
+    audio_hours: float = 0.0
+    token_frames: int = 0
+    last_committed_at: str | None = None
+    runs: list[RunStatus] = field(default_factory=list)
+
+
+@dataclass
+class OutputStatus:
+    root: str
+    versions: list[VersionStatus] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def text(self) -> str:
+        """Totals per version, then one line per run and its errors by reason."""
+        lines = [f"status {self.root}: {len(self.versions)} dataset version(s)"]
+        for v in self.versions:
+            lines.append(f"  {v.version}: {v.units_committed} units committed, {v.items} items "
+                         f"({v.items_ok} tokenized, {v.items_failed} failed), {v.audio_hours:.3f} "
+                         f"audio-h, last commit {v.last_committed_at or '-'}")
+            for r in v.runs:
+                where = f" on {r.num_encoders} {r.device} encoder(s)" if r.device else ""
+                lines.append(f"    {r.run_id} [{r.kind}] {r.started_at or '?'} -> {r.finished_at or '?'}: "
+                             f"{r.items} items ({r.items_ok} ok, {r.items_failed} failed), "
+                             f"{r.audio_hours:.3f} audio-h, {r.units_committed} units "
+                             f"({r.units_skipped} already done), wall {r.wall_seconds:.1f} s, "
+                             f"{r.real_time_factor:.1f}x real time{where}")
+                if r.errors_by_reason:
+                    lines.append("      errors: " + ", ".join(
+                        f"{k}: {n}" for k, n in r.errors_by_reason.items()))
+        return "\n".join(lines)
+
+
+def output_status(output: str, *, version: str | None = None,
+                  storage_options: Mapping[str, Any] | None = None) -> OutputStatus:
+    """Status of every dataset version under `output` (or only `version`)."""
+    fs, root_path = open_filesystem(output, storage_options)
+    root = output.rstrip("/")
+    versions = dataset_versions(fs, root_path)
+    if version is not None:
+        if version not in versions:
+            raise FileNotFoundError(f"no dataset version {version!r} under {output} "
+                                    f"(found: {', '.join(versions) or 'none'})")
+        versions = [version]
+    status = OutputStatus(root=root)
+    for name in versions:
+        layout = OutputLayout(root, name)
+        manifest = with_retries(lambda layout=layout: read_manifest(fs, layout))
+        records = with_retries(lambda layout=layout: read_run_records(fs, layout))
+        entry = VersionStatus(version=name, url=layout.version_url, units_committed=len(manifest))
+        for unit in manifest.values():
+            entry.items += int(unit.get("n_items") or 0)
+            entry.items_ok += int(unit.get("n_tokens_rows") or 0)
+            entry.items_failed += int(unit.get("n_error_rows") or 0)
+            entry.audio_hours += float(unit.get("audio_seconds") or 0.0) / 3600
+            entry.token_frames += int(unit.get("n_frames") or 0)
+        stamps = [str(u["committed_at"]) for u in manifest.values() if u.get("committed_at")]
+        entry.last_committed_at = max(stamps) if stamps else None
+        runs = [RunStatus.from_record(run_id, record) for run_id, record in records.items()]
+        entry.runs = sorted(runs, key=lambda r: (r.started_at or "", r.run_id))
+        status.versions.append(entry)
+    return status

@@ -1,0 +1,55 @@
+"""The job's Prometheus metrics appear on Ray's metrics endpoint while a tokenize job runs."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+from pipeline import metrics_names as names
+from pipeline.config import TokenizeConfig
+from pipeline.tokenize import run_tokenize
+from tests.corpus import speech_like, wav_bytes
+
+
+def _scrape(port: int) -> str:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            return response.read().decode()
+    except OSError:
+        return ""
+
+
+def test_metrics_are_scraped_during_a_run(ray_local, tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    for index in range(6):
+        audio = wav_bytes(speech_like(15.0, 16000, seed=index), 16000)
+        (tmp_path / "in" / f"c{index}.wav").write_bytes(audio)
+    (tmp_path / "in" / "broken.wav").write_bytes(b"nope")
+    seen: set[str] = set()
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            seen.update(re.findall(r"^([a-zA-Z_:][\w:]*)", _scrape(ray_local.metrics_port), re.M))
+            time.sleep(0.5)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    config = TokenizeConfig(input=str(tmp_path / "in"), output=str(tmp_path / "out"), codec_size="tiny",
+                            weights="random:0", files_per_unit=2, encode_batch_segments=2,
+                            progress_interval_s=60)
+    summary = run_tokenize(config)
+    deadline = time.monotonic() + 20  # metrics are exported once a second; allow the last report
+    while time.monotonic() < deadline and not {names.UNITS_COMMITTED, names.ITEMS_FAILED} <= seen:
+        time.sleep(0.5)
+    stop.set()
+    watcher.join()
+    assert summary.items_failed == 1
+    expected = {names.AUDIO_SECONDS_ENCODED, names.ITEMS_DONE, names.ITEMS_FAILED, names.UNITS_COMMITTED,
+                names.ENCODE_BATCH_FILL_RATIO, names.ENCODE_ACTORS, names.ENCODE_BATCH_SECONDS + "_count"}
+    assert expected <= seen, expected - seen
+    text = _scrape(ray_local.metrics_port)
+    assert 'reason="undecodable"' in text
