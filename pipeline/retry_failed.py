@@ -155,11 +155,7 @@ def retry_failed(
     (num_encoders, ...). Refuses when the current codec would write another version.
     """
     fs, root_path = open_filesystem(output, storage_options)
-    versions = dataset_versions(fs, root_path)
-    if version is not None:
-        if version not in versions:
-            raise FileNotFoundError(f"no dataset version {version!r} under {output}")
-        versions = [version]
+    versions = dataset_versions(fs, root_path, version)
     summaries = []
     for name in versions:
         layout = OutputLayout(output.rstrip("/"), name)

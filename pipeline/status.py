@@ -128,12 +128,7 @@ def output_status(output: str, *, version: str | None = None,
     """Status of every dataset version under `output` (or only `version`)."""
     fs, root_path = open_filesystem(output, storage_options)
     root = output.rstrip("/")
-    versions = dataset_versions(fs, root_path)
-    if version is not None:
-        if version not in versions:
-            raise FileNotFoundError(f"no dataset version {version!r} under {output} "
-                                    f"(found: {', '.join(versions) or 'none'})")
-        versions = [version]
+    versions = dataset_versions(fs, root_path, version)
     status = OutputStatus(root=root)
     for name in versions:
         layout = OutputLayout(root, name)

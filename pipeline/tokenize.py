@@ -228,20 +228,26 @@ class WorkPlan:
 
     units: list[InputUnit]
     manifest: dict[str, dict[str, Any]]
+    planned: int = 0  # units the input yields after excluding committed files (done ones included)
 
 
 def plan_remaining(config: TokenizeConfig, fs: Any = None, layout: OutputLayout | None = None) -> WorkPlan:
-    """Plan `config.input` minus what `layout` has committed (one place: tokenize and `semtok plan`).
+    """Plan `config.input` minus what `layout` has committed (one place: tokenize, plan, verify)."""
+    return plan_against_output(config.input, fs, layout, storage_options=config.storage_options,
+                               kind=config.input_kind, files_per_unit=config.files_per_unit,
+                               glob=config.glob)
 
-    Committed units are skipped by id, and files already inside committed `files` units by URI, so
-    new files added to the input are planned into new units. Without a layout nothing is done yet.
-    """
+
+def plan_against_output(input_url: str, fs: Any, layout: OutputLayout | None, *,
+                        storage_options: Mapping[str, Any], kind: str, files_per_unit: int,
+                        glob: str | None) -> WorkPlan:
+    """Committed units are skipped by id, and files already inside committed `files` units by URI,
+    so new files added to the input are planned into new units. Without a layout nothing is done."""
     manifest = with_retries(lambda: read_manifest(fs, layout)) if layout is not None else {}
     done_uris = committed_source_uris(fs, layout, manifest) if layout is not None else set()
-    planned = plan_units(config.input, storage_options=config.storage_options,
-                         kind=config.input_kind, files_per_unit=config.files_per_unit,
-                         exclude_uris=frozenset(done_uris), glob=config.glob)
-    return WorkPlan([unit for unit in planned if unit.unit_id not in manifest], manifest)
+    planned = plan_units(input_url, storage_options=storage_options, kind=kind,
+                         files_per_unit=files_per_unit, exclude_uris=frozenset(done_uris), glob=glob)
+    return WorkPlan([unit for unit in planned if unit.unit_id not in manifest], manifest, len(planned))
 
 
 def run_tokenize(config: TokenizeConfig, *, stream: TextIO = sys.stderr) -> RunSummary:

@@ -112,8 +112,15 @@ class VerifyReport:
         return "\n".join(lines)
 
 
-def dataset_versions(fs: fsspec.AbstractFileSystem, root: str) -> list[str]:
-    """Version folders under an output root: those holding a manifest or run records."""
+def dataset_versions(fs: fsspec.AbstractFileSystem, root: str, only: str | None = None) -> list[str]:
+    """Version folders under an output root (those holding a manifest or run records), or just
+    `only` — which must exist: operations on a misspelled version fail loudly."""
+    if only is not None:
+        found = dataset_versions(fs, root)
+        if only not in found:
+            raise FileNotFoundError(f"no dataset version {only!r} under {root} "
+                                    f"(found: {', '.join(found) or 'none'})")
+        return [only]
     try:
         with_retries(lambda: fs.invalidate_cache(root))
         entries = with_retries(lambda: fs.ls(root, detail=True))
@@ -145,12 +152,7 @@ def verify(
     """Check every (or one) dataset version under `output`; see the module doc for what."""
     fs, root_path = open_filesystem(output, storage_options)
     root = output.rstrip("/")
-    versions = dataset_versions(fs, root_path)
-    if version is not None:
-        if version not in versions:
-            raise FileNotFoundError(f"no dataset version {version!r} under {output} "
-                                    f"(found: {', '.join(versions) or 'none'})")
-        versions = [version]
+    versions = dataset_versions(fs, root_path, version)
     report = VerifyReport(root=root)
     for name in versions:
         layout = OutputLayout(root, name)
@@ -297,22 +299,17 @@ def _check_plan(fs: fsspec.AbstractFileSystem, layout: OutputLayout, result: Ver
                 storage_options: Mapping[str, Any], *, input_kind: str | None,
                 files_per_unit: int | None, glob: str | None) -> None:
     """Plan the input as `run_tokenize` would (same exclusions) and report what is not committed."""
-    from pipeline.commit import committed_source_uris
-    from pipeline.sources import plan_units
+    from pipeline.tokenize import plan_against_output
 
     config = latest_run_config(fs, layout)
-    kind = input_kind or config.get("input_kind") or "auto"
-    per_unit = files_per_unit or int(config.get("files_per_unit") or 256)
-    pattern = glob if glob is not None else config.get("glob")
     if not config:
         result.notes.append("no run record: planned with default/flag settings")
-    manifest = with_retries(lambda: read_manifest(fs, layout))
-    done_units = set(manifest)
-    done_uris = committed_source_uris(fs, layout, manifest)
-    planned = plan_units(input_url, storage_options=storage_options, kind=kind, files_per_unit=per_unit,
-                         exclude_uris=frozenset(done_uris), glob=pattern)
-    missing = [unit for unit in planned if unit.unit_id not in done_units]
-    result.units_planned = len(planned)
+    plan = plan_against_output(input_url, fs, layout, storage_options=storage_options,
+                               kind=input_kind or config.get("input_kind") or "auto",
+                               files_per_unit=files_per_unit or int(config.get("files_per_unit") or 256),
+                               glob=glob if glob is not None else config.get("glob"))
+    missing = plan.units
+    result.units_planned = plan.planned
     result.missing_units = sorted(unit.unit_id for unit in missing)
     for unit in missing:
         if unit.kind == "files":  # other kinds name their items only when read
