@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from pipeline.config import ConfigError, TokenizeConfig
 
@@ -34,6 +35,8 @@ def _tokenize_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--encode-batch-segments", type=int)
     p.add_argument("--files-per-unit", type=int)
     p.add_argument("--max-error-fraction", type=float)
+    p.add_argument("--set", dest="settings", action="append", metavar="FIELD=VALUE",
+                   help="any TokenizeConfig field (YAML value), e.g. --set read_cpus=1")
     p.add_argument("--address", dest="ray_address", help="Ray cluster address (default: RAY_ADDRESS "
                                                          "or a new local Ray)")
 
@@ -154,9 +157,23 @@ def _run_retry(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_settings(settings: Sequence[str] | None) -> dict[str, Any]:
+    """`--set FIELD=VALUE` pairs; values are YAML (numbers, lists, mappings, null)."""
+    import yaml
+
+    parsed: dict[str, Any] = {}
+    for setting in settings or ():
+        field, sep, value = setting.partition("=")
+        if not sep or not field.strip():
+            raise ConfigError(f"--set {setting!r}: expected FIELD=VALUE")
+        parsed[field.strip()] = yaml.safe_load(value) if value.strip() else None
+    return parsed
+
+
 def tokenize_config(args: argparse.Namespace) -> TokenizeConfig:
-    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config", "verbose")}
-    config = TokenizeConfig.load(args.config, **overrides)
+    """Config file, then `--set FIELD=VALUE`, then the named flags: the most specific wins."""
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "config", "verbose", "settings")}
+    config = TokenizeConfig.load(args.config, **{**parse_settings(args.settings), **flags})
     if not config.input or not config.output:
         raise ConfigError("tokenize needs INPUT and --out (or `input`/`output` in --config)")
     return config

@@ -262,3 +262,24 @@ def test_readme_demo_commands(ray_local, tmp_path: Path) -> None:
     tokens = pq.read_table(next((version / "tokens").glob("*.parquet")))
     errors = pq.read_table(next((version / "errors").glob("*.parquet")))
     assert tokens.num_rows == 4 and errors.column("reason").to_pylist() == ["undecodable"]
+
+
+def test_every_config_field_can_be_set_from_the_command_line(tmp_path: Path) -> None:
+    import argparse
+
+    from jobs.cli import tokenize_config
+
+    (tmp_path / "job.yaml").write_text("input: in\noutput: out\nread_cpus: 0.25\nfiles_per_unit: 7\n"
+                                       "codec_size: tiny\nweights: random:0\n")
+    args = argparse.Namespace(command="tokenize", config=str(tmp_path / "job.yaml"), verbose=False,
+                              settings=["read_cpus=1", "storage_options={anon: true}", "files_per_unit=9"],
+                              files_per_unit=11, input=None, output=None)
+    config = tokenize_config(args)
+    assert config.read_cpus == 1 and config.storage_options == {"anon": True}
+    assert config.files_per_unit == 11  # a named flag beats --set, which beats the file
+    with pytest.raises(ConfigError, match="unknown config field"):
+        tokenize_config(argparse.Namespace(command="tokenize", config=None, verbose=False,
+                                           settings=["no_such_field=1"], input="a", output="b"))
+    with pytest.raises(ConfigError, match="read_cpus"):
+        tokenize_config(argparse.Namespace(command="tokenize", config=None, verbose=False,
+                                           settings=["read_cpus=-1"], input="a", output="b"))
