@@ -11,15 +11,13 @@ from typing import Any
 from pipeline.config import ConfigError, TokenizeConfig
 
 
-def _tokenize_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("tokenize", help="tokenize an audio corpus into SemantiCodec tokens",
-                       description="Tokenize INPUT (folder, prefix, glob, tar shards, Parquet, or a "
-                                   "JSONL/CSV manifest; local, s3://, gs://) into OUTPUT.")
+def _job_flags(p: argparse.ArgumentParser) -> None:
+    """Input and codec flags that name the job's work and its dataset version (tokenize and plan)."""
     p.add_argument("input", nargs="?", help="input URL (or set `input` in --config)")
-    p.add_argument("--out", "--output", dest="output", help="output URL")
     p.add_argument("--config", help="YAML file of TokenizeConfig fields; flags override it")
     p.add_argument("--input-kind", choices=["auto", "files", "tar", "parquet", "manifest"])
     p.add_argument("--glob", help="glob below INPUT, e.g. '**/*.flac'")
+    p.add_argument("--files-per-unit", type=int)
     p.add_argument("--format", dest="formats", action="append", choices=["parquet", "webdataset"],
                    help="output format (repeatable; default parquet)")
     p.add_argument("--weights", help="codec weights: folder, fsspec URL, 'hub' or 'random:SEED'")
@@ -28,12 +26,19 @@ def _tokenize_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--codec-size", choices=["full", "tiny"], help="'tiny': small test architecture")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--channel-policy", choices=["first", "mean"])
+
+
+def _tokenize_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("tokenize", help="tokenize an audio corpus into SemantiCodec tokens",
+                       description="Tokenize INPUT (folder, prefix, glob, tar shards, Parquet, or a "
+                                   "JSONL/CSV manifest; local, s3://, gs://) into OUTPUT.")
+    _job_flags(p)
+    p.add_argument("--out", "--output", dest="output", help="output URL")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--num-encoders", type=int)
     p.add_argument("--gpus-per-encoder", type=float)
     p.add_argument("--cpus-per-encoder", type=float)
     p.add_argument("--encode-batch-segments", type=int)
-    p.add_argument("--files-per-unit", type=int)
     p.add_argument("--max-error-fraction", type=float)
     p.add_argument("--set", dest="settings", action="append", metavar="FIELD=VALUE",
                    help="any TokenizeConfig field (YAML value), e.g. --set read_cpus=1")
@@ -77,21 +82,10 @@ def _plan_parser(sub: argparse._SubParsersAction) -> None:
                        description="List the work `semtok tokenize` would do on INPUT (minus what "
                                    "OUTPUT already holds): units, items, audio hours from headers, "
                                    "estimated output size and encoder-hours. Encodes nothing.")
-    p.add_argument("input", nargs="?", help="input URL (or set `input` in --config)")
+    _job_flags(p)
     p.add_argument("--out", "--output", dest="output", help="output URL: skip what is committed there")
-    p.add_argument("--config", help="YAML file of TokenizeConfig fields (the job's); flags override it")
     p.add_argument("--version", dest="dataset_version",
                    help="dataset version under OUTPUT (default: from the codec flags, like tokenize)")
-    p.add_argument("--input-kind", choices=["auto", "files", "tar", "parquet", "manifest"])
-    p.add_argument("--glob", help="glob below INPUT, e.g. '**/*.flac'")
-    p.add_argument("--files-per-unit", type=int)
-    p.add_argument("--format", dest="formats", action="append", choices=["parquet", "webdataset"])
-    p.add_argument("--weights", help="codec weights (names the dataset version of OUTPUT)")
-    p.add_argument("--token-rate", type=int, choices=[25, 50, 100])
-    p.add_argument("--semantic-vocab-size", type=int, choices=[4096, 8192, 16384, 32768])
-    p.add_argument("--codec-size", choices=["full", "tiny"])
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--channel-policy", choices=["first", "mean"])
     p.add_argument("--x-real-time-per-encoder", type=float, default=None,
                    help="audio seconds encoded per wall second by one encoder (default 1.4: the "
                         "full-size codec at rate 50 on a 2-core CPU, bench/pipeline_throughput.py; "
