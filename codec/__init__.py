@@ -7,10 +7,10 @@ from a config. No Ray here.
 from .checkpoint import CheckpointError
 from .config import SemantiCodecConfig, num_tokens
 from .interface import Codec, Segments
-from .registry import CodecSpec, build_codec, build_segmenter, describe_codec
+from .registry import CodecSpec, build_codec, build_segmenter, check_decode_options, describe_codec
 from .semanticodec import SemantiCodec
 
 __all__ = [
     "CheckpointError", "Codec", "CodecSpec", "SemantiCodec", "SemantiCodecConfig", "Segments",
-    "build_codec", "build_segmenter", "describe_codec", "num_tokens",
+    "build_codec", "build_segmenter", "check_decode_options", "describe_codec", "num_tokens",
 ]

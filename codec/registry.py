@@ -41,3 +41,8 @@ def describe_codec(spec: CodecSpec) -> dict[str, Any]:
 
 def build_segmenter(spec: CodecSpec) -> Callable[[torch.Tensor], Segments]:
     return spec.codec_class().segmenter(dict(spec.options))
+
+
+def check_decode_options(spec: CodecSpec, options: dict[str, Any]) -> None:
+    """ValueError when `decode_batch(**options)` could never run for this codec."""
+    spec.codec_class().check_decode_options(dict(options))

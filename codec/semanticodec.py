@@ -45,7 +45,7 @@ from .fbank import kaldi_fbank, normalize_fbank
 from .interface import Segments
 from .random_weights import random_centroids, random_decoder_state_dict, random_state_dict
 from .resample import resample
-from .sampler import NoiseSource
+from .sampler import NoiseSource, ddim_timesteps
 
 log = logging.getLogger(__name__)
 
@@ -246,6 +246,23 @@ class SemantiCodec:
         token_rate = cls._checked(options).get("token_rate", 50)
         SemantiCodecConfig(token_rate)  # validates
         return lambda waveform: split_segments(waveform, token_rate)
+
+    @classmethod
+    def check_decode_options(cls, options: dict[str, Any]) -> None:
+        """Raise ValueError for `decode_batch` options no decode can run with, before any model
+        loads (a job must not find out item by item that its step count is impossible)."""
+        unknown = sorted(set(options) - {"steps", "guidance", "dtype", "batched_cfg", "max_batch_windows"})
+        if unknown:
+            raise ValueError(f"unknown decode option(s) {unknown}")
+        steps = options.get("steps", 50)
+        if not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be a positive integer, got {steps!r}")
+        ddim_timesteps(steps)
+        if options.get("dtype", "float32") not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {options['dtype']!r}")
+        guidance = float(options.get("guidance", 2.0))
+        if not np.isfinite(guidance) or guidance < 0:
+            raise ValueError(f"guidance must be a finite number >= 0, got {guidance}")
 
     @classmethod
     def _checked(cls, options: dict[str, Any]) -> dict[str, Any]:

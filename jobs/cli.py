@@ -44,6 +44,58 @@ def _tokenize_parser(sub: argparse._SubParsersAction) -> None:
                    help="any TokenizeConfig field (YAML value), e.g. --set read_cpus=1")
     p.add_argument("--address", dest="ray_address", help="Ray cluster address (default: RAY_ADDRESS "
                                                          "or a new local Ray)")
+    audit = p.add_mutually_exclusive_group()
+    audit.add_argument("--audit-sample", type=int, metavar="N",
+                       help="after the run, audit N sampled items (see `semtok audit`)")
+    audit.add_argument("--audit-fraction", type=float, metavar="F", help="after the run, audit a fraction")
+    p.add_argument("--audit-seed", type=int)
+    p.add_argument("--audit-steps", type=int, help="DDIM steps of the audit's decoder (default 50)")
+    p.add_argument("--audit-domain", choices=["speech", "music", "sound"],
+                   help="domain of items whose metadata names none (default sound)")
+
+
+def _audit_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("audit", help="decode a sample of an output, score it, write an HTML report",
+                       description="Sample tokenized items of OUTPUT (seeded, stratified by source and "
+                                   "shard), decode them on a pool of codec replicas, score each against "
+                                   "its original, and write index.html + audit.json (default: under "
+                                   "<version>/audits/).")
+    p.add_argument("output", help="output root URL (the folder holding dataset versions)")
+    p.add_argument("--version", help="dataset version (needed when OUTPUT holds several)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--sample", type=int, metavar="N", help="items to audit (default 20)")
+    size.add_argument("--fraction", type=float, metavar="F", help="fraction of the items to audit")
+    p.add_argument("--seed", type=int, help="sampling and decoding seed (default 0): a rerun audits "
+                                            "the same items with the same noise")
+    p.add_argument("--steps", type=int, help="DDIM steps (default 50, the official decode's)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default 2.0)")
+    p.add_argument("--max-item-seconds", type=float, help="audit the first S seconds of each item "
+                                                          "(default 10.24: one decoder window)")
+    p.add_argument("--domain", dest="default_domain", choices=["speech", "music", "sound"],
+                   help="domain of items whose metadata has no `domain` (default sound)")
+    p.add_argument("--weights", help="where this cluster reads the codec weights (default: as recorded)")
+    p.add_argument("--report", help="report folder URL (default: <version>/audits/<audit id>)")
+    p.add_argument("--references", help="JSON list of published figures to draw, each with its source")
+    p.add_argument("--worst-k", type=int)
+    p.add_argument("--random-k", type=int)
+    p.add_argument("--num-decoders", type=int)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--set", dest="settings", action="append", metavar="FIELD=VALUE",
+                   help="any AuditConfig field (YAML value), e.g. --set decode_batch_items=8")
+    p.add_argument("--address", dest="ray_address", help="Ray cluster address")
+
+
+def _audit_diff_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("audit-diff", help="compare two audits: metric shifts and regressions",
+                       description="Compare audit A with audit B (folders or audit.json URLs): mean of "
+                                   "each metric overall, per domain and per source, paired over shared "
+                                   "items, with 95 %% intervals.")
+    p.add_argument("a")
+    p.add_argument("b")
+    p.add_argument("--out", help="also write an HTML comparison (index.html, diff.json, plots) here")
+    p.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    p.add_argument("--fail-on-regression", action="store_true",
+                   help="exit status 1 when any metric regressed beyond its 95 %% interval")
 
 
 def _verify_parser(sub: argparse._SubParsersAction) -> None:
@@ -151,6 +203,33 @@ def _run_retry(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_audit(args: argparse.Namespace) -> int:
+    from pipeline.audit import AuditConfig, run_audit
+
+    flags = {k: v for k, v in vars(args).items()
+             if k not in ("command", "verbose", "settings") and v is not None}
+    try:
+        config = AuditConfig(**{**parse_settings(args.settings), **flags})
+    except TypeError as error:  # an unknown --set field
+        raise ConfigError(str(error)) from None
+    result = run_audit(config)
+    print(result.html_url)
+    return 0
+
+
+def _run_audit_diff(args: argparse.Namespace) -> int:
+    import json
+
+    from pipeline.audit_diff import diff_audits, load_audit, write_diff_report
+
+    a, b = load_audit(args.a), load_audit(args.b)
+    diff = diff_audits(a, b, a_name=args.a, b_name=args.b)
+    print(json.dumps(diff.to_dict(), indent=1, sort_keys=True) if args.json else diff.text())
+    if args.out:
+        print(write_diff_report(diff, a, b, args.out), file=sys.stderr)
+    return 1 if args.fail_on_regression and diff.regressions else 0
+
+
 def parse_settings(settings: Sequence[str] | None) -> dict[str, Any]:
     """`--set FIELD=VALUE` pairs; values are YAML (numbers, lists, mappings, null)."""
     import yaml
@@ -167,6 +246,8 @@ def parse_settings(settings: Sequence[str] | None) -> dict[str, Any]:
 def tokenize_config(args: argparse.Namespace) -> TokenizeConfig:
     """Config file, then `--set FIELD=VALUE`, then the named flags: the most specific wins."""
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "config", "verbose", "settings")}
+    if "audit_seed" in flags and flags["audit_seed"] is None:
+        flags.pop("audit_seed")
     config = TokenizeConfig.load(args.config, **{**parse_settings(args.settings), **flags})
     if not config.input or not config.output:
         raise ConfigError("tokenize needs INPUT and --out (or `input`/`output` in --config)")
@@ -182,6 +263,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _retry_parser(sub)
     _plan_parser(sub)
     _status_parser(sub)
+    _audit_parser(sub)
+    _audit_diff_parser(sub)
     demo = sub.add_parser("demo-corpus", help="write a few synthetic clips (and a broken file) to try on")
     demo.add_argument("folder")
     args = parser.parse_args(argv)
@@ -200,6 +283,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_plan(args)
         elif args.command == "status":
             return _run_status(args)
+        elif args.command == "audit":
+            return _run_audit(args)
+        elif args.command == "audit-diff":
+            return _run_audit_diff(args)
         elif args.command == "demo-corpus":
             from jobs.demo_corpus import write_demo_corpus
 

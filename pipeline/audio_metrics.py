@@ -430,6 +430,15 @@ HIGHER_IS_BETTER: dict[str, bool] = {
     "si_sdr": True, "log_mel_distance": False, "mrstft_distance": False, "loudness_diff_db": False,
     "pesq_wb": True, "stoi": True, "estoi": True, "visqol": True,
 }
+#: Signed metrics whose best value is 0: "better" compares their magnitude (|x| lower is better).
+ZERO_IS_BEST: frozenset[str] = frozenset({"loudness_diff_db"})
+
+
+def goodness(metric: str, value: float) -> float:
+    """`value` on a scale where larger is always better (for ranking and comparing)."""
+    if metric in ZERO_IS_BEST:
+        return -abs(value)
+    return value if HIGHER_IS_BETTER[metric] else -value
 
 
 def score_pair(reference: np.ndarray, estimate: np.ndarray, *, domain: str,

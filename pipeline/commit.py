@@ -366,3 +366,12 @@ def read_run_records(fs: fsspec.AbstractFileSystem, layout: OutputLayout) -> dic
         if base.endswith(".json") and not base.startswith("."):
             records[base[: -len(".json")]] = json.loads(fs.cat_file(name))
     return dict(sorted(records.items()))
+
+
+def latest_tokenize_record(fs: fsspec.AbstractFileSystem, layout: OutputLayout) -> dict[str, Any]:
+    """The newest tokenize run record of a version: how its tokens were made (config, fingerprint)."""
+    records = read_run_records(fs, layout)
+    for _, record in sorted(records.items(), reverse=True):
+        if record.get("kind", "tokenize") == "tokenize" and record.get("config"):
+            return record
+    raise ValueError(f"{layout.version_url} has no tokenize run record: cannot tell how it was made")

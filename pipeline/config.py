@@ -53,6 +53,12 @@ class TokenizeConfig:
     max_error_fraction: float | None = None
     storage_options: dict[str, Any] = field(default_factory=dict)
     progress_interval_s: float = 5.0
+    # quality audit after the run (`semtok audit`): off unless a sample size or fraction is given
+    audit_sample: int | None = None
+    audit_fraction: float | None = None
+    audit_seed: int = 0
+    audit_steps: int | None = None  # DDIM steps (default: the audit's, 50)
+    audit_domain: str | None = None  # domain of items whose metadata names none (default: sound)
 
     def __post_init__(self) -> None:
         self.formats = tuple(self.formats)
@@ -84,8 +90,18 @@ class TokenizeConfig:
             raise bad("encode_batch_segments", "must be >= 1")
         if self.max_error_fraction is not None and not 0 <= self.max_error_fraction <= 1:
             raise bad("max_error_fraction", "must be between 0 and 1")
+        if self.audit_sample is not None and self.audit_fraction is not None:
+            raise bad("audit_fraction", "give audit_sample or audit_fraction, not both")
+        if self.audit_sample is not None and self.audit_sample < 1:
+            raise bad("audit_sample", "must be >= 1")
+        if self.audit_fraction is not None and not 0 < self.audit_fraction <= 1:
+            raise bad("audit_fraction", "must be in (0, 1]")
         if self.codec_size == "tiny" and not (self.weights or "").startswith("random:"):
             raise bad("weights", "the tiny codec has random weights only: use --weights random:SEED")
+
+    @property
+    def audit_requested(self) -> bool:
+        return self.audit_sample is not None or self.audit_fraction is not None
 
     def codec_spec(self) -> CodecSpec:
         return CodecSpec(self.codec, {

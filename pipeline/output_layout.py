@@ -27,6 +27,7 @@ WDS_DIR = "wds"
 MANIFEST_DIR = "_manifest"
 RUNS_DIR = "runs"
 TMP_DIR = "_tmp"
+AUDITS_DIR = "audits"  # quality audits: one folder each (report, JSON, media)
 README = "README.md"
 
 
@@ -172,6 +173,10 @@ class OutputLayout:
     @property
     def tmp_root(self) -> str:
         return self.path(TMP_DIR)
+
+    def audit_dir(self, audit_id: str) -> str:
+        """Folder of one audit report (index.html, audit.json, media/, plots/)."""
+        return self.path(f"{AUDITS_DIR}/{check_safe_id(audit_id, 'audit id')}")
 
     def tmp_dir(self, attempt_id: str) -> str:
         """Scratch folder of one attempt; cleanup removes whole attempt folders."""

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from codec import build_segmenter
 from pipeline.assemble import FinishedUnit
-from pipeline.commit import read_manifest, read_run_records, write_run_record
+from pipeline.commit import latest_tokenize_record, read_manifest, write_run_record
 from pipeline.config import ConfigError, TokenizeConfig
 from pipeline.output_layout import OutputLayout
 from pipeline.prepare_stage import UNIT, PrepareUnit, empty_row
@@ -71,14 +71,6 @@ class _Target:
     read_unit: InputUnit  # what the prepare stage reads (files units: only the failed files)
     errors: list[dict[str, Any]]  # all committed error rows of the unit
     retried: set[str]  # ids being retried
-
-
-def _latest_tokenize_record(fs, layout: OutputLayout) -> dict[str, Any]:
-    records = with_retries(lambda: read_run_records(fs, layout))
-    for _, record in sorted(records.items(), reverse=True):
-        if record.get("kind", "tokenize") == "tokenize" and record.get("config"):
-            return record
-    raise ConfigError(f"{layout.version_url} has no tokenize run record: cannot tell how it was made")
 
 
 def _read_rows(fs, layout: OutputLayout, rel: str) -> list[dict[str, Any]]:
@@ -171,7 +163,10 @@ def _retry_version(fs, layout: OutputLayout, *, storage_options, input_storage_o
     started = time.monotonic()
     run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-retry-" + uuid.uuid4().hex[:8]
     summary = RunSummary(run_id=run_id, output=layout.version_url)
-    record = _latest_tokenize_record(fs, layout)
+    try:
+        record = with_retries(lambda: latest_tokenize_record(fs, layout))
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     config_data = {**record["config"], **dict(overrides), "ray_address": ray_address,
                    "storage_options": dict(input_storage_options or storage_options or {})}
     config = TokenizeConfig.from_dict(config_data)

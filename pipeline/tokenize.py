@@ -289,7 +289,22 @@ def run_tokenize(config: TokenizeConfig, *, stream: TextIO = sys.stderr) -> RunS
     print(f"[semtok] done: {summary.line()}", file=stream, flush=True)
     print(f"[semtok] run record: {layout.run_path(run_id)}", file=stream, flush=True)
     _check_error_budget(config, summary)
+    if config.audit_requested:
+        _audit_after(config, layout, stream)
     return summary
+
+
+def _audit_after(config: TokenizeConfig, layout: OutputLayout, stream: TextIO) -> None:
+    """`semtok tokenize --audit-sample N`: audit the version just written, on the same Ray."""
+    from pipeline.audit import AuditConfig, run_audit  # the audit imports this module
+
+    options: dict[str, Any] = {"steps": config.audit_steps} if config.audit_steps is not None else {}
+    if config.audit_domain is not None:
+        options["default_domain"] = config.audit_domain
+    run_audit(AuditConfig(output=config.output, version=layout.version, sample=config.audit_sample,
+                          fraction=config.audit_fraction, seed=config.audit_seed,
+                          ray_address=config.ray_address, device=config.device,
+                          storage_options=dict(config.storage_options), **options), stream=stream)
 
 
 def _execute(config: TokenizeConfig, units: list[InputUnit], fs, layout: OutputLayout,

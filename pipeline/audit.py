@@ -1,0 +1,474 @@
+"""`semtok audit`: listen to a sample of a tokenized output and say how good its tokens are.
+
+Plan (driver): read every committed token file once — token statistics for the whole output and
+the list of candidates (id, unit, source, domain) — then pick a seeded, stratified sample
+(`audit_sampling`). Execute (Ray Data): re-read the sampled originals (CPU), decode their tokens
+on a pool of full codec replicas (GPU when there is one), score each pair (CPU). Report (driver):
+every number into audit.json, and a static HTML page with plots, players and spectrograms
+(`audit_report`). The audit writes only below `<version>/audits/<id>/` (or `report`): the tokens
+are never touched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import io
+import json
+import math
+import sys
+import time
+import uuid
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from codec import CodecSpec, build_segmenter, check_decode_options
+from pipeline.audio_metrics import DEFAULT_METRICS, DOMAINS, METRICS, goodness
+from pipeline.audit_report import AuditMedia, ExampleAudio, write_report
+from pipeline.audit_sampling import (
+    Candidate,
+    decode_seed,
+    domain_of,
+    random_pick,
+    sample_items,
+    sample_size,
+    source_of,
+)
+from pipeline.audit_stage import SAMPLE_RATE, AuditItem, DecodeActor, ReadOriginals, score_batch
+from pipeline.commit import latest_tokenize_record, read_manifest
+from pipeline.config import ConfigError, TokenizeConfig
+from pipeline.output_layout import OutputLayout
+from pipeline.parquet_writer import ERRORS_SCHEMA
+from pipeline.reference_figures import load_reference_figures
+from pipeline.storage import open_filesystem, with_retries
+from pipeline.token_stats import TokenStats, read_token_stats
+from pipeline.tokenize import init_ray, job_fingerprint, utc_now_iso, worker_storage_options
+from pipeline.verify import dataset_versions
+
+DEFAULT_SAMPLE = 20
+READ_THREADS = 16
+
+
+@dataclass
+class AuditConfig:
+    """Everything an audit run needs; keyword-only, validated on creation."""
+
+    output: str
+    version: str | None = None
+    sample: int | None = None  # items; DEFAULT_SAMPLE when neither sample nor fraction is given
+    fraction: float | None = None
+    seed: int = 0
+    # decoding
+    steps: int = 50  # DDIM steps (the official decode's default)
+    guidance: float = 2.0  # classifier-free guidance scale (the official default)
+    max_item_seconds: float = 10.24  # decode and score at most this much of each item (from its start)
+    decode_dtype: str = "float32"
+    weights: str | None = None  # where this cluster reads the weights (default: as recorded)
+    # scoring and report
+    default_domain: str = "sound"  # domain of items whose metadata names none
+    metrics: tuple[str, ...] = DEFAULT_METRICS
+    rank_metric: str = "visqol"  # orders the worst-k examples
+    worst_k: int = 5
+    random_k: int = 5
+    report: str | None = None  # report folder URL (default: <version>/audits/<audit id>)
+    references: str | None = None  # JSON of published figures to draw as reference lines
+    # execution
+    ray_address: str | None = None
+    device: str = "auto"
+    num_decoders: int | None = None
+    gpus_per_decoder: float = 1.0
+    cpus_per_decoder: float | None = None
+    decode_batch_items: int = 4
+    score_cpus: float = 1.0
+    storage_options: dict[str, Any] = field(default_factory=dict)  # output storage
+    input_storage_options: dict[str, Any] | None = None  # originals (default: storage_options)
+
+    def __post_init__(self) -> None:
+        self.metrics = tuple(self.metrics)
+        if self.sample is None and self.fraction is None:
+            self.sample = DEFAULT_SAMPLE
+
+        def bad(name: str, why: str) -> ConfigError:
+            return ConfigError(f"{name}={getattr(self, name)!r}: {why}")
+
+        if self.sample is not None and self.fraction is not None:
+            raise bad("fraction", "give sample or fraction, not both")
+        if self.sample is not None and self.sample < 1:
+            raise bad("sample", "must be >= 1")
+        if self.fraction is not None and not 0 < self.fraction <= 1:
+            raise bad("fraction", "must be in (0, 1]")
+        if self.steps < 1:
+            raise bad("steps", "must be >= 1")
+        if self.max_item_seconds <= 0:
+            raise bad("max_item_seconds", "must be > 0")
+        if self.default_domain not in DOMAINS:
+            raise bad("default_domain", f"must be one of {DOMAINS}")
+        unknown = [m for m in self.metrics if m not in METRICS]
+        if unknown or not self.metrics:
+            raise bad("metrics", f"must be a non-empty subset of {sorted(METRICS)}")
+        if self.rank_metric not in self.metrics:
+            raise bad("rank_metric", "must be one of the metrics computed")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise bad("device", "must be auto, cpu or cuda")
+        if self.num_decoders is not None and self.num_decoders < 1:
+            raise bad("num_decoders", "must be >= 1")
+        if self.decode_batch_items < 1:
+            raise bad("decode_batch_items", "must be >= 1")
+        if self.worst_k < 0 or self.random_k < 0:
+            raise bad("worst_k", "worst_k and random_k must be >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        from pipeline.storage import redact_options
+
+        data = dataclasses.asdict(self)
+        data["metrics"] = list(self.metrics)
+        data["storage_options"] = redact_options(self.storage_options)
+        data["input_storage_options"] = redact_options(self.input_storage_options or {})
+        return data
+
+
+@dataclass
+class AuditResult:
+    audit_id: str
+    report_url: str  # the folder
+    html_url: str
+    json_url: str
+    sampled: int
+    scored: int
+    failed: int
+    wall_seconds: float
+    random_weights: bool
+
+
+@dataclass
+class _Decoders:
+    device: str
+    count: int
+    cpus: float
+    gpus: float
+
+
+def plan_decoders(config: AuditConfig, cluster: Mapping[str, float]) -> _Decoders:
+    """One replica per GPU (or per `gpus_per_decoder`); on CPUs one replica that leaves a CPU for
+    reading and scoring. A request the cluster cannot hold is an error, not a hang."""
+    gpus, cpus = float(cluster.get("GPU", 0)), float(cluster.get("CPU", 1))
+    device = config.device if config.device != "auto" else ("cuda" if gpus > 0 else "cpu")
+    if device == "cuda":
+        if gpus < config.gpus_per_decoder:
+            raise ConfigError(f"device=cuda but the cluster has {gpus:g} GPU(s)")
+        count = config.num_decoders or max(1, int(gpus // config.gpus_per_decoder))
+        return _Decoders("cuda", count, config.cpus_per_decoder or 1.0, config.gpus_per_decoder)
+    count = config.num_decoders or 1
+    per = config.cpus_per_decoder or max(1.0, math.floor((cpus - config.score_cpus) / count))
+    if per > cpus:
+        raise ConfigError(f"cpus_per_decoder={per:g} but the cluster has {cpus:g} CPU(s)")
+    return _Decoders("cpu", count, per, 0.0)
+
+
+def _choose_version(fs, root_path: str, output: str, version: str | None) -> OutputLayout:
+    versions = dataset_versions(fs, root_path, version)
+    if not versions:
+        raise FileNotFoundError(f"no dataset version under {output}")
+    if len(versions) > 1:
+        raise ConfigError(f"{output} holds several dataset versions ({', '.join(versions)}): "
+                          "pick one with --version")
+    return OutputLayout(output.rstrip("/"), versions[0])
+
+
+@dataclass
+class _Scan:
+    """What one pass over the committed files gives: candidates, statistics, error counts."""
+
+    candidates: list[Candidate]
+    token_stats: TokenStats
+    errors_by_source: dict[str, dict[str, int]]
+    items_by_source: dict[str, int]
+    token_files: dict[str, str]  # unit id → tokens file (relative)
+
+
+def _scan_output(fs, layout: OutputLayout, manifest: Mapping[str, dict[str, Any]],
+                 vocab_sizes: tuple[int, ...], default_domain: str) -> _Scan:
+    """Read each unit's token and error file once (in threads); keep only counts and candidates."""
+
+    def read(entry_id: str) -> tuple[str, pa.Table | None, pa.Table | None]:
+        entry = manifest[entry_id]
+        tables: dict[str, pa.Table] = {}
+        for info in entry.get("files", []):
+            if info["kind"] in ("tokens", "errors"):
+                data = with_retries(lambda p=info["path"]: fs.cat_file(layout.path(p)))
+                tables[info["kind"]] = pq.read_table(io.BytesIO(data))
+        return entry_id, tables.get("tokens"), tables.get("errors")
+
+    stats = TokenStats(vocab_sizes)
+    candidates: list[Candidate] = []
+    errors: dict[str, dict[str, int]] = {}
+    items: dict[str, int] = {}
+    token_files = {}
+    for unit_id, entry in manifest.items():
+        path = next((f["path"] for f in entry.get("files", []) if f["kind"] == "tokens"), None)
+        if path:
+            token_files[unit_id] = path
+    with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
+        for unit_id, tokens, error_table in pool.map(read, sorted(manifest)):
+            kind = str((manifest[unit_id].get("unit_info") or {}).get("kind", "files"))
+            if tokens is not None and tokens.num_rows:
+                ids = tokens.column("id").to_pylist()
+                metas = [json.loads(m or "{}") for m in tokens.column("metadata").to_pylist()]
+                durations = tokens.column("duration_s").to_pylist()
+                sources = [source_of(i, kind, m) for i, m in zip(ids, metas, strict=True)]
+                for item_id, meta, source, duration in zip(ids, metas, sources, durations, strict=True):
+                    candidates.append(Candidate(item_id, unit_id, source, domain_of(meta, default_domain),
+                                                float(duration)))
+                    items[source] = items.get(source, 0) + 1
+                read_token_stats(tokens.append_column("source", pa.array(sources, pa.string())),
+                                 vocab_sizes, group_column="source", stats=stats)
+            if error_table is not None and error_table.num_rows:
+                error_table = error_table.select(ERRORS_SCHEMA.names)
+                for item_id, reason in zip(error_table.column("id").to_pylist(),
+                                           error_table.column("reason").to_pylist(), strict=True):
+                    source = source_of(item_id, kind, {})
+                    by_reason = errors.setdefault(source, {})
+                    by_reason[reason] = by_reason.get(reason, 0) + 1
+    return _Scan(candidates, stats, errors, items, token_files)
+
+
+def _sampled_tokens(fs, layout: OutputLayout, token_files: Mapping[str, str],
+                    chosen: list[Candidate]) -> dict[str, np.ndarray]:
+    """id → uint16 [T, 2] for the chosen items (their units' token files read again)."""
+    wanted: dict[str, set[str]] = {}
+    for candidate in chosen:
+        wanted.setdefault(candidate.unit_id, set()).add(candidate.item_id)
+
+    def read(unit_id: str) -> dict[str, np.ndarray]:
+        data = with_retries(lambda: fs.cat_file(layout.path(token_files[unit_id])))
+        table = pq.read_table(io.BytesIO(data), columns=["id", "semantic_tokens", "acoustic_tokens"])
+        out = {}
+        for row in table.to_pylist():
+            if row["id"] in wanted[unit_id]:
+                out[row["id"]] = np.stack([np.asarray(row["semantic_tokens"], dtype=np.uint16),
+                                           np.asarray(row["acoustic_tokens"], dtype=np.uint16)], axis=1)
+        return out
+
+    tokens: dict[str, np.ndarray] = {}
+    with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
+        for part in pool.map(read, sorted(wanted)):
+            tokens.update(part)
+    return tokens
+
+
+class _Examples:
+    """Keeps the audio of the examples the report plays: fixed random picks, and a running
+    worst-k by the rank metric (so the driver never holds every item's audio)."""
+
+    def __init__(self, random_ids: list[str], worst_k: int, rank_metric: str) -> None:
+        self.random_ids = set(random_ids)
+        self.worst_k = worst_k
+        self.rank_metric = rank_metric
+        self.kept: dict[str, ExampleAudio] = {}
+        self._heap: list[tuple[float, str]] = []  # (-badness, id): the best of the worst on top
+
+    def offer(self, item_id: str, value: float | None, audio: ExampleAudio) -> None:
+        if item_id in self.random_ids:
+            self.kept[item_id] = audio
+        if value is None or self.worst_k == 0:
+            return
+        badness = -goodness(self.rank_metric, value)
+        entry = (badness, item_id)
+        if len(self._heap) < self.worst_k:
+            heapq.heappush(self._heap, entry)
+            self.kept[item_id] = audio
+        elif entry > self._heap[0]:
+            _, dropped = heapq.heapreplace(self._heap, entry)
+            self.kept[item_id] = audio
+            if dropped not in self.random_ids:
+                self.kept.pop(dropped, None)
+
+    def worst_ids(self) -> list[str]:
+        return [item_id for _, item_id in sorted(self._heap, reverse=True)]
+
+
+def run_audit(config: AuditConfig, *, stream: TextIO = sys.stderr) -> AuditResult:
+    """Sample, decode, score and report one dataset version of `config.output`."""
+    started = time.monotonic()
+    started_at = utc_now_iso()
+    fs, root_path = open_filesystem(config.output, config.storage_options)
+    layout = _choose_version(fs, root_path, config.output, config.version)
+    record = with_retries(lambda: latest_tokenize_record(fs, layout))
+    input_options = dict(config.input_storage_options if config.input_storage_options is not None
+                         else config.storage_options)
+    tokenize_config = TokenizeConfig.from_dict({
+        **record["config"], "storage_options": input_options,
+        **({"weights": config.weights} if config.weights else {})})
+    fingerprint = job_fingerprint(tokenize_config)
+    if OutputLayout.for_fingerprint(layout.root_url, fingerprint).version != layout.version:
+        raise ConfigError(f"the codec the audit would load does not make {layout.version}: its "
+                          "tokens would be decoded with other weights")
+    random_weights = bool(fingerprint.get("random_weights"))
+    vocab_sizes = (int(fingerprint["semantic_vocab_size"]), int(fingerprint.get("acoustic_vocab_size", 8192)))
+    spec = tokenize_config.codec_spec()
+    try:
+        check_decode_options(spec, {"steps": config.steps, "guidance": config.guidance,
+                                    "dtype": config.decode_dtype})
+    except ValueError as error:
+        raise ConfigError(f"decode options: {error}") from None
+
+    manifest = with_retries(lambda: read_manifest(fs, layout))
+    scan = _scan_output(fs, layout, manifest, vocab_sizes, config.default_domain)
+    n = sample_size(len(scan.candidates), sample=config.sample, fraction=config.fraction)
+    chosen = sample_items(scan.candidates, n, seed=config.seed)
+    audit_id = (time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-n{len(chosen)}-seed{config.seed}-"
+                + uuid.uuid4().hex[:6])
+    report_url = config.report or layout.audit_dir(audit_id)
+    print(f"[semtok] audit {layout.version_url}: {len(chosen)} of {len(scan.candidates)} items "
+          f"({len({c.source for c in chosen})} source(s)), {config.steps} DDIM steps",
+          file=stream, flush=True)
+    if random_weights:
+        print("[semtok] WARNING: RANDOM codec weights: the audit's numbers are meaningless",
+              file=stream, flush=True)
+
+    rows, examples, timing = _execute(config, spec, tokenize_config, layout, manifest, scan, chosen, stream)
+    wall = time.monotonic() - started
+    media = AuditMedia(examples=examples.kept, worst_ids=examples.worst_ids(),
+                       random_ids=[i for i in random_pick([c.item_id for c in chosen], config.random_k,
+                                                          seed=config.seed) if i in examples.kept])
+    document = {
+        "format": "semtok-audit/1",
+        "audit_id": audit_id,
+        "started_at": started_at,
+        "finished_at": utc_now_iso(),
+        "dataset_version": layout.version,
+        "output": layout.version_url,
+        "random_weights": random_weights,
+        "fingerprint": fingerprint,
+        "tokenize_config": {k: v for k, v in tokenize_config.to_dict().items() if k != "storage_options"},
+        "config": config.to_dict(),
+        "population": {"items": len(scan.candidates), "items_by_source": scan.items_by_source,
+                       "errors_by_source": scan.errors_by_source},
+        "items": rows,
+        "token_stats": scan.token_stats.summary(include_histograms=False),
+        "token_histograms": {name: scan.token_stats.histogram(name).tolist()
+                             for name in scan.token_stats.codebooks},
+        "token_histograms_by_source": _source_histograms(scan.token_stats),
+        "references": [r.to_dict() for r in load_reference_figures(config.references, fingerprint)],
+        "timing": {"wall_seconds": wall, **timing},
+    }
+    html_url, json_url = write_report(report_url, document, media, storage_options=config.storage_options)
+    failed = sum(1 for r in rows if r["error"])
+    print(f"[semtok] audit done: {len(rows) - failed} scored, {failed} could not be audited, "
+          f"wall {wall:.1f} s; report {html_url}", file=stream, flush=True)
+    return AuditResult(audit_id, report_url, html_url, json_url, len(rows), len(rows) - failed, failed,
+                       wall, random_weights)
+
+
+def _source_histograms(stats: TokenStats, limit: int = 12) -> dict[str, dict[str, list[int]]]:
+    """Per-source histograms for the usage plots (the largest `limit` sources: a plot of hundreds
+    of curves says nothing; every source's figures are in token_stats)."""
+    summary = stats.summary()["groups"]
+    largest = sorted(stats.groups, key=lambda g: -summary[str(g)]["n_frames"])[:limit]
+    return {str(g): {name: stats.histogram(name, g).tolist() for name in stats.codebooks} for g in largest}
+
+
+def _execute(config: AuditConfig, spec: CodecSpec, tokenize_config: TokenizeConfig, layout: OutputLayout,
+             manifest: Mapping[str, dict[str, Any]], scan: _Scan, chosen: list[Candidate],
+             stream: TextIO) -> tuple[list[dict[str, Any]], _Examples, dict[str, Any]]:
+    import ray
+
+    rows: list[dict[str, Any]] = []
+    random_ids = random_pick([c.item_id for c in chosen], config.random_k, seed=config.seed)
+    examples = _Examples(random_ids, config.worst_k, config.rank_metric)
+    timing: dict[str, Any] = {"decode_seconds_total": 0.0, "score_seconds_total": 0.0,
+                              "decoded_audio_seconds": 0.0}
+    if not chosen:
+        return rows, examples, timing
+    fs, _ = open_filesystem(config.output, config.storage_options)
+    tokens = _sampled_tokens(fs, layout, scan.token_files, chosen)
+    max_samples = int(round(config.max_item_seconds * SAMPLE_RATE))
+    segmenter = build_segmenter(spec)
+    max_frames = segmenter(np.zeros(max_samples, dtype=np.float32)).num_tokens
+    by_unit: dict[str, list[AuditItem]] = {}
+    for candidate in chosen:
+        by_unit.setdefault(candidate.unit_id, []).append(AuditItem(
+            candidate.item_id, candidate.source, candidate.domain,
+            decode_seed(config.seed, candidate.item_id), tokens[candidate.item_id][:max_frames],
+            candidate.duration_s))
+
+    init_ray(config.ray_address)
+    decoders = plan_decoders(config, ray.cluster_resources())
+    print(f"[semtok] decoding on {decoders.count} {decoders.device} replica(s)", file=stream, flush=True)
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = False
+    context.enable_progress_bars = False
+    unit_rows = [{"unit": json.dumps({**manifest[u]["unit_info"], "unit_id": u}),
+                  "items": json.dumps([item.to_json() for item in items])} for u, items in by_unit.items()]
+    dataset = ray.data.from_items(unit_rows, override_num_blocks=len(unit_rows))
+    dataset = dataset.flat_map(
+        ReadOriginals(max_samples=max_samples, channel_policy=tokenize_config.channel_policy,
+                      max_audio_seconds=tokenize_config.max_audio_seconds,
+                      storage_options=worker_storage_options(tokenize_config.input,
+                                                             tokenize_config.storage_options),
+                      audio_column=tokenize_config.audio_column, uri_column=tokenize_config.uri_column),
+        num_cpus=0.5)
+    dataset = dataset.map_batches(
+        DecodeActor,
+        fn_constructor_kwargs={"spec": spec, "device": decoders.device,
+                               "threads": math.ceil(decoders.cpus) if decoders.device == "cpu" else None,
+                               "steps": config.steps, "guidance": config.guidance,
+                               "dtype": config.decode_dtype},
+        batch_size=config.decode_batch_items, batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=decoders.count),
+        num_cpus=decoders.cpus, num_gpus=decoders.gpus)
+    dataset = dataset.map_batches(score_batch, fn_kwargs={"metrics": config.metrics}, batch_size=1,
+                                  batch_format="numpy", num_cpus=config.score_cpus)
+    last = time.monotonic()
+    for batch in dataset.iter_batches(batch_format="numpy", batch_size=None):
+        for i in range(len(batch["item_id"])):
+            row = {name: batch[name][i] for name in batch}
+            record = _item_record(row)
+            rows.append(record)
+            timing["decode_seconds_total"] += record["decode_seconds"]
+            timing["score_seconds_total"] += record["score_seconds"]
+            if not record["error"]:
+                timing["decoded_audio_seconds"] += record["audited_seconds"]
+                value = record["scores"].get(config.rank_metric)
+                examples.offer(record["id"], value, ExampleAudio(
+                    np.frombuffer(row["reference"], dtype=np.float32).copy(),
+                    np.frombuffer(row["reconstruction"], dtype=np.float32).copy()))
+        if time.monotonic() - last > 10:
+            last = time.monotonic()
+            print(f"[semtok] audit: {len(rows)}/{len(chosen)} items", file=stream, flush=True)
+    accounted = {r["id"] for r in rows}
+    missing = [c.item_id for c in chosen if c.item_id not in accounted]
+    if missing or len(rows) != len(chosen):
+        raise RuntimeError(f"audit lost or duplicated items: {len(rows)} rows for {len(chosen)} sampled, "
+                           f"missing {missing[:3]}")
+    rows.sort(key=lambda r: (r["source"], r["id"]))
+    scored = [r for r in rows if not r["error"]]
+    timing["decode_seconds_per_item"] = (timing["decode_seconds_total"] / len(scored)) if scored else None
+    audio_seconds = timing["decoded_audio_seconds"]
+    timing["decode_seconds_per_audio_second"] = (timing["decode_seconds_total"] / audio_seconds
+                                                 if audio_seconds else None)
+    timing["decoders"] = dataclasses.asdict(decoders)
+    return rows, examples, timing
+
+
+def _item_record(row: Mapping[str, Any]) -> dict[str, Any]:
+    """One audited item as JSON: scores, not-applicable reasons or the reason it failed."""
+    scores = json.loads(row["scores"]) if row["scores"] else {"scores": {}, "not_applicable": {}}
+    reference = len(row["reference"]) // 4
+    return {
+        "id": str(row["item_id"]), "unit_id": str(row["unit_id"]), "source": str(row["source"]),
+        "domain": str(row["domain"]), "duration_s": float(row["duration_s"]),
+        "audited_seconds": reference / SAMPLE_RATE, "n_frames": int(row["n_frames"]),
+        "decode_seed": int(row["decode_seed"]), "decode_seconds": float(row["decode_seconds"]),
+        "score_seconds": float(row["score_seconds"]),
+        "scores": {k: v for k, v in scores["scores"].items() if v is not None},
+        "not_applicable": scores["not_applicable"],
+        "error": ({"stage": str(row["stage"]), "reason": str(row["reason"]), "detail": str(row["detail"])}
+                  if row["stage"] else None),
+    }

@@ -1,0 +1,203 @@
+"""The audit's Ray Data stages: re-read originals (CPU) → decode tokens (actor pool) → score (CPU).
+
+Each sampled item is one row from start to end, carrying every column (a stable Arrow schema).
+An item that cannot be audited — its original is gone or changed, decoding fails, a metric cannot
+run — keeps its row with `stage`/`reason`/`detail` set, so the report accounts for every sampled
+item; nothing here raises for one bad item.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from codec import CodecSpec, build_codec
+from pipeline.audio_decoding import AudioDecodeError, decode_audio
+from pipeline.audio_metrics import DEFAULT_METRICS, score_pair, scores_to_json
+from pipeline.records import InputUnit
+from pipeline.sources import read_unit
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+# Decoded duration and the committed one may differ by float rounding only.
+_DURATION_TOLERANCE_S = 1e-3
+
+
+def empty_audit_row() -> dict[str, Any]:
+    return {
+        "item_id": "", "unit_id": "", "source": "", "domain": "", "decode_seed": 0,
+        "tokens": b"", "n_frames": 0, "duration_s": 0.0, "reference": b"", "reconstruction": b"",
+        "decode_seconds": 0.0, "score_seconds": 0.0, "scores": "", "stage": "", "reason": "",
+        "detail": "",
+    }
+
+
+def _failed(row: dict[str, Any], stage: str, reason: str, detail: str) -> dict[str, Any]:
+    row.update(stage=stage, reason=reason, detail=detail[:2000], reference=b"", reconstruction=b"")
+    return row
+
+
+@dataclass(frozen=True)
+class AuditItem:
+    """What the driver knows of a sampled item before the originals are read."""
+
+    item_id: str
+    source: str
+    domain: str
+    decode_seed: int
+    tokens: np.ndarray  # uint16 [n_frames, 2]: the first frames, as many as the audit decodes
+    duration_s: float  # the whole item's committed duration
+
+    def to_json(self) -> dict[str, Any]:
+        return {"item_id": self.item_id, "source": self.source, "domain": self.domain,
+                "decode_seed": self.decode_seed, "tokens": self.tokens.astype(np.uint16).tobytes().hex(),
+                "n_frames": int(self.tokens.shape[0]), "duration_s": self.duration_s}
+
+
+class ReadOriginals:
+    """Callable for `flat_map`: {"unit": json, "items": json} → one row per sampled item.
+
+    Reads the unit through the same readers as tokenize (so tar members, Parquet rows and
+    manifests resolve the same way), stops as soon as every wanted item was seen, and decodes
+    with the tokenize job's channel policy: the reference is the audio the codec was given.
+    """
+
+    def __init__(self, *, max_samples: int, channel_policy: str, max_audio_seconds: float | None,
+                 storage_options: dict | None = None, audio_column: str | None = None,
+                 uri_column: str | None = None) -> None:
+        self.max_samples = max_samples  # the audited start of each item (its tokens are cut to match)
+        self.channel_policy = channel_policy
+        self.max_audio_seconds = max_audio_seconds
+        self.storage_options = storage_options or {}
+        self.audio_column = audio_column
+        self.uri_column = uri_column
+
+    def __call__(self, row: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        unit = InputUnit.from_json(row["unit"])
+        wanted = {item["item_id"]: item for item in json.loads(row["items"])}
+        pending = dict(wanted)
+        try:
+            for item in read_unit(unit, storage_options=self.storage_options,
+                                  audio_column=self.audio_column, uri_column=self.uri_column):
+                spec = pending.pop(item.item_id, None)
+                if spec is None:
+                    continue
+                yield self._item_row(unit.unit_id, spec, item)
+                if not pending:
+                    break
+        except Exception as error:  # noqa: BLE001 - the unit became unreadable after retries
+            for spec in pending.values():
+                yield _failed(self._base(unit.unit_id, spec), "read", "original_unreadable",
+                              f"{type(error).__name__}: {error}")
+            return
+        for spec in pending.values():
+            yield _failed(self._base(unit.unit_id, spec), "read", "original_missing",
+                          "the input unit no longer holds this item")
+
+    def _base(self, unit_id: str, spec: dict[str, Any]) -> dict[str, Any]:
+        row = empty_audit_row()
+        row.update(item_id=spec["item_id"], unit_id=unit_id, source=spec["source"], domain=spec["domain"],
+                   decode_seed=int(spec["decode_seed"]), tokens=bytes.fromhex(spec["tokens"]),
+                   n_frames=int(spec["n_frames"]), duration_s=float(spec["duration_s"]))
+        return row
+
+    def _item_row(self, unit_id: str, spec: dict[str, Any], item) -> dict[str, Any]:
+        row = self._base(unit_id, spec)
+        if item.error is not None:
+            return _failed(row, "read", "original_unreadable", f"{item.error.reason}: {item.error.detail}")
+        try:
+            audio = decode_audio(item.data, channel_policy=self.channel_policy, name_hint=item.source_uri,
+                                 max_seconds=self.max_audio_seconds)
+        except AudioDecodeError as error:
+            return _failed(row, "read", "original_undecodable", f"{error.reason}: {error.detail}")
+        if abs(audio.duration_s - row["duration_s"]) > _DURATION_TOLERANCE_S:
+            return _failed(row, "read", "original_changed",
+                           f"the original now lasts {audio.duration_s:.3f} s, its tokens "
+                           f"{row['duration_s']:.3f} s: it changed since it was tokenized")
+        row["reference"] = np.ascontiguousarray(audio.samples[: self.max_samples], dtype=np.float32).tobytes()
+        return row
+
+
+class DecodeActor:
+    """Callable class for `map_batches` on an actor pool: one full codec replica (encoder parts
+    the decoder needs + diffusion decoder) decodes a batch of items at once, each with its own
+    noise seed, so an item's reconstruction does not depend on its batch-mates."""
+
+    def __init__(self, spec: CodecSpec, *, device: str = "cpu", threads: int | None = None,
+                 steps: int = 50, guidance: float = 2.0, dtype: str = "float32") -> None:
+        if device == "cpu" and threads:
+            torch.set_num_threads(max(1, int(threads)))
+        if device == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("decode actor was given a GPU but torch sees no CUDA device")
+        options = {**spec.options, "components": ("encoder", "decoder")}
+        self.codec = build_codec(CodecSpec(spec.name, options), device=device)
+        self.steps, self.guidance, self.dtype = steps, guidance, dtype
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        todo = [i for i in range(len(batch["item_id"])) if not batch["stage"][i]]
+        reconstructions = np.empty(len(batch["item_id"]), dtype=object)
+        reconstructions[:] = [b""] * len(reconstructions)
+        seconds = np.zeros(len(batch["item_id"]), dtype=np.float64)
+        if todo:
+            try:
+                self._decode(batch, todo, reconstructions, seconds)
+            except Exception as error:  # noqa: BLE001 - find the item(s) that fail
+                log.warning("decode of %d items failed (%s); retrying one by one", len(todo), error)
+                for i in todo:
+                    try:
+                        self._decode(batch, [i], reconstructions, seconds)
+                    except Exception as item_error:  # noqa: BLE001 - recorded on the row
+                        batch["stage"][i] = "decode"
+                        batch["reason"][i] = "decode_failed"
+                        batch["detail"][i] = f"{type(item_error).__name__}: {item_error}"[:2000]
+        out = dict(batch)
+        out["reconstruction"] = reconstructions
+        out["decode_seconds"] = seconds
+        return out
+
+    def _decode(self, batch: dict[str, np.ndarray], rows: Sequence[int], out: np.ndarray,
+                seconds: np.ndarray) -> None:
+        frames = [int(batch["n_frames"][i]) for i in rows]
+        tokens = torch.zeros(len(rows), max(frames), 2, dtype=torch.int64)
+        for slot, i in enumerate(rows):
+            array = np.frombuffer(batch["tokens"][i], dtype=np.uint16).reshape(-1, 2)
+            tokens[slot, : len(array)] = torch.from_numpy(array.astype(np.int64))
+        seeds = [int(batch["decode_seed"][i]) for i in rows]
+        started = time.perf_counter()
+        waves, lengths = self.codec.decode_batch(tokens, torch.tensor(frames), steps=self.steps,
+                                                 guidance=self.guidance, seed=seeds, dtype=self.dtype)
+        elapsed = time.perf_counter() - started
+        total_frames = sum(frames) or 1
+        for slot, i in enumerate(rows):
+            wave = waves[slot, : int(lengths[slot])].numpy().astype(np.float32)
+            out[i] = np.ascontiguousarray(wave).tobytes()
+            seconds[i] = elapsed * frames[slot] / total_frames  # batch time shared by length
+
+
+def score_batch(batch: dict[str, np.ndarray], metrics: Sequence[str] = DEFAULT_METRICS
+                ) -> dict[str, np.ndarray]:
+    """For `map_batches` (CPU tasks): every metric of each decoded item, as JSON on its row."""
+    out = dict(batch)
+    scores = np.empty(len(batch["item_id"]), dtype=object)
+    scores[:] = [""] * len(scores)
+    spent = np.zeros(len(scores), dtype=np.float64)
+    for i in range(len(scores)):
+        if batch["stage"][i]:
+            continue
+        reference = np.frombuffer(batch["reference"][i], dtype=np.float32)
+        estimate = np.frombuffer(batch["reconstruction"][i], dtype=np.float32)
+        started = time.perf_counter()
+        result = score_pair(reference, estimate, domain=str(batch["domain"][i]), metrics=metrics)
+        spent[i] = time.perf_counter() - started
+        scores[i] = json.dumps(scores_to_json(result), sort_keys=True)
+    out["scores"] = scores
+    out["score_seconds"] = spent
+    return out
