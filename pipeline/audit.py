@@ -53,6 +53,7 @@ from pipeline.verify import dataset_versions
 
 DEFAULT_SAMPLE = 20
 READ_THREADS = 16
+SCAN_UNITS_PER_TASK = 64  # units whose token files one scan task reads
 
 
 @dataclass
@@ -191,51 +192,81 @@ class _Scan:
     items_by_source: dict[str, int]
     token_files: dict[str, str]  # unit id → tokens file (relative)
 
+    def merge(self, other: _Scan) -> _Scan:
+        self.candidates += other.candidates
+        self.token_stats.merge(other.token_stats)
+        for source, reasons in other.errors_by_source.items():
+            mine = self.errors_by_source.setdefault(source, {})
+            for reason, count in reasons.items():
+                mine[reason] = mine.get(reason, 0) + count
+        for source, count in other.items_by_source.items():
+            self.items_by_source[source] = self.items_by_source.get(source, 0) + count
+        self.token_files.update(other.token_files)
+        return self
 
-def _scan_output(fs, layout: OutputLayout, manifest: Mapping[str, dict[str, Any]],
-                 vocab_sizes: tuple[int, ...], default_domain: str) -> _Scan:
-    """Read each unit's token and error file once (in threads); keep only counts and candidates."""
 
-    def read(entry_id: str) -> tuple[str, pa.Table | None, pa.Table | None]:
-        entry = manifest[entry_id]
+def _scan_units(output: str, storage_options: Mapping[str, Any], version: str,
+                entries: Mapping[str, dict[str, Any]], vocab_sizes: tuple[int, ...],
+                default_domain: str) -> _Scan:
+    """Read the token and error files of some units (in threads); keep only counts and candidates."""
+    fs, _ = open_filesystem(output, storage_options)
+    layout = OutputLayout(output.rstrip("/"), version)
+
+    def read(unit_id: str) -> tuple[str, pa.Table | None, pa.Table | None]:
         tables: dict[str, pa.Table] = {}
-        for info in entry.get("files", []):
+        for info in entries[unit_id].get("files", []):
             if info["kind"] in ("tokens", "errors"):
                 data = with_retries(lambda p=info["path"]: fs.cat_file(layout.path(p)))
                 tables[info["kind"]] = pq.read_table(io.BytesIO(data))
-        return entry_id, tables.get("tokens"), tables.get("errors")
+        return unit_id, tables.get("tokens"), tables.get("errors")
 
-    stats = TokenStats(vocab_sizes)
-    candidates: list[Candidate] = []
-    errors: dict[str, dict[str, int]] = {}
-    items: dict[str, int] = {}
-    token_files = {}
-    for unit_id, entry in manifest.items():
-        path = next((f["path"] for f in entry.get("files", []) if f["kind"] == "tokens"), None)
-        if path:
-            token_files[unit_id] = path
+    scan = _Scan([], TokenStats(vocab_sizes), {}, {}, {})
     with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
-        for unit_id, tokens, error_table in pool.map(read, sorted(manifest)):
-            kind = str((manifest[unit_id].get("unit_info") or {}).get("kind", "files"))
+        for unit_id, tokens, error_table in pool.map(read, sorted(entries)):
+            kind = str((entries[unit_id].get("unit_info") or {}).get("kind", "files"))
             if tokens is not None and tokens.num_rows:
+                scan.token_files[unit_id] = next(f["path"] for f in entries[unit_id]["files"]
+                                                 if f["kind"] == "tokens")
                 ids = tokens.column("id").to_pylist()
                 metas = [json.loads(m or "{}") for m in tokens.column("metadata").to_pylist()]
-                durations = tokens.column("duration_s").to_pylist()
                 sources = [source_of(i, kind, m) for i, m in zip(ids, metas, strict=True)]
-                for item_id, meta, source, duration in zip(ids, metas, sources, durations, strict=True):
-                    candidates.append(Candidate(item_id, unit_id, source, domain_of(meta, default_domain),
-                                                float(duration)))
-                    items[source] = items.get(source, 0) + 1
+                for item_id, meta, source, duration, uri in zip(
+                        ids, metas, sources, tokens.column("duration_s").to_pylist(),
+                        tokens.column("source_uri").to_pylist(), strict=True):
+                    domain = domain_of(meta, default_domain)
+                    scan.candidates.append(Candidate(item_id, unit_id, source, domain, float(duration),
+                                                     str(uri)))
+                    scan.items_by_source[source] = scan.items_by_source.get(source, 0) + 1
                 read_token_stats(tokens.append_column("source", pa.array(sources, pa.string())),
-                                 vocab_sizes, group_column="source", stats=stats)
+                                 vocab_sizes, group_column="source", stats=scan.token_stats)
             if error_table is not None and error_table.num_rows:
                 error_table = error_table.select(ERRORS_SCHEMA.names)
                 for item_id, reason in zip(error_table.column("id").to_pylist(),
                                            error_table.column("reason").to_pylist(), strict=True):
-                    source = source_of(item_id, kind, {})
-                    by_reason = errors.setdefault(source, {})
+                    by_reason = scan.errors_by_source.setdefault(source_of(item_id, kind, {}), {})
                     by_reason[reason] = by_reason.get(reason, 0) + 1
-    return _Scan(candidates, stats, errors, items, token_files)
+    return scan
+
+
+def _scan_output(output: str, storage_options: Mapping[str, Any], layout: OutputLayout,
+                 manifest: Mapping[str, dict[str, Any]], vocab_sizes: tuple[int, ...],
+                 default_domain: str) -> _Scan:
+    """One pass over every committed unit: on the driver for small outputs, else as Ray tasks of
+    SCAN_UNITS_PER_TASK units each (the driver only merges counts and candidate lists)."""
+    unit_ids = sorted(manifest)
+    chunks = [{u: manifest[u] for u in unit_ids[i:i + SCAN_UNITS_PER_TASK]}
+              for i in range(0, len(unit_ids), SCAN_UNITS_PER_TASK)]
+    args = (output, dict(storage_options), layout.version)
+    if len(chunks) <= 1:
+        return _scan_units(*args, chunks[0] if chunks else {}, vocab_sizes, default_domain)
+    import ray
+
+    scan_task = ray.remote(num_cpus=0.5, max_retries=3)(_scan_units)
+    pending = [scan_task.remote(*args, chunk, vocab_sizes, default_domain) for chunk in chunks]
+    total = _Scan([], TokenStats(vocab_sizes), {}, {}, {})
+    for part in ray.get(pending):
+        total.merge(part)
+    return total
 
 
 def _sampled_tokens(fs, layout: OutputLayout, token_files: Mapping[str, str],
@@ -319,7 +350,9 @@ def run_audit(config: AuditConfig, *, stream: TextIO = sys.stderr) -> AuditResul
         raise ConfigError(f"decode options: {error}") from None
 
     manifest = with_retries(lambda: read_manifest(fs, layout))
-    scan = _scan_output(fs, layout, manifest, vocab_sizes, config.default_domain)
+    init_ray(config.ray_address)
+    scan = _scan_output(config.output, worker_storage_options(config.output, config.storage_options), layout,
+                        manifest, vocab_sizes, config.default_domain)
     n = sample_size(len(scan.candidates), sample=config.sample, fraction=config.fraction)
     chosen = sample_items(scan.candidates, n, seed=config.seed)
     audit_id = (time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-n{len(chosen)}-seed{config.seed}-"
@@ -404,7 +437,7 @@ def _execute(config: AuditConfig, spec: CodecSpec, tokenize_config: TokenizeConf
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = False
     context.enable_progress_bars = False
-    unit_rows = [{"unit": json.dumps({**manifest[u]["unit_info"], "unit_id": u}),
+    unit_rows = [{"unit": json.dumps(_readable_unit(manifest[u], u, chosen)),
                   "items": json.dumps([item.to_json() for item in items])} for u, items in by_unit.items()]
     dataset = ray.data.from_items(unit_rows, override_num_blocks=len(unit_rows))
     dataset = dataset.flat_map(
@@ -455,6 +488,16 @@ def _execute(config: AuditConfig, spec: CodecSpec, tokenize_config: TokenizeConf
                                                  if audio_seconds else None)
     timing["decoders"] = dataclasses.asdict(decoders)
     return rows, examples, timing
+
+
+def _readable_unit(entry: Mapping[str, Any], unit_id: str, chosen: list[Candidate]) -> dict[str, Any]:
+    """The unit as committed; for a `files` unit only the sampled files (one file per item), so the
+    audit does not read hundreds of files to find two."""
+    unit = {**entry["unit_info"], "unit_id": unit_id}
+    if unit.get("kind") == "files":
+        wanted = {c.source_uri for c in chosen if c.unit_id == unit_id}
+        unit["uris"] = [uri for uri in unit.get("uris", []) if uri in wanted]
+    return unit
 
 
 def _item_record(row: Mapping[str, Any]) -> dict[str, Any]:

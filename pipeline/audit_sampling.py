@@ -42,6 +42,7 @@ class Candidate:
     source: str
     domain: str
     duration_s: float
+    source_uri: str = ""  # where tokenize read it (files units: the file)
 
 
 def stable_hash(seed: int, *parts: str) -> int:

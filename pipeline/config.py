@@ -96,6 +96,10 @@ class TokenizeConfig:
             raise bad("audit_sample", "must be >= 1")
         if self.audit_fraction is not None and not 0 < self.audit_fraction <= 1:
             raise bad("audit_fraction", "must be in (0, 1]")
+        if self.audit_domain is not None and self.audit_domain not in ("speech", "music", "sound"):
+            raise bad("audit_domain", "must be speech, music or sound")
+        if self.audit_steps is not None and self.audit_steps < 1:
+            raise bad("audit_steps", "must be >= 1")
         if self.codec_size == "tiny" and not (self.weights or "").startswith("random:"):
             raise bad("weights", "the tiny codec has random weights only: use --weights random:SEED")
 

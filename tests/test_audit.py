@@ -264,3 +264,29 @@ def test_audit_reads_and_writes_s3(ray_local, s3_server, tmp_path) -> None:
         for rel in files.values():
             assert fs.exists(f"{result.report_url}/{rel}")
     assert b"<audio" in fs.cat_file(result.html_url)
+
+
+def test_scan_as_ray_tasks_equals_the_scan_on_the_driver(tokenized, monkeypatch) -> None:
+    """Large outputs are scanned by Ray tasks of SCAN_UNITS_PER_TASK units; the merge must be exact."""
+    import pipeline.audit as audit
+    from pipeline.commit import read_manifest
+
+    fs, _ = open_filesystem(tokenized.output)
+    layout = OutputLayout(tokenized.output, tokenized.version)
+    manifest = read_manifest(fs, layout)
+    assert len(manifest) == 3  # 8 rows, 3 per unit
+
+    def scan():
+        return audit._scan_output(tokenized.output, {}, layout, manifest, (16384, 8192), "sound")
+
+    on_driver = scan()
+    monkeypatch.setattr(audit, "SCAN_UNITS_PER_TASK", 1)
+    as_tasks = scan()
+    def by_id(scan_result):
+        return sorted(scan_result.candidates, key=lambda c: c.item_id)
+
+    assert by_id(as_tasks) == by_id(on_driver) and len(on_driver.candidates) == 8
+    assert as_tasks.token_stats.summary(include_histograms=True) == \
+        on_driver.token_stats.summary(include_histograms=True)
+    assert as_tasks.items_by_source == on_driver.items_by_source == {"libri": 4, "jamendo": 3, "freesound": 1}
+    assert as_tasks.token_files == on_driver.token_files
