@@ -4,8 +4,8 @@ Tokenizes N synthetic clips (speech-like, chords, noise bursts; `--seconds` each
 local output, then audits all N of them (sampling is a no-op when N is the population) and prints
 the audit's own timing figures. Random weights: the scores are meaningless, the costs are real.
 
-    python bench/audit_cost.py --items 20                       # full size, 50 DDIM steps, CPU
-    python bench/audit_cost.py --items 20 --size tiny --steps 4
+    PYTHONPATH=. python bench/audit_cost.py --items 20 --cpus-per-decoder 1.5 # full size, 50 steps, CPU
+    PYTHONPATH=. python bench/audit_cost.py --items 20 --size tiny --steps 4
 """
 
 from __future__ import annotations

@@ -53,7 +53,8 @@ from pipeline.verify import dataset_versions
 
 DEFAULT_SAMPLE = 20
 READ_THREADS = 16
-SCAN_UNITS_PER_TASK = 64  # units whose token files one scan task reads
+SCAN_UNITS_PER_TASK = 64
+READ_CPUS = 0.5  # per task re-reading originals  # units whose token files one scan task reads
 
 
 @dataclass
@@ -167,8 +168,9 @@ def plan_decoders(config: AuditConfig, cluster: Mapping[str, float]) -> _Decoder
         return _Decoders("cuda", count, config.cpus_per_decoder or 1.0, config.gpus_per_decoder)
     count = config.num_decoders or 1
     per = config.cpus_per_decoder or max(1.0, math.floor((cpus - config.score_cpus) / count))
-    if per > cpus:
-        raise ConfigError(f"cpus_per_decoder={per:g} but the cluster has {cpus:g} CPU(s)")
+    if count * per + READ_CPUS > cpus:  # the readers feeding the decoders would never get a CPU
+        raise ConfigError(f"{count} decoder(s) × {per:g} CPU leave less than {READ_CPUS} of the cluster's "
+                          f"{cpus:g} CPU(s) for reading originals: lower cpus_per_decoder or num_decoders")
     return _Decoders("cpu", count, per, 0.0)
 
 
@@ -446,7 +448,7 @@ def _execute(config: AuditConfig, spec: CodecSpec, tokenize_config: TokenizeConf
                       storage_options=worker_storage_options(tokenize_config.input,
                                                              tokenize_config.storage_options),
                       audio_column=tokenize_config.audio_column, uri_column=tokenize_config.uri_column),
-        num_cpus=0.5)
+        num_cpus=READ_CPUS)
     dataset = dataset.map_batches(
         DecodeActor,
         fn_constructor_kwargs={"spec": spec, "device": decoders.device,

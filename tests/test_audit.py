@@ -290,3 +290,17 @@ def test_scan_as_ray_tasks_equals_the_scan_on_the_driver(tokenized, monkeypatch)
         on_driver.token_stats.summary(include_histograms=True)
     assert as_tasks.items_by_source == on_driver.items_by_source == {"libri": 4, "jamendo": 3, "freesound": 1}
     assert as_tasks.token_files == on_driver.token_files
+
+
+def test_decoder_pool_fits_the_cluster() -> None:
+    from pipeline.audit import plan_decoders
+
+    config = AuditConfig(output="unused")
+    cpu = plan_decoders(config, {"CPU": 2.0})
+    assert (cpu.device, cpu.count, cpu.cpus, cpu.gpus) == ("cpu", 1, 1.0, 0.0)  # a CPU left to read and score
+    gpu = plan_decoders(config, {"CPU": 32.0, "GPU": 4.0})
+    assert (gpu.device, gpu.count, gpu.gpus) == ("cuda", 4, 1.0)
+    with pytest.raises(ConfigError, match="reading originals"):  # would starve the readers: a hang
+        plan_decoders(AuditConfig(output="unused", cpus_per_decoder=2.0), {"CPU": 2.0})
+    with pytest.raises(ConfigError, match="GPU"):
+        plan_decoders(AuditConfig(output="unused", device="cuda"), {"CPU": 2.0})
