@@ -273,7 +273,8 @@ def _scan_output(output: str, storage_options: Mapping[str, Any], layout: Output
 
 def _sampled_tokens(fs, layout: OutputLayout, token_files: Mapping[str, str],
                     chosen: list[Candidate]) -> dict[str, np.ndarray]:
-    """id → uint16 [T, 2] for the chosen items (their units' token files read again)."""
+    """id → uint16 [T, 2] for the chosen items. Their units' token files are read a second time:
+    the scan keeps no tokens, so its memory does not grow with the output."""
     wanted: dict[str, set[str]] = {}
     for candidate in chosen:
         wanted.setdefault(candidate.unit_id, set()).add(candidate.item_id)
@@ -300,6 +301,7 @@ class _Examples:
     worst-k by the rank metric (so the driver never holds every item's audio)."""
 
     def __init__(self, random_ids: list[str], worst_k: int, rank_metric: str) -> None:
+        self.random_order = list(random_ids)
         self.random_ids = set(random_ids)
         self.worst_k = worst_k
         self.rank_metric = rank_metric
@@ -324,6 +326,10 @@ class _Examples:
 
     def worst_ids(self) -> list[str]:
         return [item_id for _, item_id in sorted(self._heap, reverse=True)]
+
+    def shown_random_ids(self) -> list[str]:
+        """The random picks that were scored (an item that failed has no audio to play)."""
+        return [item_id for item_id in self.random_order if item_id in self.kept]
 
 
 def run_audit(config: AuditConfig, *, stream: TextIO = sys.stderr) -> AuditResult:
@@ -367,11 +373,11 @@ def run_audit(config: AuditConfig, *, stream: TextIO = sys.stderr) -> AuditResul
         print("[semtok] WARNING: RANDOM codec weights: the audit's numbers are meaningless",
               file=stream, flush=True)
 
-    rows, examples, timing = _execute(config, spec, tokenize_config, layout, manifest, scan, chosen, stream)
+    rows, examples, timing = _execute(config, spec, tokenize_config, fs, layout, manifest, scan, chosen,
+                                      stream)
     wall = time.monotonic() - started
     media = AuditMedia(examples=examples.kept, worst_ids=examples.worst_ids(),
-                       random_ids=[i for i in random_pick([c.item_id for c in chosen], config.random_k,
-                                                          seed=config.seed) if i in examples.kept])
+                       random_ids=examples.shown_random_ids())
     document = {
         "format": "semtok-audit/1",
         "audit_id": audit_id,
@@ -409,9 +415,10 @@ def _source_histograms(stats: TokenStats, limit: int = 12) -> dict[str, dict[str
     return {str(g): {name: stats.histogram(name, g).tolist() for name in stats.codebooks} for g in largest}
 
 
-def _execute(config: AuditConfig, spec: CodecSpec, tokenize_config: TokenizeConfig, layout: OutputLayout,
-             manifest: Mapping[str, dict[str, Any]], scan: _Scan, chosen: list[Candidate],
-             stream: TextIO) -> tuple[list[dict[str, Any]], _Examples, dict[str, Any]]:
+def _execute(config: AuditConfig, spec: CodecSpec, tokenize_config: TokenizeConfig, fs,
+             layout: OutputLayout, manifest: Mapping[str, dict[str, Any]], scan: _Scan,
+             chosen: list[Candidate], stream: TextIO
+             ) -> tuple[list[dict[str, Any]], _Examples, dict[str, Any]]:
     import ray
 
     rows: list[dict[str, Any]] = []
@@ -421,7 +428,6 @@ def _execute(config: AuditConfig, spec: CodecSpec, tokenize_config: TokenizeConf
                               "decoded_audio_seconds": 0.0}
     if not chosen:
         return rows, examples, timing
-    fs, _ = open_filesystem(config.output, config.storage_options)
     tokens = _sampled_tokens(fs, layout, scan.token_files, chosen)
     max_samples = int(round(config.max_item_seconds * SAMPLE_RATE))
     segmenter = build_segmenter(spec)
@@ -433,7 +439,6 @@ def _execute(config: AuditConfig, spec: CodecSpec, tokenize_config: TokenizeConf
             decode_seed(config.seed, candidate.item_id), tokens[candidate.item_id][:max_frames],
             candidate.duration_s))
 
-    init_ray(config.ray_address)
     decoders = plan_decoders(config, ray.cluster_resources())
     print(f"[semtok] decoding on {decoders.count} {decoders.device} replica(s)", file=stream, flush=True)
     context = ray.data.DataContext.get_current()

@@ -327,8 +327,10 @@ def render_html(document: Mapping[str, Any]) -> str:
     if document.get("references"):
         parts.append("<p>Dashed lines: published figures, labelled with where they were published.</p>")
     else:
-        parts.append("<p class=muted>No reference lines: semtok draws a published figure only with its "
-                     "source (pass <code>--references FILE.json</code>).</p>")
+        parts.append("<p class=muted>No reference lines: no published figure is known for this "
+                     "configuration (semtok bundles the official README's ViSQOL averages of the "
+                     "32768-vocabulary configurations); add figures with their source with "
+                     "<code>--references FILE.json</code>.</p>")
     parts.append("<div class=plots>" + "".join(
         f'<img alt="distribution of {_e(p[len("plots/metric-"):-4])}" src="{_e(p)}">' for p in metric_plots)
         + "</div>")

@@ -361,7 +361,21 @@ def test_load_reference_figures_filters_by_token_rate(tmp_path: Path):
     assert len(load_reference_figures(str(path), {"token_rate": 100})) == 2
     assert len(load_reference_figures(str(path))) == 2  # no fingerprint: no filter
     assert kept[0].to_dict() == {"metric": "pesq_wb", "value": 2.5, "label": "Paper, Table 3",
-                                 "domain": "speech", "token_rate": None}
+                                 "domain": "speech", "token_rate": None, "semantic_vocab_size": None}
+
+
+def test_bundled_figures_apply_only_to_their_configuration():
+    """The official README's ViSQOL plot covers the 32768-vocabulary configurations only."""
+    kept = load_reference_figures(None, {"token_rate": 50, "semantic_vocab_size": 32768})
+    assert [(f.metric, f.value) for f in kept] == [("visqol", 3.55)]
+    assert "result.png" in kept[0].label and "read off the plot" in kept[0].label
+    assert load_reference_figures(None, {"token_rate": 50, "semantic_vocab_size": 16384}) == []
+    rate_100 = load_reference_figures(None, {"token_rate": 100, "semantic_vocab_size": 32768})
+    assert [f.value for f in rate_100] == [3.81]
+    # figures rise with the bitrate, as on the plot
+    values = [load_reference_figures(None, {"token_rate": r, "semantic_vocab_size": 32768})[0].value
+              for r in (25, 50, 100)]
+    assert values == sorted(values)
 
 
 @pytest.mark.parametrize("entry", [
