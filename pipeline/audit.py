@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from codec import CodecSpec, build_segmenter, check_decode_options
-from pipeline.audio_metrics import DEFAULT_METRICS, DOMAINS, METRICS, goodness
+from pipeline.audio_metrics import DEFAULT_METRICS, DOMAINS, METRICS, SAMPLE_RATE, goodness
 from pipeline.audit_report import AuditMedia, ExampleAudio, write_report
 from pipeline.audit_sampling import (
     Candidate,
@@ -40,7 +40,7 @@ from pipeline.audit_sampling import (
     sample_size,
     source_of,
 )
-from pipeline.audit_stage import SAMPLE_RATE, AuditItem, DecodeActor, ReadOriginals, score_batch
+from pipeline.audit_stage import AuditItem, DecodeActor, ReadOriginals, score_batch
 from pipeline.commit import latest_tokenize_record, read_manifest
 from pipeline.config import ConfigError, TokenizeConfig
 from pipeline.output_layout import OutputLayout

@@ -18,13 +18,12 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from pipeline.audio_metrics import HIGHER_IS_BETTER, ZERO_IS_BEST
+from pipeline.audio_metrics import HIGHER_IS_BETTER, SAMPLE_RATE, ZERO_IS_BEST
 from pipeline.output_layout import publish
 from pipeline.report_plots import Reference, histogram_svg, rank_frequency_svg, spectrogram_png
 from pipeline.storage import open_filesystem, with_retries
 from pipeline.token_stats import CODEBOOKS
 
-SAMPLE_RATE = 16000
 HTML_NAME = "index.html"
 JSON_NAME = "audit.json"
 

@@ -12,13 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import math
-import posixpath
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-
-from pipeline.audio_metrics import DOMAINS
 
 #: Metadata keys that may name an item's source (first found wins).
 SOURCE_KEYS: tuple[str, ...] = ("source", "dataset", "corpus")
@@ -148,17 +145,3 @@ def decode_seed(seed: int, item_id: str) -> int:
 def random_pick(item_ids: Iterable[str], k: int, *, seed: int) -> list[str]:
     """`k` ids chosen by seeded hash (the report's "random" examples), in pick order."""
     return sorted(item_ids, key=lambda i: stable_hash(seed, "random-example", i))[:k]
-
-
-def check_domain(domain: str) -> str:
-    if domain not in DOMAINS:
-        raise ValueError(f"domain must be one of {DOMAINS}, got {domain!r}")
-    return domain
-
-
-def shard_name(unit_info: Mapping[str, Any]) -> str:
-    """A short human name of a unit for the report (shard or file name, else the unit id)."""
-    uris = unit_info.get("uris") or ()
-    if unit_info.get("kind") in _CONTAINER_KINDS and uris:
-        return posixpath.basename(str(uris[0]).split("#", 1)[0])
-    return str(unit_info.get("unit_id", ""))

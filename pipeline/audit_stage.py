@@ -26,7 +26,6 @@ from pipeline.sources import read_unit
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
 # Decoded duration and the committed one may differ by float rounding only.
 _DURATION_TOLERANCE_S = 1e-3
 
