@@ -8,9 +8,21 @@ from .checkpoint import CheckpointError
 from .config import SemantiCodecConfig, num_tokens
 from .interface import Codec, Segments
 from .registry import CodecSpec, build_codec, build_segmenter, check_decode_options, describe_codec
-from .semanticodec import SemantiCodec
+from .resample import to_codec_input
+from .semanticodec import DecoderLoadError, SemantiCodec
 
 __all__ = [
-    "CheckpointError", "Codec", "CodecSpec", "SemantiCodec", "SemantiCodecConfig", "Segments",
-    "build_codec", "build_segmenter", "check_decode_options", "describe_codec", "num_tokens",
+    "CheckpointError",
+    "Codec",
+    "CodecSpec",
+    "DecoderLoadError",
+    "SemantiCodec",
+    "SemantiCodecConfig",
+    "Segments",
+    "build_codec",
+    "build_segmenter",
+    "check_decode_options",
+    "describe_codec",
+    "num_tokens",
+    "to_codec_input",
 ]

@@ -63,7 +63,8 @@ def random_seed(source: str) -> int:
 
 def default_cache_dir() -> Path:
     root = os.environ.get("SEMTOK_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "semtok")
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "semtok"
+    )
     return Path(root)
 
 
@@ -75,8 +76,13 @@ def _model_relpaths(config: SemantiCodecConfig, part: str) -> list[str]:
     return [f"{part}.ckpt", f"{rate_dir}/{part}.ckpt"]
 
 
-def resolve_weights(source: str, config: SemantiCodecConfig, *, parts: tuple[str, ...] = ("encoder",),
-                    cache_dir: Path | None = None) -> WeightFiles:
+def resolve_weights(
+    source: str,
+    config: SemantiCodecConfig,
+    *,
+    parts: tuple[str, ...] = ("encoder",),
+    cache_dir: Path | None = None,
+) -> WeightFiles:
     """Local paths of `parts` (and the k-means table) for `source`, fetching remote files once."""
     if is_random_source(source):
         raise ValueError("random weights have no files; use codec.random_weights")
@@ -102,8 +108,12 @@ def _resolve_local(root: str, config: SemantiCodecConfig, parts: tuple[str, ...]
             tried = ", ".join(str(c) for c in candidates)
             raise FileNotFoundError(f"no {part} file for {config} under {base} (looked for {tried})")
         found[part] = path
-    return WeightFiles(source=str(base), codebook=found["codebook"], encoder=found.get("encoder"),
-                       decoder=found.get("decoder"))
+    return WeightFiles(
+        source=str(base),
+        codebook=found["codebook"],
+        encoder=found.get("encoder"),
+        decoder=found.get("decoder"),
+    )
 
 
 @contextlib.contextmanager
@@ -118,8 +128,9 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _resolve_remote(url: str, config: SemantiCodecConfig, parts: tuple[str, ...],
-                    cache_dir: Path) -> WeightFiles:
+def _resolve_remote(
+    url: str, config: SemantiCodecConfig, parts: tuple[str, ...], cache_dir: Path
+) -> WeightFiles:
     import fsspec
 
     fs, root = fsspec.core.url_to_fs(url)
@@ -141,12 +152,12 @@ def _resolve_remote(url: str, config: SemantiCodecConfig, parts: tuple[str, ...]
                     fs.get_file(remote, tmp.name)
                 os.replace(tmp.name, local)
         found[part] = local
-    return WeightFiles(source=url, codebook=found["codebook"], encoder=found.get("encoder"),
-                       decoder=found.get("decoder"))
+    return WeightFiles(
+        source=url, codebook=found["codebook"], encoder=found.get("encoder"), decoder=found.get("decoder")
+    )
 
 
-def _resolve_hub(config: SemantiCodecConfig, parts: tuple[str, ...],
-                 cache_dir: Path | None) -> WeightFiles:
+def _resolve_hub(config: SemantiCodecConfig, parts: tuple[str, ...], cache_dir: Path | None) -> WeightFiles:
     try:
         from huggingface_hub import hf_hub_download
     except ImportError as error:
@@ -154,18 +165,25 @@ def _resolve_hub(config: SemantiCodecConfig, parts: tuple[str, ...],
     found: dict[str, Path] = {}
     for part in (*parts, "codebook"):
         relpath = _model_relpaths(config, part)[-1]
-        found[part] = Path(hf_hub_download(repo_id=HUB_REPO, filename=relpath,
-                                           cache_dir=str(cache_dir) if cache_dir else None))
-    return WeightFiles(source="hub", codebook=found["codebook"], encoder=found.get("encoder"),
-                       decoder=found.get("decoder"))
+        found[part] = Path(
+            hf_hub_download(
+                repo_id=HUB_REPO, filename=relpath, cache_dir=str(cache_dir) if cache_dir else None
+            )
+        )
+    return WeightFiles(
+        source="hub", codebook=found["codebook"], encoder=found.get("encoder"), decoder=found.get("decoder")
+    )
 
 
 def file_digest(path: Path, cache_dir: Path | None = None) -> str:
     """SHA-256 of a weight file, remembered per (path, size, mtime) so replicas hash it once."""
     stat = path.stat()
     key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
-    memo = (cache_dir or default_cache_dir()) / "digests" / (
-        hashlib.sha256(key.encode()).hexdigest()[:24] + ".json")
+    memo = (
+        (cache_dir or default_cache_dir())
+        / "digests"
+        / (hashlib.sha256(key.encode()).hexdigest()[:24] + ".json")
+    )
     try:
         return json.loads(memo.read_text())["sha256"]
     except (OSError, ValueError, KeyError):
@@ -197,8 +215,13 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return dict(state)
 
 
-def check_keys(state: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, ...]],
-               *, where: str, scalar_ok: frozenset[str] = frozenset()) -> None:
+def check_keys(
+    state: Mapping[str, torch.Tensor],
+    expected: Mapping[str, tuple[int, ...]],
+    *,
+    where: str,
+    scalar_ok: frozenset[str] = frozenset(),
+) -> None:
     """Raise `CheckpointError` naming every missing, unexpected and mis-shaped key."""
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -217,20 +240,192 @@ def check_keys(state: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[i
         raise CheckpointError(f"{where} does not match the model: " + "; ".join(problems))
 
 
-def load_into(module: nn.Module, state: Mapping[str, torch.Tensor], *, where: str,
-              ignored: Mapping[str, tuple[int, ...]], scalar_ok: frozenset[str] = frozenset()) -> None:
-    """Strictly check `state` against `module` plus the known-unused `ignored` keys, then assign.
-
-    The module may live on the meta device: its tensors are replaced by the (memory-mapped) ones
-    from the file, so loading never holds two copies of the weights.
-    """
+def check_state(
+    module: nn.Module,
+    state: Mapping[str, torch.Tensor],
+    *,
+    where: str,
+    ignored: Mapping[str, tuple[int, ...]],
+    scalar_ok: frozenset[str] = frozenset(),
+) -> None:
+    """Strictly check `state` against `module` plus the known-unused `ignored` keys (names, shapes,
+    float dtypes) without touching either: `module` may live on the meta device."""
     expected = {name: tuple(t.shape) for name, t in module.state_dict().items()}
     overlap = set(expected) & set(ignored)
     if overlap:
         raise AssertionError(f"keys both used and ignored: {sorted(overlap)}")
     check_keys(state, {**expected, **ignored}, where=where, scalar_ok=scalar_ok)
-    used = {name: state[name] for name in expected}
-    for name, tensor in used.items():
-        if not tensor.is_floating_point():
-            raise CheckpointError(f"{where}: {name} has dtype {tensor.dtype}, expected a float tensor")
+    for name in expected:
+        if not state[name].is_floating_point():
+            raise CheckpointError(f"{where}: {name} has dtype {state[name].dtype}, expected a float tensor")
+
+
+def load_into(
+    module: nn.Module,
+    state: Mapping[str, torch.Tensor],
+    *,
+    where: str,
+    ignored: Mapping[str, tuple[int, ...]],
+    scalar_ok: frozenset[str] = frozenset(),
+) -> None:
+    """Strictly check `state` against `module` plus the known-unused `ignored` keys, then assign.
+
+    The module may live on the meta device: its tensors are replaced by the (memory-mapped) ones
+    from the file, so loading never holds two copies of the weights.
+    """
+    check_state(module, state, where=where, ignored=ignored, scalar_ok=scalar_ok)
+    used = {name: state[name] for name in module.state_dict()}
     module.load_state_dict({n: t.float() for n, t in used.items()}, strict=True, assign=True)
+
+
+# -- checking weights before a job starts ------------------------------------------------------------
+
+HUB_UNREACHABLE = (
+    "cannot reach the model hub for weights=hub; pass --weights FOLDER_OR_URL "
+    "(a copy of the official checkpoints)"
+)
+HUB_PROBE_TIMEOUT_S = 3.0
+
+
+class WeightsError(ValueError):
+    """Weights a job could not load; one line naming the file (or source) and the reason."""
+
+    def __init__(self, file: str, reason: str) -> None:
+        self.file, self.reason = file, reason
+        super().__init__(f"{file}: {reason}" if file else reason)
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
+    """Whether a TCP connection to the hub (or the proxy in front of it) opens within `timeout`.
+
+    Runs in a daemon thread so a hanging DNS lookup cannot hold the caller past the timeout.
+    """
+    import socket
+    import threading
+    import urllib.parse
+    import urllib.request
+
+    if hub_offline():
+        return False
+    endpoint = urllib.parse.urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    proxy = urllib.request.getproxies().get(endpoint.scheme)
+    target = (
+        urllib.parse.urlsplit(proxy if proxy and "://" in proxy else f"http://{proxy}") if proxy else endpoint
+    )
+    host = target.hostname or ""
+    port = target.port or (443 if target.scheme == "https" else 80)
+    reached: list[bool] = []
+
+    def probe() -> None:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=timeout):
+            reached.append(True)
+
+    thread = threading.Thread(target=probe, name="semtok-hub-probe", daemon=True)
+    thread.start()
+    thread.join(timeout + 0.5)
+    return bool(reached)
+
+
+def _hub_cached(config: SemantiCodecConfig, parts: tuple[str, ...]) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return False
+    return all(
+        isinstance(try_to_load_from_cache(HUB_REPO, _model_relpaths(config, part)[-1]), str)
+        for part in (*parts, "codebook")
+    )
+
+
+def check_hub(config: SemantiCodecConfig, parts: tuple[str, ...] = ("encoder",)) -> None:
+    """`WeightsError` at once when weights='hub' would wait on a hub that cannot be reached (files
+    already in the local hub cache do not need it)."""
+    if not _hub_cached(config, parts) and not hub_reachable():
+        raise WeightsError("", HUB_UNREACHABLE)
+
+
+def _read_checked(path: Path) -> dict[str, torch.Tensor]:
+    """`read_state_dict`, its failures as one-line `WeightsError`s (safe loading only)."""
+    import pickle
+
+    try:
+        return read_state_dict(path)
+    except pickle.UnpicklingError:
+        raise WeightsError(
+            str(path), "not a plain tensor checkpoint: it holds pickled objects that safe loading refuses"
+        ) from None
+    except CheckpointError as error:
+        raise WeightsError(str(path), str(error).removeprefix(f"{path}: ")) from None
+    except (RuntimeError, EOFError, ValueError, OSError) as error:
+        if isinstance(error, OSError) and not isinstance(error, (FileNotFoundError, IsADirectoryError)):
+            raise  # a storage problem, not a bad file
+        first = (str(error).strip().splitlines() or [""])[0]
+        detail = "" if "weights_only" in first else f" ({type(error).__name__}: {first[:160]})"
+        raise WeightsError(str(path), f"cannot be read as a PyTorch checkpoint{detail}") from None
+
+
+def _check_module(module: nn.Module, path: Path, **kwargs) -> None:
+    try:
+        check_state(module, _read_checked(path), where=str(path), **kwargs)
+    except CheckpointError as error:
+        raise WeightsError(str(path), str(error).removeprefix(str(path)).lstrip(": ")) from None
+
+
+def check_semanticodec_weights(
+    options: Mapping[str, object], components: tuple[str, ...] = ("encoder",)
+) -> None:
+    """Open every file a SemantiCodec replica built from `options` would load (memory-mapped, safe
+    loading) and check names, shapes and dtypes strictly against the model built on the meta device.
+    Random weights have no files: nothing to check. Raises `WeightsError` (one line)."""
+    from .condition import ConditionBuilder
+    from .decoder import SemantiCodecDecoder, unused_decoder_keys
+    from .encoder import SemantiCodecEncoder
+    from .semanticodec import SemantiCodec, _encoder_ignored_keys
+
+    opts = SemantiCodec._checked(dict(options))
+    config = SemantiCodecConfig(
+        opts.get("token_rate", 50), opts.get("semantic_vocab_size", 16384), opts.get("size", "full")
+    )
+    weights = opts.get("weights") or ("hub" if config.size == "full" else None)
+    if weights is None:
+        raise WeightsError("", "no official weights exist for size='tiny': pass weights='random:SEED'")
+    if is_random_source(str(weights)):
+        return
+    parts = tuple(c for c in ("encoder", "decoder") if c in components) or ("encoder",)
+    if weights == "hub":
+        check_hub(config, parts)
+    cache = Path(str(opts["cache_dir"])) if opts.get("cache_dir") else None
+    try:
+        files = resolve_weights(str(weights), config, parts=parts, cache_dir=cache)
+    except FileNotFoundError as error:
+        raise WeightsError(str(weights), str(error).removeprefix(f"{weights}: ")) from None
+    shape = (config.semantic_vocab_size, config.feature_dim)
+    try:
+        table = np.load(files.codebook, mmap_mode="r", allow_pickle=False)
+    except (ValueError, EOFError) as error:
+        raise WeightsError(str(files.codebook), f"not a .npy k-means table ({error})") from None
+    if tuple(table.shape) != shape:
+        raise WeightsError(
+            str(files.codebook), f"k-means table has shape {tuple(table.shape)}, expected {shape}"
+        )
+    with torch.device("meta"):
+        encoder = SemantiCodecEncoder(config, torch.empty(shape))
+    assert files.encoder is not None
+    _check_module(
+        encoder,
+        files.encoder,
+        ignored=_encoder_ignored_keys(config),
+        scalar_ok=frozenset({"quantizer._codebook.initted"}),
+    )
+    if "decoder" in parts:
+        assert files.decoder is not None
+        conditions = ConditionBuilder(
+            encoder.quantizer, encoder.semantic_quantizer, config.tokens_per_segment
+        )
+        with torch.device("meta"):
+            decoder = SemantiCodecDecoder(config, conditions)
+        _check_module(decoder, files.decoder, ignored=unused_decoder_keys(decoder))

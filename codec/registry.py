@@ -13,10 +13,13 @@ from typing import Any
 
 import torch
 
+from .checkpoint import WeightsError, check_semanticodec_weights
 from .interface import Codec, Segments
 from .semanticodec import SemantiCodec
 
 CODECS: dict[str, type] = {"semanticodec": SemantiCodec}
+# codec name -> check(options, components): raises WeightsError when a replica could not load them
+WEIGHT_CHECKS: dict[str, Callable[..., None]] = {"semanticodec": check_semanticodec_weights}
 
 
 @dataclass(frozen=True)
@@ -46,3 +49,24 @@ def build_segmenter(spec: CodecSpec) -> Callable[[torch.Tensor], Segments]:
 def check_decode_options(spec: CodecSpec, options: dict[str, Any]) -> None:
     """ValueError when `decode_batch(**options)` could never run for this codec."""
     spec.codec_class().check_decode_options(dict(options))
+
+
+def check_weights(spec: CodecSpec, *, components: tuple[str, ...] = ("encoder",)) -> None:
+    """Before any cluster starts: `WeightsError` (one line, naming the file) when the weights a
+    replica of `spec` with `components` would load are missing, unreadable or do not match the
+    architecture. Random weights pass. Reads the files memory-mapped, with safe loading only."""
+    check = getattr(spec.codec_class(), "check_weights", None) or WEIGHT_CHECKS.get(spec.name)
+    if check is not None:
+        check(dict(spec.options), components)
+
+
+__all__ = [
+    "CODECS",
+    "CodecSpec",
+    "WeightsError",
+    "build_codec",
+    "build_segmenter",
+    "check_decode_options",
+    "check_weights",
+    "describe_codec",
+]

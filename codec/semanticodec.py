@@ -1,7 +1,8 @@
 """`SemantiCodec`: the official model's tokens, batched, on any device, behind the `Codec` interface.
 
 For people coming from the official package: `SemantiCodec(token_rate=50, semantic_vocab_size=16384,
-weights=SOURCE)` then `.encode("a.wav")` gives the same int64 tokens [1, T, 2]. For pipelines:
+weights=SOURCE)` then `.encode("a.wav")` gives the same int64 tokens [1, T, 2], and `.decode(tokens)`
+the waveform (the decoder is loaded on that first decode). For pipelines:
 `encode_batch` over many clips at once, or the segment-level calls that let CPU workers cut audio
 and accelerator workers encode full batches of segments from many clips.
 """
@@ -44,7 +45,7 @@ from .encoder import SemantiCodecEncoder
 from .fbank import kaldi_fbank, normalize_fbank
 from .interface import Segments
 from .random_weights import random_centroids, random_decoder_state_dict, random_state_dict
-from .resample import resample
+from .resample import resample, to_codec_input
 from .sampler import NoiseSource, ddim_timesteps
 
 log = logging.getLogger(__name__)
@@ -103,12 +104,16 @@ def split_segments(waveform: torch.Tensor | np.ndarray, token_rate: int) -> Segm
     valid = torch.full((segments,), C.FRAMES_PER_SEGMENT, dtype=torch.int64)
     # The official fbank over the padded clip has 1024·S − 2 frames; the rest are zero rows.
     valid[-1] = C.FRAMES_PER_SEGMENT - 2
-    return Segments(samples=samples, valid_frames=valid,
-                    num_tokens=C.num_tokens(length, token_rate))
+    return Segments(samples=samples, valid_frames=valid, num_tokens=C.num_tokens(length, token_rate))
 
 
-def weights_digest(weights: str, config: SemantiCodecConfig, cache_dir: Path | None = None, *,
-                   files: WeightFiles | None = None) -> str:
+def weights_digest(
+    weights: str,
+    config: SemantiCodecConfig,
+    cache_dir: Path | None = None,
+    *,
+    files: WeightFiles | None = None,
+) -> str:
     """What identifies the encoder weights: the seed for random ones, else file content digests."""
     if is_random_source(weights):
         return f"{weights}:{config.size}:r{config.token_rate}"
@@ -135,24 +140,43 @@ def fingerprint(config: SemantiCodecConfig, weights: str, digest: str, dtype: st
     }
 
 
-class SemantiCodec:
-    """SemantiCodec encoder, and decoder when built with `components=("encoder", "decoder")`.
+class DecoderLoadError(RuntimeError):
+    """The decoder, loaded on a replica's first decode, could not be loaded (cause chained)."""
 
-    The decoder (decoder.ckpt, ~1.1 GB) is read only when asked for: an encode-only replica never
-    opens it. Decoding needs the encoder's VQ codebook and k-means table, so the encoder part is
-    always built (its weights are memory-mapped, so unused LSTM weights cost no RAM).
+
+class SemantiCodec:
+    """SemantiCodec encoder and decoder.
+
+    `components` says when the decoder (decoder.ckpt, ~1.1 GB, memory-mapped) is read:
+    - None (default): on the first `decode`/`decode_batch` call, so an encode-only use never opens
+      it and the official API (`SemantiCodec(...)` then `.decode(tokens)`) works as is;
+    - `("encoder", "decoder")`: now, so a bad or missing decoder file fails at construction;
+    - `("encoder",)`: never; decoding raises RuntimeError.
+    Decoding needs the encoder's VQ codebook and k-means table, so the encoder part is always built
+    (its weights are memory-mapped, so unused LSTM weights cost no RAM).
     """
 
     name = "semanticodec"
     sample_rate = C.SAMPLE_RATE
     segment_input_samples = C.SEGMENT_INPUT_SAMPLES
 
-    def __init__(self, token_rate: int = 50, semantic_vocab_size: int = 16384,
-                 weights: str | None = None, device: str | torch.device | None = None,
-                 size: str = "full", *, dtype: str = "float32", max_batch_segments: int = 16,
-                 cache_dir: str | Path | None = None,
-                 components: Sequence[str] = ("encoder",)) -> None:
+    def __init__(
+        self,
+        token_rate: int = 50,
+        semantic_vocab_size: int = 16384,
+        weights: str | None = None,
+        device: str | torch.device | None = None,
+        size: str = "full",
+        *,
+        dtype: str = "float32",
+        max_batch_segments: int = 16,
+        cache_dir: str | Path | None = None,
+        components: Sequence[str] | None = None,
+    ) -> None:
         self.config = SemantiCodecConfig(token_rate, semantic_vocab_size, size)
+        # None: the decoder is loaded on the first decode (see the class docstring).
+        self._decoder_on_demand = components is None
+        components = ("encoder",) if components is None else components
         components = (components,) if isinstance(components, str) else tuple(components)
         unknown = sorted(set(components) - set(COMPONENTS))
         if unknown or not components:
@@ -179,6 +203,27 @@ class SemantiCodec:
         if "decoder" in self.components:
             self.decoder = self._build_decoder(self.cache_dir).to(self.device).eval()
 
+    def _require_decoder(self) -> SemantiCodecDecoder:
+        """The decoder, loaded now if this replica loads it on demand and has not yet."""
+        if self.decoder is not None:
+            return self.decoder
+        if not self._decoder_on_demand:
+            raise RuntimeError(
+                "this SemantiCodec was built without the decoder (components="
+                f"{self.components!r}): pass components=('encoder', 'decoder') or leave "
+                "components unset to load it on the first decode"
+            )
+        try:
+            decoder = self._build_decoder(self.cache_dir).to(self.device).eval()
+        except Exception as exc:
+            raise DecoderLoadError(
+                "this SemantiCodec was built without the decoder and loading it for this decode failed: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        self.decoder = decoder
+        self.components = COMPONENTS
+        return decoder
+
     # -- construction -------------------------------------------------------------------------
     def _build_encoder(self, cache_dir: Path | None) -> tuple[SemantiCodecEncoder, str]:
         config = self.config
@@ -197,15 +242,20 @@ class SemantiCodec:
         with torch.device("meta"):
             encoder = SemantiCodecEncoder(config, torch.empty(centroid_shape))
         encoder.semantic_quantizer.centroids = centroids
-        load_into(encoder, read_state_dict(files.encoder), where=str(files.encoder),
-                  ignored=_encoder_ignored_keys(config),
-                  scalar_ok=frozenset({"quantizer._codebook.initted"}))
+        load_into(
+            encoder,
+            read_state_dict(files.encoder),
+            where=str(files.encoder),
+            ignored=_encoder_ignored_keys(config),
+            scalar_ok=frozenset({"quantizer._codebook.initted"}),
+        )
         return encoder, weights_digest(self.weights, config, cache_dir, files=files)
 
     def _build_decoder(self, cache_dir: Path | None) -> SemantiCodecDecoder:
         """The decoder networks; official weights are checked strictly (unused keys named too)."""
-        conditions = ConditionBuilder(self.encoder.quantizer, self.encoder.semantic_quantizer,
-                                      self.config.tokens_per_segment)
+        conditions = ConditionBuilder(
+            self.encoder.quantizer, self.encoder.semantic_quantizer, self.config.tokens_per_segment
+        )
         with torch.device("meta"):
             decoder = SemantiCodecDecoder(self.config, conditions)
         if self.random_weights:
@@ -214,31 +264,46 @@ class SemantiCodec:
             decoder.load_state_dict(state, strict=True, assign=True)
             return decoder
         files = resolve_weights(self.weights, self.config, parts=("decoder",), cache_dir=cache_dir)
-        load_into(decoder, read_state_dict(files.decoder), where=str(files.decoder),
-                  ignored=unused_decoder_keys(decoder))
+        load_into(
+            decoder,
+            read_state_dict(files.decoder),
+            where=str(files.decoder),
+            ignored=unused_decoder_keys(decoder),
+        )
         return decoder
 
     # -- construction from plain options (what pipeline/ passes around) ---------------------------
-    OPTIONS = ("token_rate", "semantic_vocab_size", "weights", "size", "dtype", "max_batch_segments",
-               "cache_dir", "components")
+    OPTIONS = (
+        "token_rate",
+        "semantic_vocab_size",
+        "weights",
+        "size",
+        "dtype",
+        "max_batch_segments",
+        "cache_dir",
+        "components",
+    )
 
     @classmethod
-    def from_options(cls, options: dict[str, Any], *, device: str | torch.device | None = None
-                     ) -> SemantiCodec:
+    def from_options(
+        cls, options: dict[str, Any], *, device: str | torch.device | None = None
+    ) -> SemantiCodec:
         return cls(**cls._checked(options), device=device)
 
     @classmethod
     def describe(cls, options: dict[str, Any]) -> dict[str, Any]:
         """The fingerprint a replica built from `options` will report, without loading the model."""
         opts = cls._checked(options)
-        config = SemantiCodecConfig(opts.get("token_rate", 50), opts.get("semantic_vocab_size", 16384),
-                                    opts.get("size", "full"))
+        config = SemantiCodecConfig(
+            opts.get("token_rate", 50), opts.get("semantic_vocab_size", 16384), opts.get("size", "full")
+        )
         weights = opts.get("weights") or ("hub" if config.size == "full" else None)
         if weights is None:
             raise ValueError("no official weights exist for size='tiny': pass weights='random:SEED'")
         cache = Path(opts["cache_dir"]) if opts.get("cache_dir") else None
-        return fingerprint(config, weights, weights_digest(weights, config, cache),
-                           opts.get("dtype", "float32"))
+        return fingerprint(
+            config, weights, weights_digest(weights, config, cache), opts.get("dtype", "float32")
+        )
 
     @classmethod
     def segmenter(cls, options: dict[str, Any]):
@@ -311,8 +376,9 @@ class SemantiCodec:
     def join_segment_tokens(self, segment_tokens: torch.Tensor, num_tokens: int) -> torch.Tensor:
         return segment_tokens.reshape(-1, segment_tokens.shape[-1])[:num_tokens]
 
-    def encode_batch(self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_batch(
+        self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokens of B clips (mono 16 kHz, [B, N] padded, true `lengths`), all segments batched.
 
         Returns int64 tokens [B, T_max, 2] (rows past a clip's length are −1) and lengths [B].
@@ -324,26 +390,39 @@ class SemantiCodec:
             lengths = torch.full((waveforms.shape[0],), waveforms.shape[1], dtype=torch.int64)
         clips = [self.split_segments(waveforms[i, : int(n)]) for i, n in enumerate(lengths)]
         if not clips:
-            return (torch.empty(0, 0, 2, dtype=torch.int64, device=self.device),
-                    torch.empty(0, dtype=torch.int64))
-        tokens = self.encode_segments(torch.cat([c.samples for c in clips]),
-                                      torch.cat([c.valid_frames for c in clips]))
+            return (
+                torch.empty(0, 0, 2, dtype=torch.int64, device=self.device),
+                torch.empty(0, dtype=torch.int64),
+            )
+        tokens = self.encode_segments(
+            torch.cat([c.samples for c in clips]), torch.cat([c.valid_frames for c in clips])
+        )
         token_lengths = torch.tensor([c.num_tokens for c in clips], dtype=torch.int64)
-        out = torch.full((len(clips), int(token_lengths.max()), 2), -1, dtype=torch.int64,
-                         device=tokens.device)
+        out = torch.full(
+            (len(clips), int(token_lengths.max()), 2), -1, dtype=torch.int64, device=tokens.device
+        )
         start = 0
         for index, clip in enumerate(clips):
             count = clip.samples.shape[0]
             out[index, : clip.num_tokens] = self.join_segment_tokens(
-                tokens[start:start + count], clip.num_tokens)
+                tokens[start : start + count], clip.num_tokens
+            )
             start += count
         return out, token_lengths
 
-    def decode_batch(self, tokens: torch.Tensor, token_lengths: torch.Tensor | None = None, *,
-                     steps: int = 50, guidance: float = 2.0, seed: int | Sequence[int] | None = None,
-                     noise: tuple[torch.Tensor, torch.Tensor] | None = None, batched_cfg: bool = True,
-                     max_batch_windows: int = 8, dtype: str = "float32"
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    def decode_batch(
+        self,
+        tokens: torch.Tensor,
+        token_lengths: torch.Tensor | None = None,
+        *,
+        steps: int = 50,
+        guidance: float = 2.0,
+        seed: int | Sequence[int] | None = None,
+        noise: tuple[torch.Tensor, torch.Tensor] | None = None,
+        batched_cfg: bool = True,
+        max_batch_windows: int = 8,
+        dtype: str = "float32",
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Waveforms of B token sequences ([B, T_max, 2], true `token_lengths`), all windows batched.
 
         Returns (float32 [B, N_max] on the CPU, zero past each length; int64 lengths [B]), each
@@ -357,14 +436,12 @@ class SemantiCodec:
           all clips in order.
         `dtype="bfloat16"` runs the networks under autocast (GPU option; official is float32).
         """
-        if self.decoder is None:
-            raise RuntimeError("this SemantiCodec was built without the decoder: pass "
-                               "components=('encoder', 'decoder')")
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         tokens = torch.as_tensor(tokens)
         if tokens.dim() != 3 or tokens.shape[-1] != 2:
             raise ValueError(f"tokens must be [B, T, 2], got {tuple(tokens.shape)}")
+        decoder = self._require_decoder()
         if token_lengths is None:
             token_lengths = torch.full((tokens.shape[0],), tokens.shape[1], dtype=torch.int64)
         lengths = [int(n) for n in torch.as_tensor(token_lengths).cpu()]
@@ -376,9 +453,15 @@ class SemantiCodec:
             windows += parts
             owners += [clip] * len(parts)
         source = self._noise_source(owners, len(lengths), seed, noise)
-        self.decoder.compute_dtype = DTYPES[dtype]
-        waves = self.decoder.decode_windows(windows, source, steps=steps, guidance=guidance,
-                                            batched_cfg=batched_cfg, max_batch_windows=max_batch_windows)
+        decoder.compute_dtype = DTYPES[dtype]
+        waves = decoder.decode_windows(
+            windows,
+            source,
+            steps=steps,
+            guidance=guidance,
+            batched_cfg=batched_cfg,
+            max_batch_windows=max_batch_windows,
+        )
         clips = []
         for clip, count in enumerate(lengths):
             joined = overlap_add([waves[i] for i, o in enumerate(owners) if o == clip])
@@ -390,8 +473,12 @@ class SemantiCodec:
         return out, out_lengths
 
     @staticmethod
-    def _noise_source(owners: list[int], clips: int, seed: int | Sequence[int] | None,
-                      noise: tuple[torch.Tensor, torch.Tensor] | None) -> NoiseSource:
+    def _noise_source(
+        owners: list[int],
+        clips: int,
+        seed: int | Sequence[int] | None,
+        noise: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> NoiseSource:
         if noise is not None:
             if seed is not None:
                 raise ValueError("give seed or noise, not both")
@@ -412,17 +499,19 @@ class SemantiCodec:
 
     # -- the official package's API -------------------------------------------------------------
     def load_audio(self, path: str | Path) -> torch.Tensor:
-        """A file as the official reader sees it: float32, resampled to 16 kHz, channel 0."""
+        """A file as the official reader sees it: float32, all channels resampled to 16 kHz, channel 0.
+
+        The same function (`codec.resample.to_codec_input`) turns the pipeline's decoded frames into
+        codec input, so a file tokenized here and by the pipeline gets the same tokens.
+        """
         import soundfile
 
         data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-        wave = torch.from_numpy(np.ascontiguousarray(data.T))  # [channels, samples]
-        if rate != self.sample_rate:
-            wave = resample(wave, rate, self.sample_rate)
-        return wave[0]
+        return torch.from_numpy(to_codec_input(data, rate, self.sample_rate))
 
-    def encode(self, audio: str | Path | torch.Tensor | np.ndarray,
-               sample_rate: int | None = None) -> torch.Tensor:
+    def encode(
+        self, audio: str | Path | torch.Tensor | np.ndarray, sample_rate: int | None = None
+    ) -> torch.Tensor:
         """Tokens int64 [1, T, 2] (semantic, acoustic) of one file or mono waveform, on the device."""
         if isinstance(audio, (str, Path)):
             wave = self.load_audio(audio)
@@ -443,6 +532,7 @@ class SemantiCodec:
         tokens = torch.as_tensor(tokens)
         if tokens.dim() != 3 or tokens.shape[0] != 1:
             raise ValueError(f"decode takes tokens [1, T, 2], got {tuple(tokens.shape)}")
+        self._require_decoder()  # loading first: the seed below then seeds only the sampling
         if seed is not None:
             torch.manual_seed(seed)
         wave, lengths = self.decode_batch(tokens, None, seed=None, **options)

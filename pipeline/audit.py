@@ -22,11 +22,12 @@ import uuid
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Annotated, Any, TextIO
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pydantic import Field
 
 from codec import CodecSpec, build_segmenter, check_decode_options
 from pipeline.audio_metrics import DEFAULT_METRICS, DOMAINS, METRICS, SAMPLE_RATE, goodness
@@ -42,7 +43,16 @@ from pipeline.audit_sampling import (
 )
 from pipeline.audit_stage import AuditItem, DecodeActor, ReadOriginals, score_batch
 from pipeline.commit import latest_tokenize_record, read_manifest
-from pipeline.config import ConfigError, TokenizeConfig
+from pipeline.config import (
+    ConfigError,
+    Device,
+    Domain,
+    DType,
+    PositiveFloat,
+    PositiveInt,
+    TokenizeConfig,
+    validated_dataclass,
+)
 from pipeline.output_layout import OutputLayout
 from pipeline.parquet_writer import ERRORS_SCHEMA
 from pipeline.reference_figures import load_reference_figures
@@ -57,42 +67,42 @@ SCAN_UNITS_PER_TASK = 64
 READ_CPUS = 0.5  # per task re-reading originals  # units whose token files one scan task reads
 
 
-@dataclass
+@validated_dataclass
 class AuditConfig:
-    """Everything an audit run needs; keyword-only, validated on creation."""
+    """Everything an audit run needs; keyword-only, validated on creation (one-line ConfigError)."""
 
     output: str
     version: str | None = None
-    sample: int | None = None  # items; DEFAULT_SAMPLE when neither sample nor fraction is given
-    fraction: float | None = None
+    sample: PositiveInt | None = None  # items; DEFAULT_SAMPLE when neither sample nor fraction is given
+    fraction: Annotated[float, Field(gt=0, le=1)] | None = None
     seed: int = 0
     # decoding
-    steps: int = 50  # DDIM steps (the official decode's default)
+    steps: PositiveInt = 50  # DDIM steps (the official decode's default)
     guidance: float = 2.0  # classifier-free guidance scale (the official default)
-    max_item_seconds: float = 10.24  # decode and score at most this much of each item (from its start)
-    decode_dtype: str = "float32"
+    # decode and score at most this much of each item (from its start)
+    max_item_seconds: PositiveFloat = 10.24
+    decode_dtype: DType = "float32"
     weights: str | None = None  # where this cluster reads the weights (default: as recorded)
     # scoring and report
-    default_domain: str = "sound"  # domain of items whose metadata names none
+    default_domain: Domain = "sound"  # domain of items whose metadata names none
     metrics: tuple[str, ...] = DEFAULT_METRICS
     rank_metric: str = "visqol"  # orders the worst-k examples
-    worst_k: int = 5
-    random_k: int = 5
+    worst_k: Annotated[int, Field(ge=0)] = 5
+    random_k: Annotated[int, Field(ge=0)] = 5
     report: str | None = None  # report folder URL (default: <version>/audits/<audit id>)
     references: str | None = None  # JSON of published figures to draw as reference lines
     # execution
     ray_address: str | None = None
-    device: str = "auto"
-    num_decoders: int | None = None
-    gpus_per_decoder: float = 1.0
-    cpus_per_decoder: float | None = None
-    decode_batch_items: int = 4
-    score_cpus: float = 1.0
+    device: Device = "auto"
+    num_decoders: PositiveInt | None = None
+    gpus_per_decoder: PositiveFloat = 1.0
+    cpus_per_decoder: PositiveFloat | None = None
+    decode_batch_items: PositiveInt = 4
+    score_cpus: PositiveFloat = 1.0
     storage_options: dict[str, Any] = field(default_factory=dict)  # output storage
     input_storage_options: dict[str, Any] | None = None  # originals (default: storage_options)
 
     def __post_init__(self) -> None:
-        self.metrics = tuple(self.metrics)
         if self.sample is None and self.fraction is None:
             self.sample = DEFAULT_SAMPLE
 
@@ -101,14 +111,6 @@ class AuditConfig:
 
         if self.sample is not None and self.fraction is not None:
             raise bad("fraction", "give sample or fraction, not both")
-        if self.sample is not None and self.sample < 1:
-            raise bad("sample", "must be >= 1")
-        if self.fraction is not None and not 0 < self.fraction <= 1:
-            raise bad("fraction", "must be in (0, 1]")
-        if self.steps < 1:
-            raise bad("steps", "must be >= 1")
-        if self.max_item_seconds <= 0:
-            raise bad("max_item_seconds", "must be > 0")
         if self.default_domain not in DOMAINS:
             raise bad("default_domain", f"must be one of {DOMAINS}")
         unknown = [m for m in self.metrics if m not in METRICS]
@@ -116,14 +118,6 @@ class AuditConfig:
             raise bad("metrics", f"must be a non-empty subset of {sorted(METRICS)}")
         if self.rank_metric not in self.metrics:
             raise bad("rank_metric", "must be one of the metrics computed")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise bad("device", "must be auto, cpu or cuda")
-        if self.num_decoders is not None and self.num_decoders < 1:
-            raise bad("num_decoders", "must be >= 1")
-        if self.decode_batch_items < 1:
-            raise bad("decode_batch_items", "must be >= 1")
-        if self.worst_k < 0 or self.random_k < 0:
-            raise bad("worst_k", "worst_k and random_k must be >= 0")
 
     def to_dict(self) -> dict[str, Any]:
         from pipeline.storage import redact_options

@@ -16,6 +16,8 @@ import datetime as dt
 import hashlib
 import io
 import json
+import logging
+import posixpath
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,7 +28,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.output_layout import (
+    MANIFEST_DIR,
+    RUNS_DIR,
     OutputLayout,
+    attempt_run_id,
     check_safe_id,
     dataset_version,
     fingerprint_digest,
@@ -34,6 +39,7 @@ from pipeline.output_layout import (
     new_attempt_id,
     publish,
 )
+from pipeline.output_lock import OutputLease, read_lease
 from pipeline.parquet_writer import (
     ERRORS_SCHEMA,
     errors_table,
@@ -41,25 +47,37 @@ from pipeline.parquet_writer import (
     tokens_schema,
     tokens_table,
 )
+from pipeline.storage import redact_uri, redact_value
 from pipeline.webdataset_writer import shard_bytes
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "FORMATS",
+    "ManifestRead",
+    "RunRecordsRead",
     "UnitCommit",
+    "add_webdataset_twin",
     "cleanup_tmp",
     "commit_unit",
     "committed_source_uris",
     "committed_unit_ids",
+    "entry_formats",
     "load_errors",
     "load_tokens",
     "publish",
     "read_manifest",
+    "read_manifest_report",
     "read_run_records",
+    "read_run_records_report",
+    "units_lacking",
     "write_run_record",
 ]
 
 FORMATS = ("parquet", "webdataset")
 READ_THREADS = 16
+# Without the lease, attempts of unknown runs younger than this may be in flight: kept.
+FOREIGN_MIN_AGE_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -110,6 +128,11 @@ def commit_unit(
     earlier attempt) are removed after the manifest is published. `before_manifest` is a test
     hook called between the data and the manifest (a crash there must leave the unit
     uncommitted).
+
+    The entry records `formats` (those asked for, so a later `--format webdataset` run can tell
+    which units lack the tar twin: `entry_formats`, `add_webdataset_twin`). Credentials never
+    reach the output: source URIs and error details are redacted by the writers, and every string
+    of `unit_info` (uris, root) by `redact_value`. Temporaries go to `_tmp/<run id>-<random>/`.
     """
     check_safe_id(unit_id, "unit id")
     unknown = set(formats) - set(FORMATS)
@@ -130,15 +153,11 @@ def commit_unit(
         ("tokens", layout.tokens_rel(unit_id), tokens.num_rows, parquet_bytes(tokens))
     ]
     if errors.num_rows:
-        outputs.append(
-            ("errors", layout.errors_rel(unit_id), errors.num_rows, parquet_bytes(errors))
-        )
+        outputs.append(("errors", layout.errors_rel(unit_id), errors.num_rows, parquet_bytes(errors)))
     if "webdataset" in formats and token_rows:
-        outputs.append(
-            ("webdataset", layout.wds_rel(unit_id), len(token_rows), shard_bytes(token_rows, fp))
-        )
+        outputs.append(("webdataset", layout.wds_rel(unit_id), len(token_rows), shard_bytes(token_rows, fp)))
 
-    attempt_id = new_attempt_id()
+    attempt_id = new_attempt_id(run_id)
     tmp_dir = layout.tmp_dir(attempt_id) if is_local(fs) else None
     files = []
     try:
@@ -158,8 +177,9 @@ def commit_unit(
         n_frames = tokens.column("n_frames").to_numpy()
         entry = {
             "unit_id": unit_id,
-            "unit_info": dict(unit_info or {}),
+            "unit_info": redact_value(dict(unit_info or {})),
             "files": files,
+            "formats": [f for f in FORMATS if f in formats],
             "n_items": len(token_rows) + len(error_rows),
             "n_tokens_rows": len(token_rows),
             "n_error_rows": len(error_rows),
@@ -196,32 +216,106 @@ def _list_files(fs: fsspec.AbstractFileSystem, folder: str) -> list[str]:
     return [e["name"] for e in entries if e.get("type") != "directory"]
 
 
-def read_manifest(fs: fsspec.AbstractFileSystem, layout: OutputLayout) -> dict[str, dict[str, Any]]:
-    """All committed units: unit id → manifest entry (empty when nothing is committed yet)."""
+@dataclass
+class ManifestRead:
+    """A version's manifest as read: good entries, and the damaged ones that count as uncommitted.
+
+    `entries`: unit id → entry, sorted. `damaged`: manifest path relative to the version
+    (`_manifest/<unit>.json`) → why it was refused (not JSON, truncated, wrong unit id, missing
+    keys...). A damaged unit is not committed: a rerun redoes it and its commit overwrites the
+    damaged entry."""
+
+    entries: dict[str, dict[str, Any]] = field(default_factory=dict)
+    damaged: dict[str, str] = field(default_factory=dict)
+
+
+def _is_safe_rel(path: Any) -> bool:
+    return (
+        isinstance(path, str)
+        and bool(path)
+        and not path.startswith("/")
+        and ".." not in path.split("/")
+        and "://" not in path
+    )
+
+
+def entry_problem(entry: Any, unit_id: str) -> str | None:
+    """Why a manifest entry cannot be trusted, or None when its shape is sound: an object naming
+    `unit_id`, with a non-empty `files` list of {path (relative, inside the version), kind,
+    sha256} records."""
+    if not isinstance(entry, dict):
+        return f"not a JSON object but {type(entry).__name__}"
+    if entry.get("unit_id") != unit_id:
+        return f"names unit {entry.get('unit_id')!r}, not {unit_id!r}"
+    files = entry.get("files")
+    if not isinstance(files, list) or not files:
+        return "no 'files' list"
+    for i, record in enumerate(files):
+        if not isinstance(record, dict):
+            return f"files[{i}] is not an object"
+        for key in ("path", "kind", "sha256"):
+            if not isinstance(record.get(key), str) or not record.get(key):
+                return f"files[{i}] lacks a '{key}' string"
+        if not _is_safe_rel(record["path"]):
+            return f"files[{i}] path {record['path']!r} is not inside the version"
+    if entry.get("unit_info") is not None and not isinstance(entry.get("unit_info"), dict):
+        return "'unit_info' is not an object"
+    return None
+
+
+def read_manifest_report(fs: fsspec.AbstractFileSystem, layout: OutputLayout) -> ManifestRead:
+    """Every manifest entry of the version, sorted into good and damaged; never raises for a
+    damaged entry (storage errors still propagate: wrap in `with_retries`)."""
     names = [
         n
         for n in _list_files(fs, layout.manifest_dir)
         if n.endswith(".json") and not n.rsplit("/", 1)[-1].startswith(".")
     ]
+    result = ManifestRead()
     if not names:
-        return {}
+        return result
 
-    def load(name: str) -> dict[str, Any]:
-        raw = fs.cat_file(name)
+    def load(name: str) -> tuple[dict[str, Any] | None, str | None]:
         try:
-            return json.loads(raw)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"corrupt manifest entry {name}: {error}") from error
+            raw = fs.cat_file(name)
+        except FileNotFoundError:
+            return None, None  # removed since the listing: not committed, not damaged
+        try:
+            entry = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            return None, f"not valid JSON (truncated or corrupt): {error}"
+        problem = entry_problem(entry, posixpath.basename(name)[: -len(".json")])
+        return (None, problem) if problem else (entry, None)
 
     with ThreadPoolExecutor(max_workers=min(READ_THREADS, len(names))) as pool:
-        entries = list(pool.map(load, names))
-    result: dict[str, dict[str, Any]] = {}
-    for name, entry in zip(names, entries, strict=True):
-        expected = name.rsplit("/", 1)[-1][: -len(".json")]
-        if entry.get("unit_id") != expected:
-            raise ValueError(f"manifest entry {name} names unit {entry.get('unit_id')!r}")
-        result[expected] = entry
-    return dict(sorted(result.items()))
+        loaded = list(pool.map(load, names))
+    for name, (entry, problem) in zip(names, loaded, strict=True):
+        base = posixpath.basename(name)
+        if problem is not None:
+            result.damaged[f"{MANIFEST_DIR}/{base}"] = problem
+        elif entry is not None:
+            result.entries[base[: -len(".json")]] = entry
+    result.entries = dict(sorted(result.entries.items()))
+    result.damaged = dict(sorted(result.damaged.items()))
+    return result
+
+
+def read_manifest(fs: fsspec.AbstractFileSystem, layout: OutputLayout) -> dict[str, dict[str, Any]]:
+    """All committed units: unit id → manifest entry (empty when nothing is committed yet).
+
+    Damaged entries are left out (their units count as not committed, so a rerun redoes and
+    recommits them) with a warning; `read_manifest_report` lists them."""
+    found = read_manifest_report(fs, layout)
+    if found.damaged:
+        shown = "; ".join(f"{path}: {why}" for path, why in list(found.damaged.items())[:5])
+        log.warning(
+            "%d damaged manifest entr%s under %s treated as not committed (a rerun redoes them): %s",
+            len(found.damaged),
+            "y" if len(found.damaged) == 1 else "ies",
+            redact_uri(layout.version_url),
+            shown,
+        )
+    return found.entries
 
 
 def committed_unit_ids(fs: fsspec.AbstractFileSystem, layout: OutputLayout) -> set[str]:
@@ -306,9 +400,7 @@ def _age_s(info: Mapping[str, Any], now: float) -> float | None:
     return None
 
 
-def _attempt_age_s(
-    fs: fsspec.AbstractFileSystem, info: Mapping[str, Any], now: float
-) -> float | None:
+def _attempt_age_s(fs: fsspec.AbstractFileSystem, info: Mapping[str, Any], now: float) -> float | None:
     """Age of an attempt folder = age of its youngest file (object stores have no folder times)."""
     ages = []
     if info.get("type") == "directory":
@@ -323,13 +415,24 @@ def _attempt_age_s(
 
 
 def cleanup_tmp(
-    fs: fsspec.AbstractFileSystem, layout: OutputLayout, *, min_age_s: float = 0.0
+    fs: fsspec.AbstractFileSystem,
+    layout: OutputLayout,
+    *,
+    min_age_s: float = 0.0,
+    lease: OutputLease | None = None,
 ) -> list[str]:
     """Remove leftovers of interrupted attempts (`_tmp/<attempt>/`); returns what was removed.
 
-    Attempts younger than `min_age_s` are kept, so a cleanup beside a running job leaves that
-    job's in-flight temporaries alone (where the store reports ages; otherwise all go). The
-    `_tmp/` folder itself stays: removing it could race a concurrent attempt creating its own.
+    Never deletes a live run's in-flight temporaries. Attempt folders are named
+    `<run id>-<random>` (`new_attempt_id`), and the version's lease says which run may be writing:
+    - when another run holds a live lease (not the caller's `lease`), that run's attempts are
+      kept, and so are attempts of unknown runs younger than FOREIGN_MIN_AGE_S; attempts of other
+      runs are leftovers (only the lease holder writes) and go;
+    - when the caller holds the lease (pass it), or nobody does (no lock, or a stale one), no live
+      writer that respects the lease exists: every attempt goes, the caller's own included (call
+      this when your commits are done).
+    Attempts younger than `min_age_s` are always kept, where the store reports ages.
+    The `_tmp/` folder itself stays: removing it could race a concurrent attempt creating its own.
     """
     with contextlib.suppress(Exception):
         fs.invalidate_cache(layout.tmp_root)
@@ -337,13 +440,32 @@ def cleanup_tmp(
         entries = fs.ls(layout.tmp_root, detail=True)
     except FileNotFoundError:
         return []
+    if not entries:
+        return []
+    writer: str | None = None  # the run id of another live lease holder
+    if lease is None or not lease.held:
+        holder = read_lease(fs, layout)
+        if holder is not None and holder.live:
+            writer = holder.run_id or "?"
+            if lease is not None and holder.record.get("nonce") == lease.nonce:
+                writer = None
     now = dt.datetime.now(dt.timezone.utc).timestamp()
     removed = []
     for info in entries:
-        if min_age_s > 0:
-            age = _attempt_age_s(fs, info, now)
-            if age is not None and age < min_age_s:
+        name = info["name"].rstrip("/").rsplit("/", 1)[-1]
+        keep_younger = min_age_s
+        if writer is not None:
+            owner = attempt_run_id(name)
+            if owner == writer:
                 continue
+            if owner is None:
+                keep_younger = max(keep_younger, FOREIGN_MIN_AGE_S)
+        if keep_younger > 0:
+            age = _attempt_age_s(fs, info, now)
+            if age is not None and age < keep_younger:
+                continue
+            if age is None and writer is not None and keep_younger > min_age_s:
+                continue  # no age, and a live writer that might own it: keep
         _remove_quietly(fs, info["name"], recursive=True)
         removed.append(info["name"])
     return removed
@@ -352,20 +474,56 @@ def cleanup_tmp(
 def write_run_record(
     fs: fsspec.AbstractFileSystem, layout: OutputLayout, run_id: str, record: Mapping[str, Any]
 ) -> str:
-    """Publish `runs/<run_id>.json`; returns its path."""
+    """Publish `runs/<run_id>.json`; returns its path. Every string is redacted (URIs with
+    credentials, credential-named keys: `redact_value`), nested config included."""
     path = layout.run_path(run_id)
-    publish(fs, path, _json_bytes(dict(record)))
+    publish(fs, path, _json_bytes(redact_value(dict(record))))
     return path
 
 
-def read_run_records(fs: fsspec.AbstractFileSystem, layout: OutputLayout) -> dict[str, Any]:
-    """run id → run record, for status and metrics."""
-    records = {}
+@dataclass
+class RunRecordsRead:
+    """Run records as read: run id → record, and damaged ones (runs/<id>.json → why)."""
+
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)
+    damaged: dict[str, str] = field(default_factory=dict)
+
+
+def read_run_records_report(fs: fsspec.AbstractFileSystem, layout: OutputLayout) -> RunRecordsRead:
+    """Every run record of the version; corrupt ones are listed in `damaged`, never raised."""
+    result = RunRecordsRead()
     for name in _list_files(fs, layout.runs_dir):
         base = name.rsplit("/", 1)[-1]
-        if base.endswith(".json") and not base.startswith("."):
-            records[base[: -len(".json")]] = json.loads(fs.cat_file(name))
-    return dict(sorted(records.items()))
+        if not base.endswith(".json") or base.startswith("."):
+            continue
+        try:
+            raw = fs.cat_file(name)
+        except FileNotFoundError:
+            continue
+        try:
+            record = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            result.damaged[f"{RUNS_DIR}/{base}"] = f"not valid JSON (truncated or corrupt): {error}"
+            continue
+        if not isinstance(record, dict):
+            result.damaged[f"{RUNS_DIR}/{base}"] = f"not a JSON object but {type(record).__name__}"
+            continue
+        result.records[base[: -len(".json")]] = record
+    result.records = dict(sorted(result.records.items()))
+    return result
+
+
+def read_run_records(fs: fsspec.AbstractFileSystem, layout: OutputLayout) -> dict[str, Any]:
+    """run id → run record, for status and metrics (damaged records skipped with a warning)."""
+    found = read_run_records_report(fs, layout)
+    if found.damaged:
+        log.warning(
+            "%d damaged run record(s) under %s skipped: %s",
+            len(found.damaged),
+            redact_uri(layout.version_url),
+            ", ".join(found.damaged),
+        )
+    return found.records
 
 
 def latest_tokenize_record(fs: fsspec.AbstractFileSystem, layout: OutputLayout) -> dict[str, Any]:
@@ -375,3 +533,86 @@ def latest_tokenize_record(fs: fsspec.AbstractFileSystem, layout: OutputLayout) 
         if record.get("kind", "tokenize") == "tokenize" and record.get("config"):
             return record
     raise ValueError(f"{layout.version_url} has no tokenize run record: cannot tell how it was made")
+
+
+# --- formats of committed units -----------------------------------------------------------------
+
+
+def entry_formats(entry: Mapping[str, Any]) -> list[str]:
+    """The output formats a committed unit has: its `formats` list, or (entries written before it
+    was recorded) parquet plus webdataset when a tar is listed."""
+    recorded = entry.get("formats")
+    if isinstance(recorded, list):
+        return [f for f in FORMATS if f in recorded]
+    kinds = {f.get("kind") for f in entry.get("files") or () if isinstance(f, Mapping)}
+    return ["parquet"] + (["webdataset"] if "webdataset" in kinds else [])
+
+
+def units_lacking(manifest: Mapping[str, Mapping[str, Any]], fmt: str) -> list[str]:
+    """Committed unit ids whose entry lacks format `fmt` (e.g. the WebDataset twin)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}, expected one of {FORMATS}")
+    return sorted(u for u, e in manifest.items() if fmt not in entry_formats(e))
+
+
+def _token_row_dicts(table: pa.Table) -> list[dict[str, Any]]:
+    """Committed token rows back into the dicts the writers take (metadata JSON → dict)."""
+    rows = table.to_pylist()
+    for row in rows:
+        row["metadata"] = json.loads(row.get("metadata") or "{}")
+    return rows
+
+
+def add_webdataset_twin(
+    fs: fsspec.AbstractFileSystem,
+    layout: OutputLayout,
+    unit_id: str,
+    entry: Mapping[str, Any],
+    fingerprint: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Give a committed unit its missing WebDataset tar; returns the (new) manifest entry.
+
+    Reads the unit's committed tokens Parquet (checked against its manifest sha256), writes the tar
+    with the same writer as `commit_unit` (so it is byte-identical to a tar written at commit
+    time), publishes it, then republishes the manifest entry listing it with "webdataset" in
+    `formats`. Safe to repeat and to interrupt: a unit that already has the twin is returned
+    unchanged, and a crash before the manifest leaves an unlisted tar the next call overwrites.
+    """
+    check_safe_id(unit_id, "unit id")
+    fp = dict(fingerprint)
+    if dataset_version(fp) != layout.version:
+        raise ValueError(
+            f"fingerprint belongs to version {dataset_version(fp)!r}, layout is {layout.version!r}"
+        )
+    problem = entry_problem(entry, unit_id)
+    if problem:
+        raise ValueError(f"manifest entry of {unit_id!r} is damaged: {problem}")
+    entry = dict(entry)
+    if "webdataset" in entry_formats(entry):
+        return entry
+    listed = [f for f in entry["files"] if f["kind"] == "tokens"]
+    if len(listed) != 1:
+        raise ValueError(f"manifest entry of {unit_id!r} lists {len(listed)} tokens files, not 1")
+    data = fs.cat_file(layout.path(listed[0]["path"]))
+    if hashlib.sha256(data).hexdigest() != listed[0]["sha256"]:
+        raise ValueError(f"{listed[0]['path']} does not match its manifest sha256")
+    rows = _token_row_dicts(pq.read_table(io.BytesIO(data)))
+    files = [f for f in entry["files"] if f["kind"] != "webdataset"]
+    if rows:
+        tar = shard_bytes(rows, fp)
+        rel = layout.wds_rel(unit_id)
+        publish(fs, layout.path(rel), tar)
+        files.append(
+            {
+                "kind": "webdataset",
+                "path": rel,
+                "rows": len(rows),
+                "bytes": len(tar),
+                "sha256": hashlib.sha256(tar).hexdigest(),
+            }
+        )
+    entry["files"] = files
+    entry["formats"] = [f for f in FORMATS if f in {*entry_formats(entry), "webdataset"}]
+    entry["formats_added_at"] = _now_iso()
+    publish(fs, layout.manifest_path(unit_id), _json_bytes(entry))
+    return entry

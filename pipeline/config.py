@@ -1,105 +1,227 @@
 """`TokenizeConfig`: one typed, validated object for a tokenize job (YAML file + overrides).
 
 Every field can come from a YAML file and be overridden from the command line; the effective config
-is written next to the output. Validation names the bad field and value.
+is written next to the output. The field types (pydantic v2) are the single source of the allowed
+values: the CLI's choices and the shipped JSON Schema (`pipeline/schemas/`) are derived from them.
+Every invalid value raises `ConfigError`, one line naming the field, the value and what is allowed.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
-from typing import Any
+import difflib
+import functools
+import types
+import typing
+from dataclasses import field
+from typing import Annotated, Any, Literal
+
+import pydantic
+from pydantic import ConfigDict, Field
 
 from codec import CodecSpec
 
-INPUT_KINDS = ("auto", "files", "tar", "parquet", "manifest")
-FORMATS = ("parquet", "webdataset")
-DEVICES = ("auto", "cpu", "cuda")
+InputKind = Literal["auto", "files", "tar", "parquet", "manifest"]
+OutputFormat = Literal["parquet", "webdataset"]
+Device = Literal["auto", "cpu", "cuda"]
+ChannelPolicy = Literal["first", "mean"]
+Resampler = Literal["official", "soxr-hq"]
+TokenRate = Literal[25, 50, 100]
+SemanticVocabSize = Literal[4096, 8192, 16384, 32768]
+CodecSize = Literal["full", "tiny"]
+DType = Literal["float32", "bfloat16", "float16"]
+Domain = Literal["speech", "music", "sound"]
+
+PositiveInt = Annotated[int, Field(ge=1)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+
+INPUT_KINDS: tuple[str, ...] = typing.get_args(InputKind)
+FORMATS: tuple[str, ...] = typing.get_args(OutputFormat)
+DEVICES: tuple[str, ...] = typing.get_args(Device)
+
+# Shared by every validated config class: unknown fields are errors, YAML values are coerced
+# where lossless (a list becomes a tuple, 1 becomes 1.0), NaN and infinity are refused.
+MODEL_CONFIG = ConfigDict(extra="forbid", strict=False, allow_inf_nan=False)
 
 
 class ConfigError(ValueError):
     """A config value that cannot work; the message names the field."""
 
 
-@dataclass
+def validated_dataclass(cls: type) -> type:
+    """`pydantic.dataclasses.dataclass` whose validation errors are one-line `ConfigError`s.
+
+    The class stays a standard dataclass (`dataclasses.asdict/fields/replace` work) and is checked
+    on every construction, `dataclasses.replace` included.
+    """
+    model = pydantic.dataclasses.dataclass(config=MODEL_CONFIG)(cls)
+    init = model.__init__
+
+    @functools.wraps(init)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            init(self, *args, **kwargs)
+        except pydantic.ValidationError as error:
+            raise ConfigError(describe_validation_error(model, error, kwargs)) from None
+
+    model.__init__ = __init__
+    return model
+
+
+def describe_validation_error(model: type, error: pydantic.ValidationError, given: dict[str, Any]) -> str:
+    """The first problem of `error` as one line: `field=value: what is allowed`."""
+    first = error.errors(include_url=False)[0]
+    kind, loc, ctx = first["type"], first["loc"], first.get("ctx") or {}
+    if kind == "value_error" and isinstance(ctx.get("error"), ConfigError):  # a cross-field check
+        return str(ctx["error"])
+    if not loc:
+        return str(first["msg"])
+    name = str(loc[0])
+    names = [f.name for f in dataclasses.fields(model)]
+    if kind == "unexpected_keyword_argument":
+        return unknown_field_message(name, names)
+    if kind in ("missing", "missing_argument"):
+        return f"{name}: required"
+    value = given.get(name, first.get("input"))
+    return f"{name}={value!r}: {_requirement(model, name, kind, ctx, str(first['msg']))}"
+
+
+def unknown_field_message(name: str, known: list[str], *, what: str = "config field") -> str:
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(close)}?" if close else ""
+    return f"unknown {what} {name!r}{hint}"
+
+
+def _requirement(model: type, name: str, kind: str, ctx: dict[str, Any], msg: str) -> str:
+    allowed = field_choices(model, name)
+    if kind == "literal_error" and allowed:
+        return f"must be one of {', '.join(map(str, allowed))}"
+    bounds = {
+        "greater_than": "> {gt}",
+        "greater_than_equal": ">= {ge}",
+        "less_than": "< {lt}",
+        "less_than_equal": "<= {le}",
+    }
+    if kind in bounds:
+        return "must be " + bounds[kind].format(**ctx)
+    words = {
+        "int": "an integer",
+        "float": "a number",
+        "bool": "true or false",
+        "string": "a string",
+        "tuple": "a list",
+        "list": "a list",
+        "dict": "a mapping",
+        "finite": "a finite number",
+        "too_short": "a non-empty list",
+    }
+    for prefix, word in words.items():
+        if kind.startswith(prefix):
+            return f"must be {word}" + (" (or null)" if _optional(model, name) else "")
+    return msg[:1].lower() + msg[1:]
+
+
+@functools.cache
+def _hints(model: type) -> dict[str, Any]:
+    return typing.get_type_hints(model, include_extras=True)
+
+
+def _optional(model: type, name: str) -> bool:
+    hint = _hints(model).get(name)
+    return type(None) in typing.get_args(hint) and typing.get_origin(hint) in (typing.Union, types.UnionType)
+
+
+def is_text_field(model: type, name: str) -> bool:
+    """Whether field `name` holds free text (`str` or `str | None`), e.g. to keep `--set id_prefix=2024`
+    a string rather than YAML's number."""
+    hint = _hints(model).get(name)
+    args = (
+        set(typing.get_args(hint)) if typing.get_origin(hint) in (typing.Union, types.UnionType) else {hint}
+    )
+    return str in args and args <= {str, type(None)}
+
+
+def field_choices(model: type, name: str) -> tuple[Any, ...]:
+    """The `Literal` values allowed for field `name` (also inside Optional/tuple); () when free."""
+
+    def literals(hint: Any) -> tuple[Any, ...]:
+        origin = typing.get_origin(hint)
+        if origin is Literal:
+            return typing.get_args(hint)
+        if origin is None:
+            return ()
+        return tuple(v for arg in typing.get_args(hint) for v in literals(arg))
+
+    return literals(_hints(model).get(name))
+
+
+@validated_dataclass
 class TokenizeConfig:
     input: str = ""
     output: str = ""
-    input_kind: str = "auto"
+    input_kind: InputKind = "auto"
     glob: str | None = None
-    files_per_unit: int = 256
+    files_per_unit: PositiveInt = 256
     audio_column: str | None = None
     uri_column: str | None = None
-    formats: tuple[str, ...] = ("parquet",)
-    channel_policy: str = "first"
-    max_audio_seconds: float = 4 * 3600.0
+    formats: Annotated[tuple[OutputFormat, ...], Field(min_length=1)] = ("parquet",)
+    channel_policy: ChannelPolicy = "first"
+    # how decoded audio reaches 16 kHz: the official reader's resampler, or soxr's high quality
+    resampler: Resampler = "official"
+    max_audio_seconds: PositiveFloat = 4 * 3600.0
+    # prefix of every item id, so several corpora can share one output without id clashes
+    id_prefix: str | None = None
+    # URL schemes a manifest may point at besides the input's own (a manifest must not make the
+    # workers read arbitrary places with the job's credentials)
+    allow_manifest_schemes: tuple[str, ...] = ()
+    # follow symlinks out of a local input root (off: a link cannot pull in files from elsewhere)
+    follow_links: bool = False
+    # per-item limits, so one pathological file cannot stall or exhaust a worker
+    item_timeout_s: PositiveFloat = 300.0  # read + decode wall time of one item
+    max_item_bytes: PositiveInt = 4 * 2**30  # compressed size read
+    max_decoded_bytes: PositiveInt = 2 * 2**30  # float32 PCM after decoding (header estimate, then actual)
+    # address space a decode may use in its child process beyond the idle child (None: no cap)
+    max_decode_memory_bytes: PositiveInt | None = 8 * 2**30
+    max_item_attempts: PositiveInt = 3  # deaths of a worker on one item before it becomes an error row
     # codec
     codec: str = "semanticodec"
     weights: str | None = None
-    token_rate: int = 50
-    semantic_vocab_size: int = 16384
-    codec_size: str = "full"
-    dtype: str = "float32"
+    token_rate: TokenRate = 50
+    semantic_vocab_size: SemanticVocabSize = 16384
+    codec_size: CodecSize = "full"
+    dtype: DType = "float32"
     # execution
     ray_address: str | None = None
-    device: str = "auto"
-    num_encoders: int | None = None
-    gpus_per_encoder: float = 1.0
-    cpus_per_encoder: float | None = None
-    encode_batch_segments: int | None = None
-    read_cpus: float = 0.5
-    object_store_budget_mb: int | None = None  # None: 512 MiB per encoder, at least 1 GiB
-    commit_threads: int = 8
-    max_error_fraction: float | None = None
+    device: Device = "auto"
+    num_encoders: PositiveInt | None = None
+    gpus_per_encoder: PositiveFloat = 1.0
+    cpus_per_encoder: PositiveFloat | None = None
+    encode_batch_segments: PositiveInt | None = None
+    read_cpus: PositiveFloat = 0.5
+    object_store_budget_mb: PositiveInt | None = None  # None: 512 MiB per encoder, at least 1 GiB
+    commit_threads: PositiveInt = 8
+    max_error_fraction: Fraction | None = None
     storage_options: dict[str, Any] = field(default_factory=dict)
-    progress_interval_s: float = 5.0
+    progress_interval_s: PositiveFloat = 5.0
     # quality audit after the run (`semtok audit`): off unless a sample size or fraction is given
-    audit_sample: int | None = None
-    audit_fraction: float | None = None
+    audit_sample: PositiveInt | None = None
+    audit_fraction: Annotated[float, Field(gt=0, le=1)] | None = None
     audit_seed: int = 0
-    audit_steps: int | None = None  # DDIM steps (default: the audit's, 50)
-    audit_domain: str | None = None  # domain of items whose metadata names none (default: sound)
+    audit_steps: PositiveInt | None = None  # DDIM steps (default: the audit's, 50)
+    audit_domain: Domain | None = None  # domain of items whose metadata names none (default: sound)
 
     def __post_init__(self) -> None:
-        self.formats = tuple(self.formats)
         self.validate()
 
     def validate(self) -> None:
+        """The checks that involve several fields (each field's own type and range are typed)."""
+
         def bad(name: str, why: str) -> ConfigError:
             return ConfigError(f"{name}={getattr(self, name)!r}: {why}")
 
-        if self.input_kind not in INPUT_KINDS:
-            raise bad("input_kind", f"must be one of {INPUT_KINDS}")
-        if not self.formats or any(f not in FORMATS for f in self.formats):
-            raise bad("formats", f"must be a non-empty subset of {FORMATS}")
-        if self.channel_policy not in ("first", "mean"):
-            raise bad("channel_policy", "must be 'first' (official) or 'mean'")
-        if self.device not in DEVICES:
-            raise bad("device", f"must be one of {DEVICES}")
-        if self.files_per_unit < 1:
-            raise bad("files_per_unit", "must be >= 1")
-        if self.num_encoders is not None and self.num_encoders < 1:
-            raise bad("num_encoders", "must be >= 1")
-        if self.gpus_per_encoder <= 0:
-            raise bad("gpus_per_encoder", "must be > 0")
-        if self.read_cpus <= 0:
-            raise bad("read_cpus", "must be > 0")
-        if self.cpus_per_encoder is not None and self.cpus_per_encoder <= 0:
-            raise bad("cpus_per_encoder", "must be > 0")
-        if self.encode_batch_segments is not None and self.encode_batch_segments < 1:
-            raise bad("encode_batch_segments", "must be >= 1")
-        if self.max_error_fraction is not None and not 0 <= self.max_error_fraction <= 1:
-            raise bad("max_error_fraction", "must be between 0 and 1")
         if self.audit_sample is not None and self.audit_fraction is not None:
             raise bad("audit_fraction", "give audit_sample or audit_fraction, not both")
-        if self.audit_sample is not None and self.audit_sample < 1:
-            raise bad("audit_sample", "must be >= 1")
-        if self.audit_fraction is not None and not 0 < self.audit_fraction <= 1:
-            raise bad("audit_fraction", "must be in (0, 1]")
-        if self.audit_domain is not None and self.audit_domain not in ("speech", "music", "sound"):
-            raise bad("audit_domain", "must be speech, music or sound")
-        if self.audit_steps is not None and self.audit_steps < 1:
-            raise bad("audit_steps", "must be >= 1")
         if self.codec_size == "tiny" and not (self.weights or "").startswith("random:"):
             raise bad("weights", "the tiny codec has random weights only: use --weights random:SEED")
 
@@ -108,14 +230,21 @@ class TokenizeConfig:
         return self.audit_sample is not None or self.audit_fraction is not None
 
     def codec_spec(self) -> CodecSpec:
-        return CodecSpec(self.codec, {
-            "token_rate": self.token_rate, "semantic_vocab_size": self.semantic_vocab_size,
-            "weights": self.weights, "size": self.codec_size, "dtype": self.dtype,
-        })
+        return CodecSpec(
+            self.codec,
+            {
+                "token_rate": self.token_rate,
+                "semantic_vocab_size": self.semantic_vocab_size,
+                "weights": self.weights,
+                "size": self.codec_size,
+                "dtype": self.dtype,
+            },
+        )
 
     def to_dict(self, *, redact: bool = True) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["formats"] = list(self.formats)
+        data["allow_manifest_schemes"] = list(self.allow_manifest_schemes)
         if redact:
             from pipeline.storage import redact_options
 
@@ -123,11 +252,21 @@ class TokenizeConfig:
         return data
 
     @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def choices(cls, name: str) -> tuple[Any, ...]:
+        """The allowed values of field `name` (for the CLI's `choices=`)."""
+        return field_choices(cls, name)
+
+    @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TokenizeConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
+        if not isinstance(data, dict):
+            raise ConfigError(f"expected a mapping of config fields, got {type(data).__name__}")
+        unknown = sorted(set(data) - set(cls.field_names()))
         if unknown:
-            raise ConfigError(f"unknown config field(s) {unknown}")
+            raise ConfigError(unknown_field_message(unknown[0], cls.field_names()))
         return cls(**data)
 
     @classmethod
@@ -135,14 +274,58 @@ class TokenizeConfig:
         """Fields from a YAML file (optional), then `overrides` (None values are ignored)."""
         data: dict[str, Any] = {}
         if path:
-            import fsspec
-            import yaml
-
-            with fsspec.open(path, "r") as handle:
-                loaded = yaml.safe_load(handle) or {}
-            if not isinstance(loaded, dict):
-                raise ConfigError(f"{path}: expected a mapping of config fields")
-            data.update(loaded)
+            data.update(read_config_file(path))
         data.update({k: v for k, v in overrides.items() if v is not None})
         return cls.from_dict(data)
 
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """A YAML mapping of config fields; `ConfigError` (one line) when missing or not a mapping."""
+    import fsspec
+    import yaml
+
+    try:
+        with fsspec.open(path, "r") as handle:
+            loaded = yaml.safe_load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a folder") from None
+    except yaml.YAMLError as error:
+        where = getattr(error, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where is not None else ""
+        problem = getattr(error, "problem", None) or type(error).__name__
+        raise ConfigError(f"config file {path}: not valid YAML{line}: {problem}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(
+            f"config file {path}: expected a mapping of config fields, got {type(loaded).__name__}"
+        )
+    return loaded
+
+
+def tokenize_config_schema() -> dict[str, Any]:
+    """JSON Schema of the YAML job config (what `TokenizeConfig.load` accepts from a file)."""
+    schema = pydantic.TypeAdapter(TokenizeConfig).json_schema()
+    schema["title"] = "semtok tokenize job config"
+    schema["description"] = (
+        "Fields of pipeline.config.TokenizeConfig, as given in a YAML job "
+        "config (generated: python -m pipeline.config > "
+        "pipeline/schemas/tokenize-config.schema.json)"
+    )
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
+
+
+SCHEMA_FILE = "schemas/tokenize-config.schema.json"
+
+
+def shipped_schema_text() -> str:
+    """The schema file as written to pipeline/schemas/ (stable formatting, trailing newline)."""
+    import json
+
+    return json.dumps(tokenize_config_schema(), indent=2, sort_keys=True) + "\n"
+
+
+if __name__ == "__main__":  # regenerate the shipped schema: python -m pipeline.config > FILE
+    print(shipped_schema_text(), end="")

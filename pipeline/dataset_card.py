@@ -13,6 +13,7 @@ import fsspec
 
 from pipeline.commit import read_manifest
 from pipeline.output_layout import OutputLayout, canonical_json, dataset_version, publish
+from pipeline.storage import redact_text
 
 RANDOM_WARNING = (
     "> **WARNING: these tokens were made with RANDOMLY INITIALISED codec weights "
@@ -182,11 +183,12 @@ def write_dataset_card(
     counts: Mapping[str, Any] | None = None,
     random_weights: bool | None = None,
 ) -> str:
-    """Publish README.md of the version; counts default to the manifest's totals."""
+    """Publish README.md of the version; counts default to the manifest's totals. The text goes
+    through `redact_text`: a weights URL with credentials in the fingerprint never lands there."""
     text = render_dataset_card(
         fingerprint,
         counts=manifest_counts(fs, layout) if counts is None else counts,
         random_weights=is_random_weights(fingerprint) if random_weights is None else random_weights,
     )
-    publish(fs, layout.readme_path, text.encode("utf-8"))
+    publish(fs, layout.readme_path, redact_text(text).encode("utf-8"))
     return layout.readme_path

@@ -29,6 +29,7 @@ RUNS_DIR = "runs"
 TMP_DIR = "_tmp"
 AUDITS_DIR = "audits"  # quality audits: one folder each (report, JSON, media)
 README = "README.md"
+LOCK_NAME = "_lock.json"  # the writer lease of a version (pipeline.output_lock)
 
 
 def check_safe_id(value: str, what: str = "id") -> str:
@@ -77,9 +78,20 @@ def dataset_version(fingerprint: dict[str, Any]) -> str:
     return check_safe_id("-".join(parts), "dataset version")
 
 
-def new_attempt_id() -> str:
-    """A name no other attempt uses, for temporary files."""
+def new_attempt_id(run_id: str = "") -> str:
+    """A name no other attempt uses, for temporary files: `<run id>-<random>` when the run is known
+    (so cleanup can tell whose attempt a leftover is), else `<random>`."""
+    if run_id:
+        return f"{check_safe_id(run_id, 'run id')}-{uuid.uuid4().hex}"
     return uuid.uuid4().hex
+
+
+def attempt_run_id(attempt_id: str) -> str | None:
+    """The run id an attempt id (`new_attempt_id`) was made for, or None for anonymous ones."""
+    run_id, sep, rest = attempt_id.rpartition("-")
+    if not sep or not run_id or len(rest) != 32:
+        return None
+    return run_id
 
 
 @dataclass(frozen=True)
@@ -171,6 +183,11 @@ class OutputLayout:
         return self.path(README)
 
     @property
+    def lock_path(self) -> str:
+        """The writer lease of the version (`_lock.json`)."""
+        return self.path(LOCK_NAME)
+
+    @property
     def tmp_root(self) -> str:
         return self.path(TMP_DIR)
 
@@ -188,9 +205,7 @@ def is_local(fs: fsspec.AbstractFileSystem) -> bool:
     return isinstance(fs, LocalFileSystem)
 
 
-def publish(
-    fs: fsspec.AbstractFileSystem, path: str, data: bytes, *, tmp_dir: str | None = None
-) -> None:
+def publish(fs: fsspec.AbstractFileSystem, path: str, data: bytes, *, tmp_dir: str | None = None) -> None:
     """Make `path` hold exactly `data`, atomically: readers see the old object or the new, whole.
 
     Local disks: write a temporary file, fsync, then os.replace (atomic on POSIX). The temporary

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.output_layout import canonical_json, publish
+from pipeline.storage import redact_text, redact_uri
 
 FINGERPRINT_KEY = b"semtok"
 UINT16_LIMIT = 1 << 16
@@ -35,8 +36,7 @@ TOKENS_FIELDS = [
     pa.field("metadata", pa.string(), nullable=False),
 ]
 ERRORS_FIELDS = [
-    pa.field(name, pa.string(), nullable=False)
-    for name in ("id", "source_uri", "stage", "reason", "detail")
+    pa.field(name, pa.string(), nullable=False) for name in ("id", "source_uri", "stage", "reason", "detail")
 ]
 ERRORS_SCHEMA = pa.schema(ERRORS_FIELDS)
 
@@ -71,9 +71,7 @@ def metadata_json(metadata: Mapping[str, Any] | None) -> str:
     )
 
 
-def _check_tokens(
-    item_id: str, name: str, values: Any, n_frames: int, vocab: int | None
-) -> np.ndarray:
+def _check_tokens(item_id: str, name: str, values: Any, n_frames: int, vocab: int | None) -> np.ndarray:
     """Tokens out of range are a bug upstream (wrong codec, overflow), never data to keep."""
     array = np.asarray(values)
     if array.ndim != 1:
@@ -113,10 +111,10 @@ def _check_unique(ids: list[str], what: str) -> None:
         seen.add(item_id)
 
 
-def tokens_table(
-    rows: Iterable[Mapping[str, Any]], fingerprint: Mapping[str, Any] | None = None
-) -> pa.Table:
-    """Validated, id-sorted token table; the fingerprint goes into the schema metadata."""
+def tokens_table(rows: Iterable[Mapping[str, Any]], fingerprint: Mapping[str, Any] | None = None) -> pa.Table:
+    """Validated, id-sorted token table; the fingerprint goes into the schema metadata.
+
+    `source_uri` is written through `redact_uri` (no userinfo, no signed-URL credentials)."""
     fp = dict(fingerprint or {})
     rows = sorted(rows, key=lambda r: r["id"])
     ids = [str(r["id"]) for r in rows]
@@ -154,16 +152,26 @@ def tokens_table(
         _list_array(acoustic),
         pa.array(n_frames, pa.int32()),
         pa.array([float(r["duration_s"]) for r in rows], pa.float64()),
-        pa.array([str(r.get("source_uri") or "") for r in rows], pa.string()),
+        pa.array([redact_uri(str(r.get("source_uri") or "")) for r in rows], pa.string()),
         pa.array([metadata_json(r.get("metadata")) for r in rows], pa.string()),
     ]
     return pa.Table.from_arrays(columns, schema=tokens_schema(fp if fingerprint else None))
 
 
+def _error_field(row: Mapping[str, Any], name: str) -> str:
+    value = str(row.get(name) or "")
+    if name == "source_uri":
+        return redact_uri(value)
+    return redact_text(value) if name == "detail" else value
+
+
 def errors_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
-    """Error rows (all strings), sorted by every column so equal inputs give equal files."""
+    """Error rows (all strings), sorted by every column so equal inputs give equal files.
+
+    Credentials never reach the file: `source_uri` goes through `redact_uri` and `detail` (free
+    text, often an exception message quoting a URL) through `redact_text`."""
     names = ERRORS_SCHEMA.names
-    records = sorted(tuple(str(r.get(n) or "") for n in names) for r in rows)
+    records = sorted(tuple(_error_field(r, n) for n in names) for r in rows)
     columns = [pa.array([rec[i] for rec in records], pa.string()) for i in range(len(names))]
     return pa.Table.from_arrays(columns, schema=ERRORS_SCHEMA)
 

@@ -6,7 +6,7 @@ same function `run_tokenize` uses (`plan_remaining`), so it counts exactly the u
 
 Durations come from headers where the format allows (libsndfile's `info` for wav/flac/ogg/mp3…,
 PyAV container/stream metadata for m4a/aac/webm/mp4), then go through the pipeline's own arithmetic:
-samples at 16 kHz after soxr (`round(frames × 16000 / rate)`) and codec token frames
+samples at 16 kHz after the job's resampler (official: `ceil(frames × 16000 / rate)`) and codec token frames
 (`codec.num_tokens`). Items are still read whole (`read_unit`, several units at once in threads):
 header reads save the decode and resample, which is most of the CPU. An item whose header says
 nothing is counted as "unknown duration": the run will most likely make it an error row.
@@ -61,11 +61,13 @@ class HeaderInfo:
     def known(self) -> bool:
         return self.sample_rate > 0 and not self.problem
 
-    @property
-    def samples_16k(self) -> int:
-        """Samples after resampling to 16 kHz, as soxr returns them (round half up)."""
+    def samples_16k(self, resampler: str = "official") -> int:
+        """Samples after resampling to 16 kHz, as the pipeline's resampler returns them: the
+        official filter gives ceil(N·16000/rate), soxr rounds half up."""
         if self.sample_rate == TARGET_SR:
             return self.frames
+        if resampler == "official":
+            return -(-self.frames * TARGET_SR // self.sample_rate)
         return (2 * self.frames * TARGET_SR + self.sample_rate) // (2 * self.sample_rate)
 
 
@@ -171,7 +173,7 @@ def _tally_item(tally: _Tally, item: SourceItem, config: TokenizeConfig) -> None
         tally.too_long += 1
         tally.error_bytes += ERROR_ROW_BYTES
         return
-    samples = header.samples_16k
+    samples = header.samples_16k(config.resampler)
     frames = num_tokens(samples, config.token_rate)
     tally.decodable += 1
     tally.source_seconds += seconds

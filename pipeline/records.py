@@ -46,6 +46,10 @@ class InputUnit:
     row_group: int | None = None  # parquet: one row group per unit (None: footer unreadable)
     row_range: tuple[int, int] | None = None  # manifest: rows [start, stop)
     root: str = ""  # input root URI (directory) that item ids are relative to
+    # What each of `uris` was when planned ("size:…;mtime:…" or "size:…;etag:…"): a rerun that
+    # finds another stamp re-tokenizes the unit, `verify --input` reports it changed.
+    stamps: tuple[str, ...] = ()
+    id_prefix: str = ""  # put before every item id (several input roots in one output)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict (units travel through Ray Data rows as JSON strings)."""
@@ -56,6 +60,8 @@ class InputUnit:
             "row_group": self.row_group,
             "row_range": list(self.row_range) if self.row_range is not None else None,
             "root": self.root,
+            **({"stamps": list(self.stamps)} if self.stamps else {}),
+            **({"id_prefix": self.id_prefix} if self.id_prefix else {}),
         }
 
     @classmethod
@@ -69,6 +75,8 @@ class InputUnit:
             row_group=int(rg) if rg is not None else None,
             row_range=(int(rr[0]), int(rr[1])) if rr is not None else None,
             root=str(d.get("root") or ""),
+            stamps=tuple(str(s) for s in d.get("stamps") or ()),
+            id_prefix=str(d.get("id_prefix") or ""),
         )
 
     def to_json(self) -> str:

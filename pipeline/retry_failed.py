@@ -25,14 +25,14 @@ import pyarrow.parquet as pq
 
 from codec import build_segmenter
 from pipeline.assemble import FinishedUnit
-from pipeline.commit import latest_tokenize_record, read_manifest, write_run_record
+from pipeline.commit import latest_tokenize_record, read_manifest
 from pipeline.config import ConfigError, TokenizeConfig
 from pipeline.output_layout import OutputLayout
 from pipeline.prepare_stage import UNIT, PrepareUnit, empty_row
 from pipeline.records import InputUnit
 from pipeline.sources import read_unit
 from pipeline.storage import open_filesystem, with_retries
-from pipeline.tokenize import RunSummary, _execute, job_fingerprint
+from pipeline.tokenize import RunSummary, execute_units, job_fingerprint, recorded_run, writer_lease
 from pipeline.verify import dataset_versions
 
 __all__ = ["OnlyItemsPrepare", "retry_failed"]
@@ -167,7 +167,10 @@ def _retry_version(fs, layout: OutputLayout, *, storage_options, input_storage_o
         record = with_retries(lambda: latest_tokenize_record(fs, layout))
     except ValueError as error:
         raise ConfigError(str(error)) from None
-    config_data = {**record["config"], **dict(overrides), "ray_address": ray_address,
+    # Outputs written before `resampler` was a config field were resampled with soxr.
+    recorded = {"resampler": (record.get("fingerprint") or {}).get("resampler", "soxr-hq"),
+                **record["config"]}
+    config_data = {**recorded, **dict(overrides), "ray_address": ray_address,
                    "storage_options": dict(input_storage_options or storage_options or {})}
     config = TokenizeConfig.from_dict(config_data)
     fingerprint = job_fingerprint(config)
@@ -180,15 +183,15 @@ def _retry_version(fs, layout: OutputLayout, *, storage_options, input_storage_o
     n_items = sum(len(t.retried) for t in targets.values())
     print(f"[semtok] retry-failed {layout.version_url}: {n_items} failed item(s) in {len(targets)} "
           "unit(s)", file=stream, flush=True)
-    if targets:
-        _execute(config, [t.read_unit for t in targets.values()], fs, layout, fingerprint, summary,
-                 stream, prepare_cls=OnlyItemsPrepare,
-                 only_items={u: sorted(t.retried) for u, t in targets.items()},
-                 transform=_merger(fs, layout, manifest, targets))
-    summary.wall_seconds = time.monotonic() - started
-    with_retries(lambda: write_run_record(fs, layout, run_id, {
-        "kind": "retry-failed", "config": config.to_dict(), "fingerprint": fingerprint,
-        "reasons": list(reasons or []), **summary.to_dict()}))
+    record = {"kind": "retry-failed", "config": config.to_dict(), "fingerprint": fingerprint,
+              "reasons": list(reasons or [])}
+    with writer_lease(fs, layout, run_id, "semtok retry-failed", stream) as lease, \
+            recorded_run(fs, layout, summary, started, stream, record, lease=lease):
+        if targets:
+            execute_units(config, [t.read_unit for t in targets.values()], fs, layout, fingerprint,
+                          summary, stream, prepare_cls=OnlyItemsPrepare,
+                          only_items={u: sorted(t.retried) for u, t in targets.items()},
+                          transform=_merger(fs, layout, manifest, targets), lease=lease)
     print(f"[semtok] retry-failed done: {summary.items_ok} of {summary.items} retried item(s) now "
           f"tokenized, {summary.items_failed} still failing", file=stream, flush=True)
     return summary

@@ -15,6 +15,29 @@ the output layer may use them as object names. Tar member-name policy: members w
 links, devices, fifos) are NEVER read; each becomes an error row with reason
 ``unsafe_member_name`` whose item id is ``<shard>/#unsafe-<hash>/<sanitized name>``.
 
+Input rules (the README's failure taxonomy lists every reason):
+  * Globbing happens only through ``glob=``: characters such as ``[`` ``*`` ``?`` ``{`` in an input
+    URL are taken literally (real folder names contain them).
+  * Local special files: only regular files are read. A FIFO, socket, device or directory named like
+    audio becomes an error row ``not_a_regular_file`` (opened non-blocking, so nothing can hang).
+    Symbolic links are followed only inside the input root (``link_outside_root`` otherwise, unless
+    ``ReadPolicy.follow_links``); loops and dangling links are ``broken_link``.
+  * Size: an object larger than ``ReadPolicy.max_item_bytes`` is ``too_large`` and never read whole.
+  * A manifest kept on an object store may only name objects of its own scheme; local paths
+    (``file://`` or bare) and other schemes are ``uri_not_allowed`` unless listed in
+    ``ReadPolicy.allow_manifest_schemes``. Relative entries may not climb out of the manifest's
+    folder (``uri_not_allowed``). Unknown schemes are ``unsupported_scheme``. An object on another
+    host that cannot be reached after retries is ``unreachable`` (the item's problem); trouble with
+    the manifest's own store stays an outage that fails the unit (a rerun resumes it).
+  * Ids are unique by construction: an id is the item's path relative to the input root (tar:
+    ``<shard>/<key>``, parquet: ``<file>/<id or row>``, manifest: its id column or
+    ``<manifest>/<row>``), exact bytes, case- and Unicode-normalization-sensitive. When making a
+    name safe changes it (``./x``, ``a\\b``, control characters) the id gets ``~<hash>`` of the
+    original, so it cannot collide with an untouched name. Shards keep their suffix unless it is
+    ``.tar`` (``x.tar`` → ``x``, ``x.tgz`` → ``x.tgz``). A manifest row repeating an earlier row is
+    ``duplicate_item``; a row reusing an earlier row's id for another object is ``duplicate_id``;
+    both keep a ``#dup<row>`` id. ``id_prefix`` namespaces a second input root in one output.
+
 Parquet metadata policy: non-audio columns go to ``metadata`` converted to JSON-able values;
 binary values are dropped (they are usually other blobs and would bloat every token row),
 non-finite floats become None, dates/decimals become strings.
@@ -23,6 +46,7 @@ non-finite floats become None, dates/decimals become strings.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import datetime as _dt
 import decimal
 import gzip
@@ -32,12 +56,17 @@ import json
 import logging
 import lzma
 import math
+import os
 import posixpath
 import re
+import socket
+import stat
 import tarfile
+import threading
 import zlib
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import fsspec
 from fsspec.core import split_protocol
@@ -48,6 +77,8 @@ from pipeline.storage import (
     is_transient,
     open_filesystem,
     protocol_of,
+    redact_uri,
+    source_stamp,
     with_retries,
 )
 
@@ -59,10 +90,31 @@ MANIFEST_SUFFIXES = (".jsonl", ".csv")
 URI_COLUMNS = ("audio", "uri", "path", "audio_filepath", "audio_path", "file")
 ID_COLUMNS = ("id", "key", "__key__")
 KINDS = ("files", "tar", "parquet", "manifest")
-_GLOB_CHARS = re.compile(r"[*?\[]")
 _UNIT_ID_BAD = re.compile(r"[^A-Za-z0-9._-]+")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _TAR_BLOCK = 8 * 1024 * 1024
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ReadPolicy:
+    """What readers may touch and how long and how much they may read per item (see module doc)."""
+
+    max_item_bytes: int = 4 * 2**30
+    item_timeout_s: float = 300.0  # one item's read; a read that never returns becomes an error row
+    follow_links: bool = False  # follow symbolic links out of the input root
+    allow_manifest_schemes: tuple[str, ...] = ()  # e.g. ("file",) for a remote manifest naming local files
+
+
+DEFAULT_POLICY = ReadPolicy()
+
+
+class ItemReadError(Exception):
+    """One item cannot be read; ``reason`` is the error row's reason."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
 
 
 # --- naming helpers -------------------------------------------------------------------------
@@ -81,6 +133,18 @@ def safe_relpath(name: str) -> str:
     name = _CONTROL.sub("_", name.replace("\\", "/"))
     parts = [p for p in name.split("/") if p not in ("", ".", "..")]
     return "/".join(parts) or "_"
+
+
+def unique_safe_id(name: str) -> str:
+    """`safe_relpath(name)`, plus ``~<hash of name>`` when that changed the name: an id made safe can
+    never collide with an id that needed no change (``./x`` vs ``x``, ``a\\b`` vs ``a/b``)."""
+    safe = safe_relpath(name)
+    return safe if safe == name else f"{safe}~{_hash(name, 8)}"
+
+
+def _fit_id(text: str, limit: int = 120) -> str:
+    """A unit id within `limit` characters: long ones keep their head and a digest of the whole."""
+    return text if len(text) <= limit else f"{text[: limit - 13]}-{_hash(text, 12)}"
 
 
 def is_unsafe_name(name: str) -> bool:
@@ -176,21 +240,25 @@ def _jsonable_dict(d: Mapping[str, Any]) -> dict[str, Any]:
 # --- planning -------------------------------------------------------------------------------
 
 
-def _list_files(fs: fsspec.AbstractFileSystem, path: str) -> list[str]:
-    """All regular objects under path, sorted; directory markers excluded."""
+def _list_files(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, dict[str, Any]]:
+    """Every non-directory entry under path (special files and links included: readers turn them
+    into error rows), path → info, sorted; directory markers excluded."""
     found = with_retries(lambda: fs.find(path, withdirs=False, detail=True))
-    out = [p for p, info in found.items() if info.get("type", "file") != "directory" and not p.endswith("/")]
-    return sorted(out)
+    return {
+        p: info
+        for p, info in sorted(found.items())
+        if info.get("type", "file") != "directory" and not p.endswith("/")
+    }
 
 
-def _glob_root(pattern_path: str) -> str:
-    parts = pattern_path.split("/")
-    keep: list[str] = []
-    for p in parts:
-        if _GLOB_CHARS.search(p):
-            break
-        keep.append(p)
-    return "/".join(keep)
+def escape_glob(path: str) -> str:
+    """A literal path inside a glob pattern: ``[`` ``*`` ``?`` match only themselves."""
+    return re.sub(r"([*?\[])", r"[\1]", path)
+
+
+def _is_under(path: str, folder: str) -> bool:
+    folder = folder.rstrip("/")
+    return path == folder or path.startswith(folder + "/")
 
 
 def plan_units(
@@ -201,11 +269,20 @@ def plan_units(
     files_per_unit: int = 256,
     exclude_uris: frozenset[str] = frozenset(),
     glob: str | None = None,
+    exclude_under: str | None = None,
+    id_prefix: str = "",
+    seen: dict[str, str] | None = None,
 ) -> list[InputUnit]:
     """List the input and cut it into deterministic units (sorted listing -> stable ids).
 
     ``exclude_uris`` removes already-committed inputs (file URIs, shard URIs, parquet URIs) so an
     incremental run only plans new work. Both full URIs (file:///...) and bare paths match.
+    ``exclude_under`` (a URL on the same store, e.g. the job's output) is never listed as input.
+    ``id_prefix`` goes before every item id and names the units apart (a second input root).
+    ``seen`` (when given) receives full URI → current stamp of every excluded file that is still
+    listed, so the caller can tell changed and deleted inputs from unchanged ones.
+    The input URL is literal; only ``glob`` is a pattern, matched below it. A missing input raises
+    FileNotFoundError.
     """
     if kind not in ("auto", *KINDS):
         raise ValueError(f"unknown kind {kind!r}; expected auto or one of {KINDS}")
@@ -214,25 +291,48 @@ def plan_units(
     fs, path = open_filesystem(input_url, storage_options)
     path = path.rstrip("/") or path
     excluded = set(exclude_uris)
+    skip_folder = None
+    if exclude_under is not None and protocol_of(exclude_under) == protocol_of(input_url):
+        skip_folder = open_filesystem(exclude_under, storage_options)[1].rstrip("/")
 
     def is_excluded(p: str) -> bool:
-        return p in excluded or full_uri(fs, p) in excluded
+        uri = full_uri(fs, p)
+        # Manifests record URIs redacted (no credentials in outputs): compare that spelling too.
+        key = next((k for k in (uri, p, redact_uri(uri)) if k in excluded), None)
+        if key is None:
+            return False
+        if seen is not None:
+            seen[key] = source_stamp(infos[p])
+        return True
 
-    if glob is not None or _GLOB_CHARS.search(path):
-        pattern = posixpath.join(path, glob) if glob is not None else path
-        root_path = _glob_root(pattern).rstrip("/")
+    infos: dict[str, dict[str, Any]]
+    if glob is not None:
+        pattern = posixpath.join(escape_glob(path), glob)
+        root_path = path
         matched = with_retries(lambda: fs.glob(pattern, detail=True))
-        paths = sorted(p for p, info in matched.items() if info.get("type") == "file" and not p.endswith("/"))
+        infos = {
+            p: info
+            for p, info in sorted(matched.items())
+            if info.get("type", "file") != "directory" and not p.endswith("/")
+        }
         is_single = False
     elif with_retries(lambda: fs.isfile(path)):
         root_path = posixpath.dirname(path)
-        paths = [path]
+        infos = {path: with_retries(lambda: fs.info(path))}
         is_single = True
     else:
         root_path = path
-        paths = _list_files(fs, path)
+        if not with_retries(lambda: fs.exists(path)):
+            raise FileNotFoundError(f"input not found: {input_url}")
+        infos = _list_files(fs, path)
         is_single = False
+    if skip_folder is not None:
+        infos = {p: i for p, i in infos.items() if not _is_under(p, skip_folder)}
+    paths = list(infos)
     root = full_uri(fs, root_path) if root_path else full_uri(fs, "")
+
+    def stamp_of(p: str) -> str:
+        return source_stamp(infos[p])
 
     if kind == "auto":
         kind = _detect_kind(paths, is_single)
@@ -241,24 +341,45 @@ def plan_units(
     if kind == "manifest":
         if len(paths) != 1:
             raise ValueError("manifest input must be a single .jsonl/.csv file URL")
-        return _plan_manifest(fs, paths[0], files_per_unit, storage_options)
-    if kind == "tar":
+        units = _plan_manifest(fs, paths[0], files_per_unit, storage_options)
+        units = [_with_stamps(u, (stamp_of(paths[0]),)) for u in units]
+    elif kind == "tar":
         shards = [p for p in paths if _is_tar_name(p) and not is_excluded(p)]
-        return [_tar_unit(fs, p, root) for p in shards]
-    if kind == "parquet":
+        units = [_with_stamps(_tar_unit(fs, p, root), (stamp_of(p),)) for p in shards]
+    elif kind == "parquet":
         files = [p for p in paths if p.lower().endswith(".parquet") and not is_excluded(p)]
-        units: list[InputUnit] = []
+        units = []
         for p in files:
-            units.extend(_plan_parquet_file(fs, p, root))
-        return units
-    audio = [p for p in paths if _is_audio_name(p) and not is_excluded(p)]
-    uris = [full_uri(fs, p) for p in audio]
-    units = []
-    for i in range(0, len(uris), files_per_unit):
-        chunk = tuple(uris[i : i + files_per_unit])
-        unit_id = "files-" + _hash("\n".join(chunk))
-        units.append(InputUnit(unit_id=unit_id, kind="files", uris=chunk, root=root))
+            units.extend(_with_stamps(u, (stamp_of(p),)) for u in _plan_parquet_file(fs, p, root))
+    else:
+        audio = [p for p in paths if _is_audio_name(p) and not is_excluded(p)]
+        units = []
+        for i in range(0, len(audio), files_per_unit):
+            chunk = audio[i : i + files_per_unit]
+            uris = tuple(full_uri(fs, p) for p in chunk)
+            unit_id = "files-" + _hash("\n".join(uris))
+            units.append(
+                InputUnit(
+                    unit_id=unit_id,
+                    kind="files",
+                    uris=uris,
+                    root=root,
+                    stamps=tuple(stamp_of(p) for p in chunk),
+                )
+            )
+    if id_prefix:
+        slug = _unit_slug(id_prefix, 24)
+        units = [
+            dataclasses.replace(
+                u, unit_id=_fit_id(f"{slug}-{_hash(id_prefix, 6)}-{u.unit_id}"), id_prefix=id_prefix
+            )
+            for u in units
+        ]
     return units
+
+
+def _with_stamps(unit: InputUnit, stamps: tuple[str, ...]) -> InputUnit:
+    return dataclasses.replace(unit, stamps=stamps)
 
 
 def _detect_kind(paths: list[str], is_single: bool) -> str:
@@ -375,15 +496,7 @@ def _plan_manifest(
     storage_options: Mapping[str, Any] | None,
 ) -> list[InputUnit]:
     uri = full_uri(fs, path)
-    rows = _manifest_rows(fs, path)
-    ids = [
-        str(r[c])
-        for _, r, _ in rows
-        if r is not None and (c := _id_column(r)) is not None and r[c] not in (None, "")
-    ]
-    dupes = {i for i in ids if ids.count(i) > 1} if len(set(ids)) != len(ids) else set()
-    if dupes:
-        raise ValueError(f"manifest {uri}: id column has duplicate values, e.g. {sorted(dupes)[:3]}")
+    rows = _manifest_rows(fs, path)  # repeated rows and ids become error rows when read
     root = full_uri(fs, posixpath.dirname(path))
     stem = _strip_suffixes(posixpath.basename(path), MANIFEST_SUFFIXES)
     units = []
@@ -412,18 +525,23 @@ def read_unit(
     storage_options: Mapping[str, Any] | None = None,
     audio_column: str | None = None,
     uri_column: str | None = None,
+    policy: ReadPolicy = DEFAULT_POLICY,
 ) -> Iterator[SourceItem]:
     """Yield one SourceItem per input item of the unit; per-item failures are error rows."""
     if unit.kind == "files":
-        yield from _read_files(unit, storage_options)
+        items = _read_files(unit, storage_options, policy)
     elif unit.kind == "tar":
-        yield from _read_tar(unit, storage_options)
+        items = _read_tar(unit, storage_options, policy)
     elif unit.kind == "parquet":
-        yield from _read_parquet(unit, storage_options, audio_column)
+        items = _read_parquet(unit, storage_options, audio_column)
     elif unit.kind == "manifest":
-        yield from _read_manifest(unit, storage_options, uri_column)
+        items = _read_manifest(unit, storage_options, uri_column, policy)
     else:
         raise ValueError(f"unknown unit kind {unit.kind!r}")
+    for item in items:
+        if unit.id_prefix:
+            item.item_id = unit.id_prefix + item.item_id
+        yield item
 
 
 def _err(item_id: str, uri: str, reason: str, detail: str, meta: dict | None = None) -> SourceItem:
@@ -450,19 +568,138 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:300]
 
 
-def _read_object(uri: str, storage_options: Mapping[str, Any] | None) -> bytes:
-    fs, path = open_filesystem(uri, storage_options)
-    return with_retries(lambda: fs.cat_file(path))
+def _call_with_timeout(fn: Callable[[], T], timeout_s: float, what: str) -> T:
+    """Run a blocking read in a daemon thread; past `timeout_s` the item is given up
+    (`read_timeout`) and the thread is left behind, so a read that never returns costs one thread,
+    never the job."""
+    result: list[Any] = []
+    failure: list[BaseException] = []
 
-
-def _read_files(unit: InputUnit, storage_options: Mapping[str, Any] | None) -> Iterator[SourceItem]:
-    for uri in unit.uris:
-        item_id = safe_relpath(_relative(uri, unit.root))
+    def target() -> None:
         try:
-            data = _read_object(uri, storage_options)
+            result.append(fn())
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            failure.append(exc)
+
+    thread = threading.Thread(target=target, name=f"semtok-read {what[:40]}", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        raise ItemReadError("read_timeout", f"no answer within {timeout_s:g} s reading {what}")
+    if failure:
+        raise failure[0]
+    return result[0]
+
+
+_FILE_KINDS = {
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFDIR: "a directory",
+}
+
+
+def _local_target(path: str, root: str | None, policy: ReadPolicy) -> str:
+    """The regular file a local path names, or ItemReadError (see the module doc's rules)."""
+    info = os.lstat(path)
+    target = path
+    if stat.S_ISLNK(info.st_mode):
+        try:
+            target = os.path.realpath(path, strict=True)
+        except OSError as exc:
+            raise ItemReadError("broken_link", f"symbolic link loops or dangles: {exc.strerror}") from None
+        if root is not None and not policy.follow_links:
+            real_root = os.path.realpath(root)
+            if not _is_under(target, real_root):
+                raise ItemReadError(
+                    "link_outside_root",
+                    f"symbolic link leads out of the input root to {target!r} (follow_links allows it)",
+                )
+        info = os.stat(target)
+    if not stat.S_ISREG(info.st_mode):
+        kind = _FILE_KINDS.get(stat.S_IFMT(info.st_mode), "not a regular file")
+        raise ItemReadError("not_a_regular_file", f"{kind}, not read")
+    if info.st_size > policy.max_item_bytes:
+        raise ItemReadError("too_large", f"{info.st_size} bytes > max_item_bytes={policy.max_item_bytes}")
+    return target
+
+
+def _read_local(path: str, root: str | None, policy: ReadPolicy) -> bytes:
+    target = _local_target(path, root, policy)
+    # Non-blocking open, then a check of what was opened: a file swapped for a FIFO after the
+    # check above still cannot block.
+    fd = os.open(target, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ItemReadError("not_a_regular_file", "changed into a special file while read")
+        data = handle.read(policy.max_item_bytes + 1)
+    if len(data) > policy.max_item_bytes:
+        raise ItemReadError("too_large", f"more than max_item_bytes={policy.max_item_bytes} bytes")
+    return data
+
+
+def _size_from_stamp(stamp: str) -> int | None:
+    match = re.match(r"size:(\d+)", stamp or "")
+    return int(match.group(1)) if match else None
+
+
+def _read_object(
+    uri: str,
+    storage_options: Mapping[str, Any] | None,
+    policy: ReadPolicy = DEFAULT_POLICY,
+    *,
+    root: str | None = None,
+    known_size: int | None = None,
+) -> bytes:
+    """Whole object as bytes, within the policy's size and time bounds (ItemReadError otherwise).
+
+    `root`: the local input root that links may not leave; `known_size` (from the listing) spares
+    object stores a HEAD request before the size check."""
+    try:
+        fs, path = open_filesystem(uri, storage_options)
+    except (ValueError, ImportError) as exc:
+        raise ItemReadError("unsupported_scheme", f"cannot open {protocol_of(uri)!r} URIs: {exc}") from None
+    if protocol_of(uri) in ("file", "local"):
+        return _call_with_timeout(lambda: _read_local(path, root, policy), policy.item_timeout_s, uri)
+
+    def fetch() -> bytes:
+        size = known_size
+        if size is None:
+            size = with_retries(lambda: fs.info(path)).get("size")
+        if size is not None and int(size) > policy.max_item_bytes:
+            raise ItemReadError("too_large", f"{size} bytes > max_item_bytes={policy.max_item_bytes}")
+        return with_retries(lambda: fs.cat_file(path))
+
+    return _call_with_timeout(fetch, policy.item_timeout_s, uri)
+
+
+def _read_error(item_id: str, uri: str, exc: BaseException, meta: dict | None = None) -> SourceItem:
+    """An exception of one item's read as its error row (transient trouble was raised already)."""
+    if isinstance(exc, ItemReadError):
+        return _err(item_id, uri, exc.reason, exc.detail, meta)
+    return _err(item_id, uri, "unreadable_object", _describe(exc), meta)
+
+
+def file_item_id(unit: InputUnit, uri: str) -> str:
+    """The id of one file of a `files` unit (without the unit's `id_prefix`)."""
+    return unique_safe_id(_relative(uri, unit.root))
+
+
+def _read_files(
+    unit: InputUnit, storage_options: Mapping[str, Any] | None, policy: ReadPolicy
+) -> Iterator[SourceItem]:
+    local_root = _path_of(unit.root) if protocol_of(unit.root or "file://") in ("file", "local") else None
+    for index, uri in enumerate(unit.uris):
+        item_id = file_item_id(unit, uri)
+        stamp = unit.stamps[index] if index < len(unit.stamps) else ""
+        try:
+            data = _read_object(
+                uri, storage_options, policy, root=local_root, known_size=_size_from_stamp(stamp)
+            )
         except Exception as exc:  # noqa: BLE001 - per-item failure becomes an error row
             _raise_if_transient(exc)
-            yield _err(item_id, uri, "unreadable_object", _describe(exc))
+            yield _read_error(item_id, uri, exc)
             continue
         yield SourceItem(item_id=item_id, source_uri=uri, data=bytes(data), metadata={})
 
@@ -484,14 +721,16 @@ def _split_key(name: str) -> tuple[str, str]:
     return (posixpath.join(d, stem) if d else stem), ext.lower() if dot else ""
 
 
-def _read_tar(unit: InputUnit, storage_options: Mapping[str, Any] | None) -> Iterator[SourceItem]:
+def _read_tar(
+    unit: InputUnit, storage_options: Mapping[str, Any] | None, policy: ReadPolicy = DEFAULT_POLICY
+) -> Iterator[SourceItem]:
     """Stream a shard; on a transient error mid-stream, reopen and skip items already yielded."""
     emitted = 0
     attempts = 4
     for attempt in range(attempts):
         produced = 0
         try:
-            for item in _tar_items(unit, storage_options):
+            for item in _tar_items(unit, storage_options, policy):
                 produced += 1
                 if produced <= emitted:
                     continue
@@ -505,23 +744,30 @@ def _read_tar(unit: InputUnit, storage_options: Mapping[str, Any] | None) -> Ite
 
 
 def _shard_key(unit: InputUnit) -> str:
-    return safe_relpath(_strip_suffixes(_relative(unit.uris[0], unit.root), TAR_SUFFIXES))
+    """``x.tar`` → ``x``; other suffixes stay (``x.tgz``), so ``x.tar`` and ``x.tgz`` differ."""
+    rel = _relative(unit.uris[0], unit.root)
+    stem = rel[: -len(".tar")] if rel.lower().endswith(".tar") else rel
+    return unique_safe_id(stem)
 
 
-def _tar_items(unit: InputUnit, storage_options: Mapping[str, Any] | None) -> Iterator[SourceItem]:
+def _tar_items(
+    unit: InputUnit, storage_options: Mapping[str, Any] | None, policy: ReadPolicy
+) -> Iterator[SourceItem]:
     uri = unit.uris[0]
     shard = _shard_key(unit)
     try:
         fs, path = open_filesystem(uri, storage_options)
+        if protocol_of(uri) in ("file", "local"):
+            _local_target(path, _path_of(unit.root), dataclasses.replace(policy, max_item_bytes=2**62))
         fobj = with_retries(lambda: fs.open(path, "rb", block_size=_TAR_BLOCK))
     except Exception as exc:  # noqa: BLE001
         _raise_if_transient(exc)
-        yield _err(f"{shard}/#unreadable", uri, "unreadable_object", _describe(exc))
+        yield _read_error(f"{shard}/#unreadable", uri, exc)
         return
     seen: set[str] = set()
     dup_count: dict[str, int] = {}
     group_key: str | None = None
-    group: list[tuple[str, str, bytes]] = []  # (ext, member name, data)
+    group: list[tuple[str, str, bytes | None]] = []  # (ext, member name, data; None: too large)
 
     def flush() -> Iterator[SourceItem]:
         if group_key is None:
@@ -549,6 +795,9 @@ def _tar_items(unit: InputUnit, storage_options: Mapping[str, Any] | None) -> It
                 if key != group_key:  # flush before reading: a truncated read drops only this key
                     yield from flush()
                     group_key, group = key, []
+                if member.size > policy.max_item_bytes:  # never read: the tar stream skips it
+                    group.append((ext, name, None))
+                    continue
                 extracted = tf.extractfile(member)
                 data = extracted.read() if extracted is not None else b""
                 group.append((ext, name, data))
@@ -566,11 +815,11 @@ def _tar_group(
     uri: str,
     shard: str,
     key: str,
-    members: list[tuple[str, str, bytes]],
+    members: list[tuple[str, str, bytes | None]],
     seen: set[str],
     dup_count: dict[str, int],
 ) -> Iterator[SourceItem]:
-    safe_key = safe_relpath(key)
+    safe_key = unique_safe_id(key)
     item_id = f"{shard}/{safe_key}"
     exts = [m[0] for m in members]
     if item_id in seen or len(set(exts)) != len(exts):
@@ -584,6 +833,15 @@ def _tar_group(
         )
         return
     seen.add(item_id)
+    oversized = [name for _, name, data in members if data is None]
+    if oversized:
+        yield _err(
+            item_id,
+            f"{uri}#{safe_relpath(oversized[0])}",
+            "too_large",
+            f"member(s) {oversized} larger than max_item_bytes",
+        )
+        return
     audio = [m for m in members if m[0].rsplit(".", 1)[-1] in AUDIO_EXTS]
     if not audio:
         yield _err(
@@ -645,7 +903,7 @@ def _read_parquet(
     import pyarrow.parquet as pq
 
     uri = unit.uris[0]
-    stem = safe_relpath(_strip_suffixes(_relative(uri, unit.root), (".parquet",)))
+    stem = unique_safe_id(_strip_suffixes(_relative(uri, unit.root), (".parquet",)))
     if unit.row_group is None:
         yield _err(f"{stem}/#unreadable", uri, "unreadable_object", "parquet footer unreadable")
         return
@@ -683,7 +941,7 @@ def _read_parquet(
     for i, (audio, row) in enumerate(zip(audio_values, rows, strict=True)):
         index = offset + i
         if id_col is not None:
-            item_id = f"{stem}/{safe_relpath(str(row[id_col]))}"
+            item_id = f"{stem}/{unique_safe_id(str(row[id_col]))}"
         else:
             item_id = f"{stem}/{index}"
         meta = _jsonable_dict(row)
@@ -716,7 +974,7 @@ def _ids_unique(fs: fsspec.AbstractFileSystem, path: str, uri: str, id_col: str)
 
         values = with_retries(load)
         ok = all(v is not None and str(v) != "" for v in values)
-        ok = ok and len({safe_relpath(str(v)) for v in values}) == len(values)
+        ok = ok and len({unique_safe_id(str(v)) for v in values}) == len(values)
         if len(_id_cache) > 1024:
             _id_cache.clear()
         _id_cache[cache_key] = ok
@@ -738,14 +996,87 @@ def resolve_uri(ref: str, manifest_uri: str) -> str:
     return f"{protocol}://{joined}" if protocol else joined
 
 
+def check_manifest_ref(ref: str, manifest_uri: str, policy: ReadPolicy = DEFAULT_POLICY) -> str:
+    """The URI a manifest entry may be read from, or ItemReadError(`uri_not_allowed`).
+
+    A manifest on an object store names objects of its own scheme only (a bucket's manifest must
+    not make workers read their local disks); relative entries stay inside the manifest's folder.
+    """
+    mproto = protocol_of(manifest_uri)
+    is_local_manifest = mproto in ("file", "local")
+    scheme = split_protocol(ref)[0] if "://" in ref else None
+    if scheme is None and not ref.startswith("/"):
+        base = posixpath.dirname(_path_of(manifest_uri))
+        joined = posixpath.normpath(posixpath.join(base, ref))
+        if not _is_under(joined, base):
+            raise ItemReadError(
+                "uri_not_allowed", f"relative entry {ref!r} climbs out of the manifest's folder"
+            )
+    uri = resolve_uri(ref, manifest_uri)
+    target = protocol_of(uri)
+    if target in ("local",):
+        target = "file"
+    if scheme is None and ref.startswith("/") and not is_local_manifest:
+        target = "file"  # a bare absolute path in a bucket's manifest would be a local path
+        uri = ref
+    if target not in fsspec.available_protocols() and target != "file":
+        raise ItemReadError("unsupported_scheme", f"unknown URI scheme {target!r}")
+    if not is_local_manifest and target != mproto and target not in policy.allow_manifest_schemes:
+        raise ItemReadError(
+            "uri_not_allowed",
+            f"a {mproto}:// manifest may not name {target}:// objects (allow_manifest_schemes allows it)",
+        )
+    return uri
+
+
+def _same_store(uri: str, manifest_uri: str) -> bool:
+    """Whether an entry lives on the manifest's own store: its trouble is then an outage."""
+    if protocol_of(uri) != protocol_of(manifest_uri):
+        return False
+    if protocol_of(uri) in ("http", "https"):
+        return _path_of(uri).split("/", 1)[0] == _path_of(manifest_uri).split("/", 1)[0]
+    return True
+
+
+def _repeats(rows: list[tuple[str, dict[str, Any] | None, str]]) -> dict[int, tuple[str, int]]:
+    """Row index → (reason, first row) for rows repeating an earlier row or reusing its id."""
+    first_line: dict[str, int] = {}
+    first_id: dict[str, int] = {}
+    repeats: dict[int, tuple[str, int]] = {}
+    for index, (raw, row, _) in enumerate(rows):
+        if row is None:
+            continue
+        if raw in first_line:
+            repeats[index] = ("duplicate_item", first_line[raw])
+            continue
+        first_line[raw] = index
+        column = _id_column(row)
+        if column is not None and row[column] not in (None, ""):
+            key = unique_safe_id(str(row[column]))
+            if key in first_id:
+                repeats[index] = ("duplicate_id", first_id[key])
+            else:
+                first_id[key] = index
+    return repeats
+
+
+_repeats_cache: dict[str, Any] = {}
+
+
 def _read_manifest(
-    unit: InputUnit, storage_options: Mapping[str, Any] | None, uri_column: str | None
+    unit: InputUnit,
+    storage_options: Mapping[str, Any] | None,
+    uri_column: str | None,
+    policy: ReadPolicy = DEFAULT_POLICY,
 ) -> Iterator[SourceItem]:
     muri = unit.uris[0]
-    stem = safe_relpath(_strip_suffixes(posixpath.basename(_path_of(muri)), MANIFEST_SUFFIXES))
+    stem = unique_safe_id(_strip_suffixes(posixpath.basename(_path_of(muri)), MANIFEST_SUFFIXES))
     start, stop = unit.row_range or (0, 0)
     fs, path = open_filesystem(muri, storage_options)
     rows = _manifest_rows(fs, path)  # failure here is a unit failure: the plan just read it
+    if _repeats_cache.get("rows") is not rows:
+        _repeats_cache.update(rows=rows, repeats=_repeats(rows))
+    repeats = _repeats_cache["repeats"]
     mproto = protocol_of(muri)
     for index in range(start, min(stop, len(rows))):
         raw, row, problem = rows[index]
@@ -755,12 +1086,23 @@ def _read_manifest(
             continue
         id_col = _id_column(row)
         if id_col is not None and row[id_col] not in (None, ""):
-            item_id = safe_relpath(str(row[id_col]))
+            item_id = unique_safe_id(str(row[id_col]))
         else:
             item_id = fallback_id
         col = uri_column or next((c for c in URI_COLUMNS if c in row), None)
         ref = row.get(col) if col else None
         meta = _jsonable_dict({k: v for k, v in row.items() if k != col})
+        if index in repeats:
+            reason, first = repeats[index]
+            what = "repeats" if reason == "duplicate_item" else "reuses the id of"
+            yield _err(
+                f"{item_id}#dup{index}",
+                f"{muri}#row={index}",
+                reason,
+                f"row {index} {what} row {first}",
+                meta,
+            )
+            continue
         if not isinstance(ref, str) or not ref.strip():
             yield _err(
                 item_id,
@@ -770,12 +1112,52 @@ def _read_manifest(
                 meta,
             )
             continue
-        audio_uri = resolve_uri(ref.strip(), muri)
+        try:
+            audio_uri = check_manifest_ref(ref.strip(), muri, policy)
+        except ItemReadError as exc:
+            yield _err(item_id, f"{muri}#row={index}", exc.reason, exc.detail, meta)
+            continue
+        same_store = _same_store(audio_uri, muri)
         opts = storage_options if protocol_of(audio_uri) == mproto else None
         try:
-            data = _read_object(audio_uri, opts)
+            data = with_retries(
+                # Entries are named explicitly: links are followed (root=None), special files refused.
+                lambda uri=audio_uri, opts=opts: _read_object(uri, opts, policy, root=None),
+                attempts=3,
+                retry_if=_is_unreachable,
+            )
         except Exception as exc:  # noqa: BLE001
-            _raise_if_transient(exc)
-            yield _err(item_id, audio_uri, "unreadable_object", _describe(exc), meta)
+            if same_store and (is_transient(exc) or _is_unreachable(exc)):
+                raise  # the manifest's own store is down: an outage fails the unit, a rerun resumes
+            if is_transient(exc) or _is_unreachable(exc):
+                yield _err(item_id, audio_uri, "unreachable", _describe(exc), meta)
+                continue
+            yield _read_error(item_id, audio_uri, exc, meta)
             continue
         yield SourceItem(item_id=item_id, source_uri=audio_uri, data=bytes(data), metadata=meta)
+
+
+def _is_unreachable(exc: BaseException) -> bool:
+    """Name resolution or connection failure anywhere in the exception's chain (fsspec's HTTP
+    reader reports a refused connection as FileNotFoundError caused by it)."""
+    seen = 0
+    current: BaseException | None = exc
+    while current is not None and seen < 10:
+        if isinstance(current, (ConnectionError, TimeoutError, socket.gaierror)):
+            return True
+        text = f"{type(current).__name__} {current}".lower()
+        if any(
+            m in text
+            for m in (
+                "name or service not known",
+                "getaddrinfo",
+                "cannot connect",
+                "connect call failed",
+                "no route to host",
+                "clientconnector",
+            )
+        ):
+            return True
+        current = current.__cause__ or current.__context__
+        seen += 1
+    return False

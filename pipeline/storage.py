@@ -7,12 +7,15 @@ never reach a log line, and transient storage errors must be retried in one cons
 
 from __future__ import annotations
 
+import datetime as dt
 import errno
 import logging
 import os
 import posixpath
 import random
+import re
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -220,3 +223,143 @@ def read_bytes(url: str, storage_options: Mapping[str, Any] | None = None) -> by
     """Whole object as bytes, with retries."""
     fs, path = open_filesystem(url, storage_options)
     return with_retries(lambda: fs.cat_file(path))
+
+
+# --- secrets in URIs and text ---------------------------------------------------------------
+
+REDACTED = "***"
+# Query parameters whose values are credentials (compared lower-case); any parameter whose name
+# ends with one of _SECRET_PARAM_PARTS counts too (x-goog-signature, client_secret, sas_token...).
+_SECRET_PARAMS = frozenset(
+    {"sig", "key", "awsaccesskeyid", "api_key", "apikey", "auth", "access_key", "secret_key"}
+)
+_SECRET_PARAM_PARTS = ("signature", "credential", "token", "secret", "password", "passwd")
+# Record keys whose string values are credentials whatever they look like.
+_SECRET_KEYS = frozenset(
+    {
+        "key",
+        "secret",
+        "token",
+        "password",
+        "passwd",
+        "access_key",
+        "secret_key",
+        "session_token",
+        "access_token",
+        "api_key",
+        "apikey",
+        "aws_access_key_id",
+        "aws_secret_access_key",
+        "aws_session_token",
+        "client_secret",
+        "account_key",
+        "sas_token",
+        "credentials",
+    }
+)
+_SECRET_KEY_SUFFIXES = ("_secret", "_password", "_token")
+_SCHEME = r"[A-Za-z][A-Za-z0-9+.-]*://"
+# userinfo: "user@" or "user:password@"; a password may hold "/" (AWS secrets do) unless it looks
+# like a port ("host:9000/path/a@b" keeps its "@" in the path).
+_USERINFO = re.compile(rf"^({_SCHEME})((?:[^/?#@\s:]*:(?![0-9]*(?:/|$))[^?#@\s]*|[^/?#@\s:]*)@)")
+# A URI inside free text: scheme, then anything up to white space or a quote/bracket.
+_URI_IN_TEXT = re.compile(rf"{_SCHEME}[^\s'\"<>`()\[\]{{}}]+")
+# name=value pairs outside URIs (log lines, botocore messages): "X-Amz-Signature=abc".
+_PARAM_IN_TEXT = re.compile(r"(?<![A-Za-z0-9_.-])([A-Za-z][A-Za-z0-9_.-]*)=([^&\s'\"<>;,]+)")
+
+
+def _secret_param(name: str) -> bool:
+    lowered = urllib.parse.unquote(name).lower()
+    return lowered in _SECRET_PARAMS or lowered.endswith(_SECRET_PARAM_PARTS)
+
+
+def _redact_query(query: str) -> str:
+    parts = query.split("&")
+    for i, part in enumerate(parts):
+        name, sep, value = part.partition("=")
+        if sep and value and _secret_param(name):
+            parts[i] = f"{name}={REDACTED}"
+    return "&".join(parts)
+
+
+def redact_uri(uri: str) -> str:
+    """A URI safe to write anywhere: userinfo (`user:password@`) becomes `***@` and values of
+    credential-like query parameters (X-Amz-Signature, X-Amz-Credential, X-Amz-Security-Token,
+    Signature, sig, token, access_token, AWSAccessKeyId, key, secret, password, ...) become `***`.
+
+    URIs without either come back unchanged (the same string), so redacting is safe to repeat
+    and never changes plain `s3://bucket/key` or local paths."""
+    if not isinstance(uri, str) or "://" not in uri:
+        return uri
+    out = _USERINFO.sub(rf"\g<1>{REDACTED}@", uri, count=1)
+    head, sep, query = out.partition("?")
+    if sep:
+        query, hash_sep, fragment = query.partition("#")
+        out = head + sep + _redact_query(query) + hash_sep + fragment
+    return out
+
+
+def redact_text(text: str) -> str:
+    """Free text (error details, log lines) with every URI inside redacted (`redact_uri`) and any
+    stray credential parameter (`X-Amz-Signature=...` outside a URI) replaced by `***`."""
+    if not isinstance(text, str) or ("://" not in text and "=" not in text):
+        return text
+    out = _URI_IN_TEXT.sub(lambda m: redact_uri(m.group(0)), text) if "://" in text else text
+
+    def param(match: re.Match[str]) -> str:
+        name, value = match.group(1), match.group(2)
+        if value == REDACTED or not _secret_param(name):
+            return match.group(0)
+        return f"{name}={REDACTED}"
+
+    return _PARAM_IN_TEXT.sub(param, out) if "=" in out else out
+
+
+def _secret_key(key: Any) -> bool:
+    lowered = str(key).lower()
+    return lowered in _SECRET_KEYS or lowered.endswith(_SECRET_KEY_SUFFIXES)
+
+
+def redact_value(value: Any) -> Any:
+    """A JSON-able value with secrets removed, recursively: every string through `redact_text`,
+    string values under credential keys (`secret`, `aws_secret_access_key`, `*_token`...) → `***`.
+    Numbers, booleans and key names are kept (so `token_rate: 50` stays)."""
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, Mapping):
+        return {
+            k: (REDACTED if _secret_key(k) and isinstance(v, str) and v else redact_value(v))
+            for k, v in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return [redact_value(v) for v in value]
+    return value
+
+
+# --- source stamps --------------------------------------------------------------------------
+
+
+def source_stamp(info: Mapping[str, Any]) -> str:
+    """What an input object looked like, from an fsspec `info()` / `ls(detail=True)` entry:
+    "size:<n>;etag:<e>" where the store gives an ETag (object stores; GCS md5Hash or generation),
+    else "size:<n>;mtime:<t>" (local files: st_mtime as Python prints the float; datetimes as
+    their POSIX timestamp). Equal stamps mean the object is (very likely) unchanged. The spelling
+    is part of the manifest format: stamps recorded at commit are compared with these verbatim."""
+    size = info.get("size")
+    etag = info.get("ETag") or info.get("etag") or info.get("md5Hash") or info.get("generation")
+    if etag:
+        return f"size:{size};etag:{str(etag).strip(chr(34))}"
+    mtime = info.get("mtime") or info.get("LastModified") or info.get("updated") or info.get("created")
+    if isinstance(mtime, dt.datetime):
+        mtime = mtime.timestamp()
+    return f"size:{size};mtime:{mtime}"
+
+
+def current_stamp(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """`source_stamp` of the object at `path` now (listing caches dropped first); raises
+    FileNotFoundError when it is gone."""
+    try:
+        fs.invalidate_cache(path)
+    except Exception:  # noqa: BLE001 - a cache that cannot be dropped is no reason to fail
+        pass
+    return source_stamp(fs.info(path))

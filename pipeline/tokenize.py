@@ -7,14 +7,17 @@ storage latency never stalls the stream), and writes the run record and dataset 
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import math
 import os
 import sys
+import tempfile
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TextIO
@@ -22,21 +25,31 @@ from typing import Any, TextIO
 from codec import describe_codec
 from pipeline.assemble import FinishedUnit, UnitAssembler
 from pipeline.commit import (
+    ManifestRead,
+    add_webdataset_twin,
     cleanup_tmp,
     commit_unit,
-    committed_source_uris,
-    read_manifest,
+    read_manifest_report,
     write_run_record,
 )
 from pipeline.config import ConfigError, TokenizeConfig
 from pipeline.dataset_card import write_dataset_card
 from pipeline.encode_stage import EncodeActor
+from pipeline.interrupt import Interrupted, reinstall_handlers
 from pipeline.metrics import JobMetrics
 from pipeline.output_layout import OutputLayout
+from pipeline.output_lock import OutputLease, acquire_lease
 from pipeline.prepare_stage import PrepareUnit
 from pipeline.records import InputUnit
-from pipeline.sources import plan_units
-from pipeline.storage import open_filesystem, protocol_of, s3_options_from_env, with_retries
+from pipeline.sources import ReadPolicy, plan_units
+from pipeline.storage import (
+    open_filesystem,
+    protocol_of,
+    redact_text,
+    redact_uri,
+    s3_options_from_env,
+    with_retries,
+)
 
 log = logging.getLogger(__name__)
 
@@ -108,10 +121,11 @@ def init_ray(address: str | None) -> None:
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=True)
-        return
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=True,
-             runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith("SEMTOK_")}})
+    else:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=True,
+                 runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith("SEMTOK_")}})
+    reinstall_handlers()  # ray.init replaces SIGTERM's handler: a stop must still be recorded
 
 
 def plan_resources(config: TokenizeConfig, cluster: dict[str, float]) -> Resources:
@@ -149,9 +163,33 @@ def worker_storage_options(url: str, options: dict[str, Any]) -> dict[str, Any]:
     return s3_options_from_env(options) if protocol_of(url) in ("s3", "s3a") else dict(options)
 
 
+def prepare_options(config: TokenizeConfig, run_id: str = "") -> dict[str, Any]:
+    """The prepare stage's keywords from a job config: what it may read, and each item's bounds.
+
+    The attempt ledger (items that killed their worker `max_item_attempts` times become
+    `worker_crashed` rows) is a local folder per run: Ray retries a task on a live node, and a
+    rerun starts counting afresh."""
+    ledger = os.path.join(tempfile.gettempdir(), "semtok-ledger", run_id) if run_id else None
+    return {
+        "channel_policy": config.channel_policy,
+        "max_audio_seconds": config.max_audio_seconds,
+        "storage_options": worker_storage_options(config.input, config.storage_options),
+        "audio_column": config.audio_column,
+        "uri_column": config.uri_column,
+        "item_timeout_s": config.item_timeout_s,
+        "max_decode_memory_bytes": config.max_decode_memory_bytes,
+        "decode_options": {"resampler": config.resampler, "max_decoded_bytes": config.max_decoded_bytes},
+        "ledger_dir": ledger,
+        "max_item_attempts": config.max_item_attempts,
+        "read_policy": ReadPolicy(max_item_bytes=config.max_item_bytes, item_timeout_s=config.item_timeout_s,
+                                  follow_links=config.follow_links,
+                                  allow_manifest_schemes=tuple(config.allow_manifest_schemes)),
+    }
+
+
 def build_tokenize_dataset(config: TokenizeConfig, units: list[InputUnit], resources: Resources, *,
                            prepare_cls: type[PrepareUnit] = PrepareUnit,
-                           only_items: Mapping[str, Sequence[str]] | None = None):
+                           only_items: Mapping[str, Sequence[str]] | None = None, run_id: str = ""):
     """The Ray Data stream of encoded rows for `units` (not executed until iterated).
 
     `only_items` (unit id → item ids) travels in each unit's row as "only", for a `prepare_cls`
@@ -174,14 +212,8 @@ def build_tokenize_dataset(config: TokenizeConfig, units: list[InputUnit], resou
     rows = [{"unit": unit.to_json(), **({"only": list(only_items.get(unit.unit_id, ()))}
                                         if only_items is not None else {})} for unit in units]
     dataset = ray.data.from_items(rows, override_num_blocks=max(1, len(units)))
-    dataset = dataset.flat_map(
-        prepare_cls(spec, channel_policy=config.channel_policy,
-                    max_audio_seconds=config.max_audio_seconds,
-                    storage_options=worker_storage_options(config.input, config.storage_options),
-                    audio_column=config.audio_column,
-                    uri_column=config.uri_column),
-        num_cpus=config.read_cpus,
-    )
+    prepare = prepare_cls(spec, **prepare_options(config, run_id))
+    dataset = dataset.flat_map(prepare, num_cpus=config.read_cpus)
     threads = math.ceil(resources.cpus_per_encoder) if resources.device == "cpu" else None
     return dataset.map_batches(
         EncodeActor,
@@ -219,7 +251,7 @@ class _Progress:
 def job_fingerprint(config: TokenizeConfig) -> dict[str, Any]:
     """What the tokens depend on; its digest names the dataset version (one place computes it)."""
     return {**describe_codec(config.codec_spec()), "channel_policy": config.channel_policy,
-            "resampler": "soxr-hq"}
+            "resampler": config.resampler}
 
 
 @dataclass
@@ -229,29 +261,121 @@ class WorkPlan:
     units: list[InputUnit]
     manifest: dict[str, dict[str, Any]]
     planned: int = 0  # units the input yields after excluding committed files (done ones included)
+    changed: list[str] = field(default_factory=list)  # committed units whose inputs changed: redone
+    deleted_uris: list[str] = field(default_factory=list)  # committed inputs no longer listed
+    changed_uris: list[str] = field(default_factory=list)  # committed inputs whose stamp differs
+    damaged: dict[str, str] = field(default_factory=dict)  # manifest entry → why it is not trusted
 
 
 def plan_remaining(config: TokenizeConfig, fs: Any = None, layout: OutputLayout | None = None) -> WorkPlan:
     """Plan `config.input` minus what `layout` has committed (one place: tokenize, plan, verify)."""
     return plan_against_output(config.input, fs, layout, storage_options=config.storage_options,
                                kind=config.input_kind, files_per_unit=config.files_per_unit,
-                               glob=config.glob)
+                               glob=config.glob, output=config.output or None,
+                               id_prefix=getattr(config, "id_prefix", None) or "")
+
+
+def _source_key(unit_info: Mapping[str, Any]) -> tuple[str, str]:
+    """What an item id is relative to: the input root (a manifest: the manifest), and the prefix."""
+    if unit_info.get("kind") == "manifest":
+        place = str((unit_info.get("uris") or [""])[0])
+    else:
+        place = str(unit_info.get("root") or "")
+    return place, str(unit_info.get("id_prefix") or "")
+
+
+def check_input_output(input_url: str, output: str | None, storage_options: Mapping[str, Any]) -> None:
+    """A job never reads its own output: an output inside the input is left out of the listing
+    (`plan_units(exclude_under=…)`); an input inside the output is refused here."""
+    if not output or protocol_of(input_url) != protocol_of(output):
+        return
+    _, input_path = open_filesystem(input_url, storage_options)
+    _, output_path = open_filesystem(output, storage_options)
+    input_path, output_path = input_path.rstrip("/"), output_path.rstrip("/")
+    if input_path == output_path or input_path.startswith(output_path + "/"):
+        raise ConfigError(f"input {redact_uri(input_url)} lies inside the output {redact_uri(output)}: "
+                          "a job must not read its own output; pick separate folders")
 
 
 def plan_against_output(input_url: str, fs: Any, layout: OutputLayout | None, *,
                         storage_options: Mapping[str, Any], kind: str, files_per_unit: int,
-                        glob: str | None) -> WorkPlan:
+                        glob: str | None, output: str | None = None, id_prefix: str = "") -> WorkPlan:
     """Committed units are skipped by id, and files already inside committed `files` units by URI,
-    so new files added to the input are planned into new units. Without a layout nothing is done."""
-    manifest = with_retries(lambda: read_manifest(fs, layout)) if layout is not None else {}
-    done_uris = committed_source_uris(fs, layout, manifest) if layout is not None else set()
+    so new files added to the input are planned into new units. A committed unit whose inputs
+    changed since (size, mtime or ETag differ from its recorded stamps) is planned again under its
+    own id, so its recommit replaces the stale rows. Without a layout nothing is done."""
+    check_input_output(input_url, output, storage_options)
+    found = with_retries(lambda: read_manifest_report(fs, layout)) if layout is not None else ManifestRead()
+    manifest = found.entries
+    recorded: dict[str, tuple[str, str]] = {}  # committed file URI → (unit id, recorded stamp)
+    for unit_id, entry in manifest.items():
+        info = entry.get("unit_info") or {}
+        if info.get("kind") != "files":
+            continue
+        uris = [str(u) for u in info.get("uris") or ()]
+        stamps = [str(x) for x in info.get("stamps") or ()]
+        for index, uri in enumerate(uris):
+            recorded[uri] = (unit_id, stamps[index] if index < len(stamps) else "")
+    seen: dict[str, str] = {}
     planned = plan_units(input_url, storage_options=storage_options, kind=kind,
-                         files_per_unit=files_per_unit, exclude_uris=frozenset(done_uris), glob=glob)
-    return WorkPlan([unit for unit in planned if unit.unit_id not in manifest], manifest, len(planned))
+                         files_per_unit=files_per_unit, exclude_uris=frozenset(recorded), glob=glob,
+                         exclude_under=output, id_prefix=id_prefix, seen=seen)
+    _refuse_colliding_roots(planned, manifest, input_url)
+    units = []
+    changed: list[str] = []
+    changed_uris: list[str] = []
+    for unit in planned:
+        entry = manifest.get(unit.unit_id)
+        if entry is None:
+            units.append(unit)
+            continue
+        old = [str(x) for x in (entry.get("unit_info") or {}).get("stamps") or ()]
+        if unit.kind != "manifest" and old and unit.stamps and list(unit.stamps) != old:
+            units.append(unit)  # the shard or file changed since it was committed
+            changed.append(unit.unit_id)
+            changed_uris.append(unit.uris[0])
+    # Files units: any recorded file whose stamp changed sends its whole unit back to work.
+    stale: dict[str, InputUnit] = {}
+    for uri, (unit_id, stamp) in recorded.items():
+        current = seen.get(uri)
+        if current is None or not stamp or current == stamp:
+            continue
+        changed_uris.append(uri)
+        if unit_id in stale:
+            continue
+        unit = InputUnit.from_dict(manifest[unit_id]["unit_info"])
+        keep = [i for i, u in enumerate(unit.uris) if u in seen]  # deleted files leave the unit
+        stale[unit_id] = dataclasses.replace(unit, uris=tuple(unit.uris[i] for i in keep),
+                                             stamps=tuple(seen[unit.uris[i]] for i in keep))
+    units.extend(stale[unit_id] for unit_id in sorted(stale))
+    changed.extend(sorted(stale))
+    deleted = sorted(uri for uri in recorded if uri not in seen)
+    return WorkPlan(units, manifest, len(planned), changed, deleted, sorted(changed_uris),
+                    dict(found.damaged))
+
+
+def _refuse_colliding_roots(planned: Sequence[InputUnit], manifest: Mapping[str, dict[str, Any]],
+                            input_url: str) -> None:
+    """Ids are relative to their input root: a second root with the same id prefix could give two
+    different items one id, so it is refused (one line) unless namespaced with `id_prefix`."""
+    if not planned or not manifest:
+        return
+    mine = _source_key(planned[0].to_dict())
+    for entry in manifest.values():
+        theirs = _source_key(entry.get("unit_info") or {})
+        if theirs[0] and theirs[1] == mine[1] and theirs[0] != mine[0]:
+            raise ConfigError(
+                f"this output already holds items read from {redact_uri(theirs[0])}; items of "
+                f"{redact_uri(input_url)} could get the same ids: give them a namespace with "
+                "--set id_prefix=NAME/ (or write to another output)")
 
 
 def run_tokenize(config: TokenizeConfig, *, stream: TextIO = sys.stderr) -> RunSummary:
-    """Tokenize `config.input` into `config.output`; skips units already committed there."""
+    """Tokenize `config.input` into `config.output`; skips units already committed there.
+
+    The run holds the output version's writer lease while it writes (a second run on the same
+    output is refused with `OutputBusy`), and writes its run record however it ends: completed,
+    failed or interrupted, with the units it committed, so `semtok status` shows every run."""
     started = time.monotonic()
     run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
     fingerprint = job_fingerprint(config)
@@ -260,38 +384,110 @@ def run_tokenize(config: TokenizeConfig, *, stream: TextIO = sys.stderr) -> RunS
               "and the output is marked so", file=stream, flush=True)
     fs, _ = open_filesystem(config.output, config.storage_options)
     layout = OutputLayout.for_fingerprint(config.output, fingerprint)
-    summary = RunSummary(run_id=run_id, output=layout.version_url)
+    summary = RunSummary(run_id=run_id, output=redact_uri(layout.version_url))
 
     work = plan_remaining(config, fs, layout)  # one manifest read: a GET per unit on S3
-    units, done_units = work.units, set(work.manifest)
+    units, done_units = work.units, set(work.manifest) - set(work.changed)
+    if not work.planned and not work.manifest:
+        print(f"[semtok] input {redact_uri(config.input)} holds no {config.input_kind} audio items "
+              "(nothing to do): check the URL, --input-kind and --glob", file=stream, flush=True)
+        return summary
+    twins = missing_twins(work.manifest, config.formats, skip=set(work.changed))
     summary.units_planned = len(units)
     summary.units_skipped = len(done_units)
-    print(f"[semtok] output {layout.version_url}: {len(units)} units to do, "
+    print(f"[semtok] output {redact_uri(layout.version_url)}: {len(units)} units to do, "
           f"{len(done_units)} already committed", file=stream, flush=True)
+    for path, why in list(work.damaged.items())[:5]:
+        print(f"[semtok] damaged manifest entry {path} ({why}): its unit counts as not committed "
+              "and is done again", file=stream, flush=True)
+    if work.changed:
+        print(f"[semtok] {len(work.changed)} committed unit(s) read inputs that changed since: "
+              "tokenizing them again", file=stream, flush=True)
+    if work.deleted_uris:
+        print(f"[semtok] {len(work.deleted_uris)} committed input file(s) are gone from the input; "
+              "their rows stay (`semtok verify --input` lists them)", file=stream, flush=True)
+    if twins:
+        print(f"[semtok] {len(twins)} committed unit(s) lack the requested WebDataset twin: writing "
+              "it from their tokens", file=stream, flush=True)
+    if not units and not twins:
+        print(f"[semtok] nothing to do: every unit is committed with {', '.join(config.formats)}",
+              file=stream, flush=True)
 
-    if units:
-        try:
-            _execute(config, units, fs, layout, fingerprint, summary, stream)
-        except BaseException as error:
-            # Committed units stay committed (and are skipped by a rerun); nothing else is visible.
-            print(f"[semtok] FAILED after {summary.units_committed} of {len(units)} units committed: "
-                  f"{type(error).__name__}: {str(error)[:500]}\n[semtok] the output is consistent; "
-                  "rerun the same command to resume (committed units are skipped)",
-                  file=stream, flush=True)
-            raise
-    with_retries(lambda: cleanup_tmp(fs, layout))
-    summary.wall_seconds = time.monotonic() - started
-    summary.finished_at = utc_now_iso()
-    record = {"kind": "tokenize", "config": config.to_dict(), "fingerprint": fingerprint,
-              **summary.to_dict()}
-    with_retries(lambda: write_run_record(fs, layout, run_id, record))
-    with_retries(lambda: write_dataset_card(fs, layout, fingerprint))
+    record = {"kind": "tokenize", "config": config.to_dict(), "fingerprint": fingerprint}
+    with writer_lease(fs, layout, run_id, "semtok tokenize", stream) as lease, \
+            recorded_run(fs, layout, summary, started, stream, record, lease=lease):
+        for unit_id in twins:
+            lease.check()
+            entry = with_retries(lambda u=unit_id: add_webdataset_twin(
+                fs, layout, u, work.manifest[u], fingerprint), **COMMIT_RETRIES)
+            work.manifest[unit_id] = entry
+        if units:
+            execute_units(config, units, fs, layout, fingerprint, summary, stream, lease=lease)
+        with_retries(lambda: write_dataset_card(fs, layout, fingerprint))
     print(f"[semtok] done: {summary.line()}", file=stream, flush=True)
-    print(f"[semtok] run record: {layout.run_path(run_id)}", file=stream, flush=True)
+    print(f"[semtok] run record: {redact_uri(layout.run_path(run_id))}", file=stream, flush=True)
     _check_error_budget(config, summary)
     if config.audit_requested:
         _audit_after(config, layout, stream)
     return summary
+
+
+def missing_twins(manifest: Mapping[str, Mapping[str, Any]], formats: Sequence[str], *,
+                  skip: set[str]) -> list[str]:
+    """Committed units without the WebDataset twin a rerun now asks for (units with no token rows
+    have none by design)."""
+    if "webdataset" not in formats:
+        return []
+    return sorted(unit_id for unit_id, entry in manifest.items()
+                  if unit_id not in skip and int(entry.get("n_tokens_rows") or 0) > 0
+                  and not any(f.get("kind") == "webdataset" for f in entry.get("files") or ()))
+
+
+@contextlib.contextmanager
+def writer_lease(fs: Any, layout: OutputLayout, run_id: str, command: str,
+                 stream: TextIO) -> Iterator[OutputLease]:
+    """Hold the output version's writer lease (see pipeline/output_lock.py) around a run's writes."""
+    lease = acquire_lease(fs, layout, run_id, command=command)
+    if lease.took_over_from is not None:
+        print(f"[semtok] took over a stale output lease of run {lease.took_over_from.run_id}",
+              file=stream, flush=True)
+    try:
+        yield lease
+    finally:
+        lease.release()
+
+
+@contextlib.contextmanager
+def recorded_run(fs: Any, layout: OutputLayout, summary: RunSummary, started: float, stream: TextIO,
+                 record: dict[str, Any], *, lease: OutputLease | None = None) -> Iterator[None]:
+    """Write the run record however the body ends, with `status` completed, failed or interrupted;
+    on success also clean up what interrupted attempts left in `_tmp/` (we hold the lease)."""
+    status, error_line = "completed", ""
+    try:
+        yield
+    except Interrupted as stop:
+        status, error_line = "interrupted", stop.signal_name
+        raise
+    except BaseException as error:
+        status, error_line = "failed", redact_text(f"{type(error).__name__}: {str(error)[:500]}")
+        # Committed units stay committed (and are skipped by a rerun); nothing else is visible.
+        print(f"[semtok] FAILED after {summary.units_committed} of {summary.units_planned} units "
+              f"committed: {error_line}\n[semtok] the output is consistent; rerun the same command "
+              "to resume (committed units are skipped)", file=stream, flush=True)
+        raise
+    finally:
+        summary.wall_seconds = time.monotonic() - started
+        summary.finished_at = utc_now_iso()
+        full = {**record, "status": status, **({"error": error_line} if error_line else {}),
+                **summary.to_dict()}
+        try:
+            if status == "completed":
+                with_retries(lambda: cleanup_tmp(fs, layout, lease=lease))
+            with_retries(lambda: write_run_record(fs, layout, summary.run_id, full))
+        except Exception as record_error:  # noqa: BLE001 - never hide the run's own error
+            if status == "completed":
+                raise
+            log.warning("could not write the run record: %s", type(record_error).__name__)
 
 
 def _audit_after(config: TokenizeConfig, layout: OutputLayout, stream: TextIO) -> None:
@@ -307,12 +503,14 @@ def _audit_after(config: TokenizeConfig, layout: OutputLayout, stream: TextIO) -
                           storage_options=dict(config.storage_options), **options), stream=stream)
 
 
-def _execute(config: TokenizeConfig, units: list[InputUnit], fs, layout: OutputLayout,
+def execute_units(config: TokenizeConfig, units: list[InputUnit], fs, layout: OutputLayout,
              fingerprint: dict[str, Any], summary: RunSummary, stream: TextIO, *,
              prepare_cls: type[PrepareUnit] = PrepareUnit,
              only_items: Mapping[str, Sequence[str]] | None = None,
-             transform: Callable[[FinishedUnit], FinishedUnit] | None = None) -> None:
-    """Stream the dataset, assemble units, commit each (after `transform`, e.g. a merge)."""
+             transform: Callable[[FinishedUnit], FinishedUnit] | None = None,
+             lease: OutputLease | None = None) -> None:
+    """Stream the dataset, assemble units, commit each (after `transform`, e.g. a merge); the
+    caller holds the writer lease (`writer_lease`)."""
     import ray
 
     init_ray(config.ray_address)
@@ -321,13 +519,15 @@ def _execute(config: TokenizeConfig, units: list[InputUnit], fs, layout: OutputL
     print(f"[semtok] encoding on {resources.num_encoders} {resources.device} replica(s), "
           f"{resources.batch_segments} segments per batch", file=stream, flush=True)
     dataset = build_tokenize_dataset(config, units, resources, prepare_cls=prepare_cls,
-                                     only_items=only_items)
+                                     only_items=only_items, run_id=summary.run_id)
     assembler = UnitAssembler()
     progress = _Progress(stream, config.progress_interval_s, len(units))
     metrics = JobMetrics(layout.version)
     pending: list[Future] = []
 
     def commit(finished: FinishedUnit) -> None:
+        if lease is not None:
+            lease.check()  # a run that lost its lease (taken over as stale) must not write on
         if transform is not None:
             finished = transform(finished)
         info = {**finished.unit.to_dict(), "n_items": len(finished.token_rows) + len(finished.error_rows)}

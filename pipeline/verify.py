@@ -11,7 +11,14 @@ footer and `id` column only, and one listing per output folder. It reports
 - orphaned files: data files under tokens/ errors/ wds/ (and `_tmp/`, hidden temporaries) that no
   manifest entry lists — leftovers of crashed attempts, never read by readers;
 - bad files: listed but missing, unreadable, size / row-count mismatches vs the manifest, and with
-  `deep=True` sha256 mismatches (that reads every byte).
+  `deep=True` sha256 mismatches (that reads every byte);
+- damaged manifest entries (corrupt, truncated, wrong shape): their units are not committed;
+- with an input: changed and deleted input items — committed units whose manifest entry carries
+  source stamps (`unit_info["stamps"]`, parallel to `uris`, see `storage.source_stamp`) are
+  compared with the objects now; new input items show up as missing units / items (entries
+  written before stamps existed are not checked for changes);
+- nothing to verify: an output path that does not exist, or no committed unit at all (a mistyped
+  path must not pass as "0 problems").
 
 Every dataset version under the root is checked, or one with `version=`.
 """
@@ -31,7 +38,7 @@ from typing import Any
 import fsspec
 import pyarrow.parquet as pq
 
-from pipeline.commit import READ_THREADS, read_manifest, read_run_records
+from pipeline.commit import READ_THREADS, read_manifest_report, read_run_records
 from pipeline.output_layout import (
     ERRORS_DIR,
     MANIFEST_DIR,
@@ -41,8 +48,15 @@ from pipeline.output_layout import (
     WDS_DIR,
     OutputLayout,
 )
+from pipeline.output_lock import read_lease
 from pipeline.records import InputUnit
-from pipeline.storage import open_filesystem, with_retries
+from pipeline.sources import file_item_id
+from pipeline.storage import (
+    open_filesystem,
+    redact_text,
+    redact_uri,
+    with_retries,
+)
 
 __all__ = ["VerifyReport", "VersionReport", "dataset_versions", "verify"]
 
@@ -65,12 +79,25 @@ class VersionReport:
     duplicate_items: list[str] = field(default_factory=list)
     orphaned_files: list[str] = field(default_factory=list)
     bad_files: list[dict[str, str]] = field(default_factory=list)
+    damaged_entries: list[dict[str, str]] = field(default_factory=list)
+    changed_items: list[str] = field(default_factory=list)  # input URIs whose stamp changed
+    deleted_items: list[str] = field(default_factory=list)  # input URIs that are gone
+    issues: list[str] = field(default_factory=list)  # one-line problems (e.g. nothing committed)
     notes: list[str] = field(default_factory=list)
 
     @property
     def problems(self) -> int:
-        return (len(self.missing_units) + len(self.missing_items) + len(self.duplicate_items)
-                + len(self.orphaned_files) + len(self.bad_files))
+        return (
+            len(self.missing_units)
+            + len(self.missing_items)
+            + len(self.duplicate_items)
+            + len(self.orphaned_files)
+            + len(self.bad_files)
+            + len(self.damaged_entries)
+            + len(self.changed_items)
+            + len(self.deleted_items)
+            + len(self.issues)
+        )
 
 
 @dataclass
@@ -79,28 +106,47 @@ class VerifyReport:
 
     root: str
     versions: list[VersionReport] = field(default_factory=list)
+    issues: list[str] = field(default_factory=list)  # about the root itself (missing, empty)
 
     @property
     def problems(self) -> int:
-        return sum(v.problems for v in self.versions)
+        return len(self.issues) + sum(v.problems for v in self.versions)
 
     @property
     def ok(self) -> bool:
         return self.problems == 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"root": self.root, "ok": self.ok, "problems": self.problems,
-                "versions": [{**asdict(v), "problems": v.problems} for v in self.versions]}
+        return {
+            "root": self.root,
+            "ok": self.ok,
+            "problems": self.problems,
+            "issues": self.issues,
+            "versions": [{**asdict(v), "problems": v.problems} for v in self.versions],
+        }
 
     def text(self) -> str:
         """A short human report: counts, then a few examples of each problem."""
-        lines = [f"verify {self.root}: {len(self.versions)} version(s), "
-                 f"{'OK' if self.ok else f'{self.problems} problem(s)'}"]
+        lines = [
+            f"verify {self.root}: {len(self.versions)} version(s), "
+            f"{'OK' if self.ok else f'{self.problems} problem(s)'}"
+        ]
+        lines += [f"  problem: {issue}" for issue in self.issues]
         for v in self.versions:
             planned = f", {v.units_planned} planned" if v.units_planned is not None else ""
-            lines.append(f"  {v.version}: {v.units_committed} units committed{planned}, "
-                         f"{v.items_tokens} token rows, {v.items_errors} error rows")
-            for name in ("missing_units", "missing_items", "duplicate_items", "orphaned_files"):
+            lines.append(
+                f"  {v.version}: {v.units_committed} units committed{planned}, "
+                f"{v.items_tokens} token rows, {v.items_errors} error rows"
+            )
+            lines += [f"    problem: {issue}" for issue in v.issues]
+            for name in (
+                "missing_units",
+                "missing_items",
+                "duplicate_items",
+                "orphaned_files",
+                "changed_items",
+                "deleted_items",
+            ):
                 values = getattr(v, name)
                 if values:
                     shown = ", ".join(values[:EXAMPLES]) + (" ..." if len(values) > EXAMPLES else "")
@@ -108,6 +154,12 @@ class VerifyReport:
             if v.bad_files:
                 lines.append(f"    bad files: {len(v.bad_files)}")
                 lines += [f"      {b['path']}: {b['problem']}" for b in v.bad_files[:EXAMPLES]]
+            if v.damaged_entries:
+                lines.append(
+                    f"    damaged manifest entries (units not committed; a rerun redoes "
+                    f"them): {len(v.damaged_entries)}"
+                )
+                lines += [f"      {d['path']}: {d['problem']}" for d in v.damaged_entries[:EXAMPLES]]
             lines += [f"    note: {note}" for note in v.notes]
         return "\n".join(lines)
 
@@ -118,8 +170,9 @@ def dataset_versions(fs: fsspec.AbstractFileSystem, root: str, only: str | None 
     if only is not None:
         found = dataset_versions(fs, root)
         if only not in found:
-            raise FileNotFoundError(f"no dataset version {only!r} under {root} "
-                                    f"(found: {', '.join(found) or 'none'})")
+            raise FileNotFoundError(
+                f"no dataset version {only!r} under {root} (found: {', '.join(found) or 'none'})"
+            )
         return [only]
     try:
         with_retries(lambda: fs.invalidate_cache(root))
@@ -131,8 +184,9 @@ def dataset_versions(fs: fsspec.AbstractFileSystem, root: str, only: str | None 
         if entry.get("type") != "directory":
             continue
         name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
-        if with_retries(lambda n=entry["name"]: fs.exists(f"{n}/{MANIFEST_DIR}")
-                        or fs.exists(f"{n}/{RUNS_DIR}")):
+        if with_retries(
+            lambda n=entry["name"]: fs.exists(f"{n}/{MANIFEST_DIR}") or fs.exists(f"{n}/{RUNS_DIR}")
+        ):
             versions.append(name)
     return sorted(versions)
 
@@ -152,22 +206,58 @@ def verify(
     """Check every (or one) dataset version under `output`; see the module doc for what."""
     fs, root_path = open_filesystem(output, storage_options)
     root = output.rstrip("/")
+    report = VerifyReport(root=redact_uri(root))
+    if not with_retries(lambda: fs.exists(root_path)):
+        report.issues.append(f"output path does not exist: {redact_uri(root)}")
+        return report
     versions = dataset_versions(fs, root_path, version)
-    report = VerifyReport(root=root)
+    if not versions:
+        hint = ""
+        if with_retries(lambda: fs.exists(f"{root_path.rstrip('/')}/{MANIFEST_DIR}")):
+            parent, _, name = root.rstrip("/").rpartition("/")
+            hint = (
+                f" ({redact_uri(root)} looks like a dataset version folder itself: pass its parent "
+                f"{redact_uri(parent)} with --version {name})"
+            )
+        report.issues.append(f"no committed units under {redact_uri(root)}{hint}")
+        return report
+    input_options = input_storage_options or storage_options or {}
     for name in versions:
         layout = OutputLayout(root, name)
-        result = _verify_version(fs, layout, deep=deep)
+        result, manifest = _verify_version(fs, layout, deep=deep)
         if input is not None:
-            _check_plan(fs, layout, result, input, input_storage_options or storage_options or {},
-                        input_kind=input_kind, files_per_unit=files_per_unit, glob=glob)
+            _check_plan(
+                fs,
+                layout,
+                result,
+                input,
+                input_options,
+                input_kind=input_kind,
+                files_per_unit=files_per_unit,
+                glob=glob,
+            )
+            _note_unstamped(result, manifest)
         report.versions.append(result)
     return report
 
 
-def _verify_version(fs: fsspec.AbstractFileSystem, layout: OutputLayout, *, deep: bool) -> VersionReport:
-    result = VersionReport(version=layout.version, url=layout.version_url)
-    manifest = with_retries(lambda: read_manifest(fs, layout))
+def _verify_version(
+    fs: fsspec.AbstractFileSystem, layout: OutputLayout, *, deep: bool
+) -> tuple[VersionReport, dict[str, dict[str, Any]]]:
+    """The checks of one version that need no input; returns the report and the manifest read."""
+    result = VersionReport(version=layout.version, url=redact_uri(layout.version_url))
+    found = with_retries(lambda: read_manifest_report(fs, layout))
+    manifest = found.entries
     result.units_committed = len(manifest)
+    result.damaged_entries = [{"path": path, "problem": why} for path, why in found.damaged.items()]
+    if not manifest:
+        result.issues.append(f"no committed units under {redact_uri(layout.version_url)}")
+    holder = with_retries(lambda: read_lease(fs, layout))
+    if holder is not None and holder.live:
+        result.notes.append(
+            f"{holder.describe()} is writing this version now: what is reported "
+            "may change when it commits more"
+        )
     listed: dict[str, tuple[str, dict[str, Any]]] = {}  # rel path → (unit id, file record)
     for unit_id, entry in manifest.items():
         for record in entry.get("files", []):
@@ -178,17 +268,23 @@ def _verify_version(fs: fsspec.AbstractFileSystem, layout: OutputLayout, *, deep
         result.bad_files.append({"path": rel, "problem": "listed in the manifest but missing"})
 
     # Parquet files: footer row count + id column (or the whole file with deep=True).
-    parquet = [(rel, unit, rec) for rel, (unit, rec) in listed.items()
-               if rel in present and rec["kind"] in ("tokens", "errors")]
-    others = [(rel, unit, rec) for rel, (unit, rec) in listed.items()
-              if rel in present and rec["kind"] not in ("tokens", "errors")]
+    parquet = [
+        (rel, unit, rec)
+        for rel, (unit, rec) in listed.items()
+        if rel in present and rec["kind"] in ("tokens", "errors")
+    ]
+    others = [
+        (rel, unit, rec)
+        for rel, (unit, rec) in listed.items()
+        if rel in present and rec["kind"] not in ("tokens", "errors")
+    ]
 
     def check(job: tuple[str, str, dict[str, Any]]) -> tuple[str, str, dict[str, Any], list[str], str]:
         rel, unit, rec = job
         try:
             ids, problem = _check_file(fs, layout, rec, present[rel], deep=deep)
         except Exception as error:  # noqa: BLE001 - an unreadable file is a finding, not a crash
-            return rel, unit, rec, [], f"unreadable: {type(error).__name__}: {error}"[:300]
+            return rel, unit, rec, [], f"unreadable: {type(error).__name__}: {redact_text(str(error))}"[:300]
         return rel, unit, rec, ids, problem
 
     jobs = parquet + others
@@ -214,13 +310,35 @@ def _verify_version(fs: fsspec.AbstractFileSystem, layout: OutputLayout, *, deep
     for unit_id, entry in sorted(manifest.items()):
         ids = ids_by_unit.get(unit_id, [])
         if entry.get("n_items") is not None and int(entry["n_items"]) != len(ids):
-            result.bad_files.append({"path": layout.manifest_rel(unit_id),
-                                     "problem": f"n_items {entry['n_items']} but the unit's files "
-                                                f"hold {len(ids)} rows"})
-        expected = _expected_file_ids(entry.get("unit_info") or {})
+            result.bad_files.append(
+                {
+                    "path": layout.manifest_rel(unit_id),
+                    "problem": f"n_items {entry['n_items']} but the unit's files hold {len(ids)} rows",
+                }
+            )
+        try:
+            expected = _expected_file_ids(entry.get("unit_info") or {})
+        except Exception as error:  # noqa: BLE001 - a malformed unit_info is a finding
+            result.bad_files.append(
+                {
+                    "path": layout.manifest_rel(unit_id),
+                    "problem": f"unit_info unusable: {type(error).__name__}: {error}"[:300],
+                }
+            )
+            expected = None
         if expected is not None:
             result.missing_items += sorted(expected - set(ids))
-    return result
+    return result, manifest
+
+
+def _note_unstamped(result: VersionReport, manifest: Mapping[str, dict[str, Any]]) -> None:
+    """Units committed before source stamps were recorded cannot be checked for changed inputs."""
+    unstamped = sum(1 for e in manifest.values() if not (e.get("unit_info") or {}).get("stamps"))
+    if unstamped:
+        result.notes.append(
+            f"{unstamped} committed unit(s) have no source stamps (written before "
+            "stamps were recorded): not checked for changed inputs"
+        )
 
 
 def _list_outputs(fs: fsspec.AbstractFileSystem, layout: OutputLayout) -> dict[str, int | None]:
@@ -238,15 +356,21 @@ def _list_outputs(fs: fsspec.AbstractFileSystem, layout: OutputLayout) -> dict[s
         for name, info in entries.items():
             if info.get("type") == "directory" or name.endswith("/"):
                 continue
-            rel = name[len(prefix):] if name.startswith(prefix) else name
+            rel = name[len(prefix) :] if name.startswith(prefix) else name
             if folder == MANIFEST_DIR and not posixpath.basename(rel).startswith("."):
                 continue  # manifest entries themselves are not data files
             found[rel] = info.get("size")
     return found
 
 
-def _check_file(fs: fsspec.AbstractFileSystem, layout: OutputLayout, rec: Mapping[str, Any],
-                size: int | None, *, deep: bool) -> tuple[list[str], str]:
+def _check_file(
+    fs: fsspec.AbstractFileSystem,
+    layout: OutputLayout,
+    rec: Mapping[str, Any],
+    size: int | None,
+    *,
+    deep: bool,
+) -> tuple[list[str], str]:
     """(ids in the file, problem or ''): size vs manifest, then footer rows / id column."""
     path = layout.path(rec["path"])
     if size is not None and rec.get("bytes") is not None and int(size) != int(rec["bytes"]):
@@ -261,6 +385,7 @@ def _check_file(fs: fsspec.AbstractFileSystem, layout: OutputLayout, rec: Mappin
     elif rec["kind"] not in ("tokens", "errors"):
         return [], ""
     else:
+
         def read_ids() -> Any:
             with fs.open(path, "rb") as handle:
                 return pq.ParquetFile(handle).read(columns=["id"])
@@ -281,9 +406,7 @@ def _expected_file_ids(info: Mapping[str, Any]) -> set[str] | None:
 
 
 def _file_item_ids(unit: InputUnit) -> set[str]:
-    from pipeline.sources import _relative, safe_relpath
-
-    return {safe_relpath(_relative(uri, unit.root)) for uri in unit.uris}
+    return {unit.id_prefix + file_item_id(unit, uri) for uri in unit.uris}
 
 
 def latest_run_config(fs: fsspec.AbstractFileSystem, layout: OutputLayout) -> dict[str, Any]:
@@ -295,20 +418,40 @@ def latest_run_config(fs: fsspec.AbstractFileSystem, layout: OutputLayout) -> di
     return {}
 
 
-def _check_plan(fs: fsspec.AbstractFileSystem, layout: OutputLayout, result: VersionReport, input_url: str,
-                storage_options: Mapping[str, Any], *, input_kind: str | None,
-                files_per_unit: int | None, glob: str | None) -> None:
+def _check_plan(
+    fs: fsspec.AbstractFileSystem,
+    layout: OutputLayout,
+    result: VersionReport,
+    input_url: str,
+    storage_options: Mapping[str, Any],
+    *,
+    input_kind: str | None,
+    files_per_unit: int | None,
+    glob: str | None,
+) -> None:
     """Plan the input as `run_tokenize` would (same exclusions) and report what is not committed."""
     from pipeline.tokenize import plan_against_output
 
     config = latest_run_config(fs, layout)
     if not config:
         result.notes.append("no run record: planned with default/flag settings")
-    plan = plan_against_output(input_url, fs, layout, storage_options=storage_options,
-                               kind=input_kind or config.get("input_kind") or "auto",
-                               files_per_unit=files_per_unit or int(config.get("files_per_unit") or 256),
-                               glob=glob if glob is not None else config.get("glob"))
-    missing = plan.units
+    plan = plan_against_output(
+        input_url,
+        fs,
+        layout,
+        storage_options=storage_options,
+        kind=input_kind or config.get("input_kind") or "auto",
+        files_per_unit=files_per_unit or int(config.get("files_per_unit") or 256),
+        glob=glob if glob is not None else config.get("glob"),
+        output=layout.root_url,
+        id_prefix=str(config.get("id_prefix") or ""),
+    )
+    # Changed and deleted inputs as the rerun sees them (the same listing and stamps).
+    result.changed_items = sorted(redact_uri(u) for u in plan.changed_uris)
+    result.deleted_items = sorted(redact_uri(u) for u in plan.deleted_uris)
+    # Committed units the plan redoes because their inputs changed are reported as changed /
+    # deleted items (from their stamps), not as missing.
+    missing = [unit for unit in plan.units if unit.unit_id not in plan.manifest]
     result.units_planned = plan.planned
     result.missing_units = sorted(unit.unit_id for unit in missing)
     for unit in missing:

@@ -21,6 +21,7 @@ import numpy as np
 
 from pipeline.output_layout import dataset_version, publish
 from pipeline.parquet_writer import UINT16_LIMIT, metadata_json
+from pipeline.storage import redact_uri
 
 KEY_PREFIX_CHARS = 48
 KEY_HASH_CHARS = 16
@@ -86,9 +87,7 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def shard_bytes(
-    rows: Iterable[Mapping[str, Any]], fingerprint: Mapping[str, Any] | None = None
-) -> bytes:
+def shard_bytes(rows: Iterable[Mapping[str, Any]], fingerprint: Mapping[str, Any] | None = None) -> bytes:
     """The tar of token rows: per item `<key>.json` then `<key>.tokens.npy`, sorted by key."""
     summary = fingerprint_summary(fingerprint)
     keyed: dict[str, Mapping[str, Any]] = {}
@@ -103,7 +102,7 @@ def shard_bytes(
             row = keyed[key]
             record = {
                 "id": str(row["id"]),
-                "source_uri": str(row.get("source_uri") or ""),
+                "source_uri": redact_uri(str(row.get("source_uri") or "")),
                 "n_frames": int(row["n_frames"]),
                 "duration_s": float(row["duration_s"]),
                 "metadata": json.loads(metadata_json(row.get("metadata"))),

@@ -310,12 +310,12 @@ def build_tar_shards(write: Write, *, seed: int = 0, prefix: str = "") -> Corpus
         spec.items.append(CorpusItem("shard-000001/dotslash"))
     write(name("shard-000001.tar"), buf.getvalue())
 
-    # sub/shard-000002.tar.gz: gzip-compressed shard in a sub folder.
+    # sub/shard-000002.tar.gz: gzip-compressed shard in a sub folder (ids keep the .tar.gz suffix).
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tf:
         for i in range(2):
             _tar_add(tf, f"gz{i}.wav", clip(i))
-            spec.items.append(CorpusItem(f"sub/shard-000002/gz{i}"))
+            spec.items.append(CorpusItem(f"sub/shard-000002.tar.gz/gz{i}"))
     write(name("sub/shard-000002.tar.gz"), buf.getvalue())
 
     # shard-000003: truncated inside the audio data of the third key.

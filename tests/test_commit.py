@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import tarfile
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import fsspec
@@ -13,14 +16,20 @@ import pyarrow.dataset as pads
 import pytest
 
 from pipeline.commit import (
+    add_webdataset_twin,
     cleanup_tmp,
     commit_unit,
     committed_source_uris,
     committed_unit_ids,
+    entry_formats,
+    entry_problem,
     load_errors,
     load_tokens,
     read_manifest,
+    read_manifest_report,
     read_run_records,
+    read_run_records_report,
+    units_lacking,
     write_run_record,
 )
 from pipeline.dataset_card import render_dataset_card, write_dataset_card
@@ -45,11 +54,15 @@ class Crash(Exception):
     """Stands for a worker dying between publishing data and publishing the manifest."""
 
 
-
-
 @pytest.fixture
 def layout(store):
     return OutputLayout.for_fingerprint(store[1], FP)
+
+
+@pytest.fixture
+def store_root_2(store):
+    """Fresh output roots on the same store (sub-folders of its root)."""
+    return lambda fs: f"{store[1]}/root-{uuid.uuid4().hex[:8]}"
 
 
 def make_rows(n: int, unit: str, seed: int = 0) -> list[dict]:
@@ -291,9 +304,7 @@ def test_concurrent_units_all_commit(store, layout):
     with ThreadPoolExecutor(4) as pool:
         list(
             pool.map(
-                lambda u: commit_unit(
-                    fs, layout, u, token_rows=make_rows(3, u, seed=len(u)), fingerprint=FP
-                ),
+                lambda u: commit_unit(fs, layout, u, token_rows=make_rows(3, u, seed=len(u)), fingerprint=FP),
                 units,
             )
         )
@@ -348,3 +359,178 @@ def test_dataset_card(store, layout):
     real = render_dataset_card({**FP, "weights": "hf:some/repo"}, counts={}, random_weights=False)
     assert "RANDOMLY" not in real
     assert "< 16384" in real and "< 8192" in real
+
+
+# --- damaged manifest entries -------------------------------------------------------------------
+
+
+def test_damaged_manifest_entries_are_reported_not_raised(store, layout, caplog):
+    fs, _ = store
+    for unit in ("u1", "u2", "u3", "u4", "u5"):
+        commit_unit(fs, layout, unit, token_rows=make_rows(2, unit), fingerprint=FP)
+    good = fs.cat_file(layout.manifest_path("u1"))
+    fs.pipe_file(layout.manifest_path("u2"), good[: len(good) // 2])  # truncated
+    fs.pipe_file(layout.manifest_path("u3"), good)  # names u1
+    entry = json.loads(good)
+    entry["unit_id"] = "u4"
+    del entry["files"][0]["sha256"]
+    fs.pipe_file(layout.manifest_path("u4"), json.dumps(entry).encode())
+    fs.pipe_file(layout.manifest_path("u5"), b"[1, 2]")
+    found = read_manifest_report(fs, layout)
+    assert list(found.entries) == ["u1"]
+    assert set(found.damaged) == {f"_manifest/u{i}.json" for i in (2, 3, 4, 5)}
+    assert "JSON" in found.damaged["_manifest/u2.json"]
+    assert "names unit 'u1'" in found.damaged["_manifest/u3.json"]
+    assert "sha256" in found.damaged["_manifest/u4.json"]
+    with caplog.at_level("WARNING", logger="pipeline.commit"):
+        assert list(read_manifest(fs, layout)) == ["u1"]  # damaged units count as not committed
+    assert "4 damaged manifest entries" in caplog.text
+    assert committed_unit_ids(fs, layout) == {"u1"}
+    assert load_tokens(fs, layout).num_rows == 2
+    # the recommit of a damaged unit overwrites its entry
+    commit_unit(fs, layout, "u2", token_rows=make_rows(2, "u2"), fingerprint=FP)
+    assert set(read_manifest_report(fs, layout).entries) == {"u1", "u2"}
+
+
+def test_entry_problem_checks_shape():
+    files = [{"path": "tokens/part-u.parquet", "kind": "tokens", "sha256": "ab"}]
+    assert entry_problem({"unit_id": "u", "files": files}, "u") is None
+    assert "files" in entry_problem({"unit_id": "u"}, "u")
+    assert "inside" in entry_problem({"unit_id": "u", "files": [{**files[0], "path": "../x.parquet"}]}, "u")
+    assert "unit_info" in entry_problem({"unit_id": "u", "files": files, "unit_info": [1]}, "u")
+
+
+def test_damaged_run_records_are_skipped(store, layout):
+    fs, _ = store
+    write_run_record(fs, layout, "r1", {"kind": "tokenize"})
+    fs.pipe_file(layout.run_path("r2"), b'{"kind": "tok')
+    found = read_run_records_report(fs, layout)
+    assert list(found.records) == ["r1"] and list(found.damaged) == ["runs/r2.json"]
+    assert list(read_run_records(fs, layout)) == ["r1"]
+
+
+# --- secrets never reach the output -------------------------------------------------------------
+
+SECRET_URIS = (
+    "s3://AKIAEXAMPLEKEY:SECRETVALUE@bucket/x.wav",
+    "https://h.example/x.wav?X-Amz-Credential=AKIAEXAMPLEKEY%2F20260101&X-Amz-Signature=abc123sig"
+    "&X-Amz-Expires=60",
+)
+LEAKS = ("SECRETVALUE", "abc123sig", "AKIAEXAMPLEKEY")
+
+
+def all_bytes(fs, folder: str) -> bytes:
+    fs.invalidate_cache()
+    return b"".join(fs.cat_file(path) for path in fs.find(folder))
+
+
+def test_credentials_in_uris_never_reach_written_bytes(store, layout):
+    fs, _ = store
+    rows = make_rows(2, "u1")
+    for row, uri in zip(rows, SECRET_URIS, strict=True):
+        row["source_uri"] = uri
+    errors = [
+        {
+            "id": f"bad{i}",
+            "source_uri": uri,
+            "stage": "read",
+            "reason": "unreadable",
+            "detail": f"HTTP 403 reading {uri}: X-Amz-Signature=abc123sig rejected",
+        }
+        for i, uri in enumerate(SECRET_URIS)
+    ]
+    info = {"kind": "files", "root": "s3://AKIAEXAMPLEKEY:SECRETVALUE@bucket", "uris": list(SECRET_URIS)}
+    commit_unit(
+        fs,
+        layout,
+        "u1",
+        token_rows=rows,
+        error_rows=errors,
+        fingerprint=FP,
+        formats=("parquet", "webdataset"),
+        unit_info=info,
+    )
+    write_run_record(
+        fs,
+        layout,
+        "r1",
+        {
+            "config": {
+                "input": SECRET_URIS[0],
+                "output": SECRET_URIS[1],
+                "weights": SECRET_URIS[0],
+                "storage_options": {"key": "AKIAEXAMPLEKEY", "secret": "SECRETVALUE"},
+            },
+            "notes": [SECRET_URIS[1]],
+            "token_rate": 50,
+        },
+    )
+    write_dataset_card(fs, layout, {**FP, "weights_url": SECRET_URIS[1]})
+    data = all_bytes(fs, layout.version_url)
+    assert data  # tokens, errors, tar, manifest, run record, card
+    for leak in LEAKS:
+        assert leak.encode() not in data, leak
+    tokens = load_tokens(fs, layout).column("source_uri").to_pylist()
+    assert sorted(tokens) == sorted(
+        [
+            "s3://***@bucket/x.wav",
+            "https://h.example/x.wav?X-Amz-Credential=***&X-Amz-Signature=***&X-Amz-Expires=60",
+        ]
+    )
+    assert read_run_records(fs, layout)["r1"]["token_rate"] == 50
+
+
+# --- formats and the WebDataset twin ------------------------------------------------------------
+
+
+def test_entry_records_formats(store, layout):
+    fs, _ = store
+    commit_unit(fs, layout, "u1", token_rows=make_rows(2, "u1"), fingerprint=FP)
+    commit_unit(
+        fs, layout, "u2", token_rows=make_rows(2, "u2"), fingerprint=FP, formats=("parquet", "webdataset")
+    )
+    manifest = read_manifest(fs, layout)
+    assert manifest["u1"]["formats"] == ["parquet"]
+    assert manifest["u2"]["formats"] == ["parquet", "webdataset"]
+    assert units_lacking(manifest, "webdataset") == ["u1"]
+    legacy = {k: v for k, v in manifest["u2"].items() if k != "formats"}
+    assert entry_formats(legacy) == ["parquet", "webdataset"]
+
+
+def tar_members(data: bytes) -> dict[str, bytes]:
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+
+
+def test_webdataset_twin_equals_a_tar_written_at_commit(store, store_root_2):
+    fs, _ = store
+    rows = make_rows(5, "u1", seed=3)
+    rows[0]["metadata"] = {"nested": {"a": [1, 2.5, "x"]}, "text": "é"}
+    both = OutputLayout.for_fingerprint(store_root_2(fs), FP)
+    commit_unit(fs, both, "u1", token_rows=rows, fingerprint=FP, formats=("parquet", "webdataset"))
+    only = OutputLayout.for_fingerprint(store_root_2(fs), FP)
+    commit_unit(fs, only, "u1", token_rows=rows, fingerprint=FP, unit_info={"kind": "files"})
+    entry = read_manifest(fs, only)["u1"]
+    new = add_webdataset_twin(fs, only, "u1", entry, FP)
+    assert new == read_manifest(fs, only)["u1"]
+    assert new["formats"] == ["parquet", "webdataset"]
+    twin = fs.cat_file(only.wds_path("u1"))
+    reference = fs.cat_file(both.wds_path("u1"))
+    assert tar_members(twin) == tar_members(reference)
+    assert twin == reference
+    record = next(f for f in new["files"] if f["kind"] == "webdataset")
+    assert record["sha256"] == hashlib.sha256(twin).hexdigest() and record["rows"] == 5
+    assert {f["path"] for f in new["files"]} == {"tokens/part-u1.parquet", "wds/u1.tar"}
+    # safe to repeat: nothing changes
+    assert add_webdataset_twin(fs, only, "u1", new, FP) == new
+    assert read_manifest(fs, only)["u1"] == new
+    assert load_tokens(fs, only, verify=True).num_rows == 5
+
+
+def test_webdataset_twin_of_an_all_failed_unit_writes_no_tar(store, layout):
+    fs, _ = store
+    commit_unit(fs, layout, "u1", token_rows=[], error_rows=error_rows("u1", 2), fingerprint=FP)
+    entry = add_webdataset_twin(fs, layout, "u1", read_manifest(fs, layout)["u1"], FP)
+    assert entry["formats"] == ["parquet", "webdataset"]
+    assert not fs.exists(layout.wds_path("u1"))
+    assert units_lacking(read_manifest(fs, layout), "webdataset") == []

@@ -198,7 +198,7 @@ def test_single_file_and_glob(local_corpora):
     got = sorted(it.item_id for u in flacs for it in read_unit(u))
     want = sorted(i.item_id for i in local_corpora.specs["files"].items if i.item_id.endswith(".flac"))
     assert got == want
-    star = plan_units(str(root / "rates" / "*.wav"))
+    star = plan_units(str(root / "rates"), glob="*.wav")
     assert sorted(it.item_id for u in star for it in read_unit(u)) == sorted(
         posixpath.basename(i.item_id)
         for i in local_corpora.specs["files"].items
@@ -296,9 +296,16 @@ def test_manifest_resolution_and_duplicate_ids(tmp_path, local_corpora):
     units2 = plan_units(str(edited / "manifest.jsonl"), files_per_unit=2)
     changed = [a.unit_id != b.unit_id for a, b in zip(units, units2, strict=True)]
     assert changed == [True, False, False]  # m2 (row 1) lives in the first unit
-    (edited / "dup.jsonl").write_text('{"id": "a", "audio": "x.wav"}\n{"id": "a", "audio": "y.wav"}\n')
-    with pytest.raises(ValueError, match="duplicate"):
-        plan_units(str(edited / "dup.jsonl"))
+    # Repeated rows and reused ids are error rows of the later rows, never a failed plan.
+    (edited / "dup.jsonl").write_text(
+        '{"id": "a", "audio": "audio/a.wav"}\n{"id": "a", "audio": "audio/c d.wav"}\n'
+        '{"id": "a", "audio": "audio/a.wav"}\n'
+    )
+    dup = {it.item_id: it for it in _read_all(plan_units(str(edited / "dup.jsonl")), None)}
+    assert sorted(dup) == ["a", "a#dup1", "a#dup2"]
+    assert dup["a"].error is None
+    assert dup["a#dup1"].error.reason == "duplicate_id"
+    assert dup["a#dup2"].error.reason == "duplicate_item"
 
 
 def test_aws_env_routes_planning_and_reading(s3_corpora, aws_env):
@@ -321,11 +328,31 @@ def test_safe_relpath():
 def test_storage_outage_fails_the_unit_instead_of_recording_items_as_errors():
     """Connection refused (nothing listens on the port) outlasts the retries: the unit must fail,
     so the job stops with the storage error and a rerun redoes it; its items are not 'bad'."""
-    options = {"key": "k", "secret": "s", "endpoint_url": "http://127.0.0.1:9",
-               "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 1}}
+    options = {
+        "key": "k",
+        "secret": "s",
+        "endpoint_url": "http://127.0.0.1:9",
+        "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 1},
+    }
     unit = InputUnit(unit_id="files-x", kind="files", uris=("s3://bucket/a.wav",), root="s3://bucket")
     with pytest.raises(Exception) as raised:
         list(read_unit(unit, storage_options=options))
     from pipeline.storage import is_transient
 
     assert is_transient(raised.value)
+
+
+def test_glob_characters_in_folder_names_are_literal(tmp_path, tiny_wav_bytes):
+    """Real folder names contain [ ] * ? {: only glob= is a pattern."""
+    weird = tmp_path / "set [v1] *take? {a,b}"
+    (weird / "sub").mkdir(parents=True)
+    (weird / "a.wav").write_bytes(tiny_wav_bytes)
+    (weird / "sub" / "b.wav").write_bytes(tiny_wav_bytes)
+    (tmp_path / "set v take").mkdir()  # what a glob would have matched instead
+    (tmp_path / "set v take" / "decoy.wav").write_bytes(tiny_wav_bytes)
+    ids = sorted(it.item_id for u in plan_units(str(weird)) for it in read_unit(u))
+    assert ids == ["a.wav", "sub/b.wav"]
+    only_sub = plan_units(str(weird), glob="sub/*.wav")
+    assert [it.item_id for u in only_sub for it in read_unit(u)] == ["sub/b.wav"]
+    with pytest.raises(FileNotFoundError):  # a pattern in the URL is no pattern: no such folder
+        plan_units(str(tmp_path / "set [v] take"))

@@ -60,8 +60,52 @@ def test_status_cli_text_and_json(two_runs, capsys) -> None:
 
 
 def test_old_records_without_timestamps_get_them_from_the_run_id(tmp_path: Path) -> None:
-    run = RunStatus.from_record("20260101T120000Z-abcd1234", {"kind": "tokenize", "wall_seconds": 90.0,
-                                                               "audio_seconds": 180.0})
+    run = RunStatus.from_record(
+        "20260101T120000Z-abcd1234", {"kind": "tokenize", "wall_seconds": 90.0, "audio_seconds": 180.0}
+    )
     assert run.started_at == "2026-01-01T12:00:00+00:00"
     assert run.finished_at == "2026-01-01T12:01:30+00:00"
     assert run.real_time_factor == pytest.approx(2.0)
+
+
+def test_status_lists_damaged_entries_and_records_and_the_live_writer(tmp_path: Path) -> None:
+    import fsspec
+    import numpy as np
+
+    from pipeline.commit import commit_unit, write_run_record
+    from pipeline.output_layout import OutputLayout
+    from pipeline.output_lock import acquire_lease
+
+    fp = {"codec": "semanticodec", "token_rate": 50, "semantic_vocab_size": 16384, "test": "status"}
+    fs = fsspec.filesystem("file")
+    out = str(tmp_path / "out")
+    layout = OutputLayout.for_fingerprint(out, fp)
+    row = {
+        "id": "a",
+        "semantic_tokens": np.arange(3),
+        "acoustic_tokens": np.arange(3),
+        "n_frames": 3,
+        "duration_s": 0.06,
+        "source_uri": "file:///a",
+        "metadata": {},
+    }
+    for unit in ("u1", "u2"):
+        commit_unit(fs, layout, unit, token_rows=[{**row, "id": unit}], fingerprint=fp)
+    Path(layout.manifest_path("u2")).write_text("{trunc")
+    write_run_record(fs, layout, "20260101T120000Z-aaaaaaaa", {"kind": "tokenize", "wall_seconds": 1.0})
+    Path(layout.run_path("20260101T130000Z-bbbbbbbb")).write_text('{"kind": ')
+    Path(layout.run_path("20260101T140000Z-cccccccc")).write_text('{"kind": "tokenize", "wall_seconds": "x"}')
+    with acquire_lease(fs, layout, "20260101T150000Z-dddddddd", heartbeat=False):
+        status = output_status(out)
+    version = status.versions[0]
+    assert (version.units_committed, version.items) == (1, 1)
+    assert list(version.damaged_entries) == ["_manifest/u2.json"]
+    assert sorted(version.damaged_runs) == [
+        "runs/20260101T130000Z-bbbbbbbb.json",
+        "runs/20260101T140000Z-cccccccc.json",
+    ]
+    assert [r.run_id for r in version.runs] == ["20260101T120000Z-aaaaaaaa"]
+    assert version.writer and "20260101T150000Z-dddddddd" in version.writer
+    text = status.text()
+    assert "damaged manifest entries" in text and "_manifest/u2.json" in text
+    assert "damaged run records" in text and "being written now by run 20260101T150000Z-dddddddd" in text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import errno
 import uuid
 
@@ -9,12 +10,17 @@ import pytest
 import s3fs
 
 from pipeline.storage import (
+    current_stamp,
     full_uri,
     is_transient,
     join_url,
     open_filesystem,
     redact_options,
+    redact_text,
+    redact_uri,
+    redact_value,
     s3_options_from_env,
+    source_stamp,
     with_retries,
 )
 
@@ -190,3 +196,117 @@ def test_server_restart_keeps_data_and_outage_is_transient(s3_server, s3_bucket)
     finally:
         s3_server.start()
     assert s3_server.filesystem().cat_file(path) == b"survives"
+
+
+# --- redaction ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [
+        ("s3://AKIA:SECRET@bucket/x.wav", "s3://***@bucket/x.wav"),
+        ("s3://AKIA:ab/cd+ef@bucket/x.wav", "s3://***@bucket/x.wav"),  # AWS secrets hold "/"
+        ("https://user@h/x.wav", "https://***@h/x.wav"),
+        (
+            "https://h/x.wav?X-Amz-Credential=AKIA%2F2026&X-Amz-Signature=abc&X-Amz-Expires=60#t",
+            "https://h/x.wav?X-Amz-Credential=***&X-Amz-Signature=***&X-Amz-Expires=60#t",
+        ),
+        (
+            "https://h/x?X-Amz-Security-Token=t&Signature=s&sig=g&token=k&access_token=a"
+            "&AWSAccessKeyId=id&key=v&secret=s2&password=p&sv=2024",
+            "https://h/x?X-Amz-Security-Token=***&Signature=***&sig=***&token=***&access_token=***"
+            "&AWSAccessKeyId=***&key=***&secret=***&password=***&sv=2024",
+        ),
+    ],
+)
+def test_redact_uri_removes_credentials(uri, expected):
+    assert redact_uri(uri) == expected
+    assert redact_uri(expected) == expected  # safe to repeat
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "s3://bucket/dir/file.wav",
+        "s3://bucket/a@b.wav",
+        "http://host:9000/files/user@example.wav",
+        "file:///data/a b/ü.wav",
+        "/local/path/x.wav",
+        "relative/x.wav?key=1",  # not a URI: left alone
+        "gs://b/x.wav?generation=3",
+        "",
+    ],
+)
+def test_redact_uri_leaves_plain_uris_identical(uri):
+    assert redact_uri(uri) == uri
+
+
+def test_redact_text_finds_uris_and_parameters_in_free_text():
+    text = (
+        "decode failed for s3://K:S3CR3T@b/x.wav (HTTP 403: https://h/y?X-Amz-Signature=zzz&a=1); "
+        "botocore said X-Amz-Credential=AKIA/2026 token_rate=50"
+    )
+    out = redact_text(text)
+    assert "S3CR3T" not in out and "zzz" not in out and "AKIA" not in out
+    assert "s3://***@b/x.wav" in out and "a=1" in out and "token_rate=50" in out
+    plain = "no header in clip.wav (size=12)"
+    assert redact_text(plain) == plain
+
+
+def test_redact_value_is_recursive_and_keeps_numbers():
+    record = {
+        "config": {
+            "input": "s3://K:S@b/in",
+            "storage_options": {"key": "K", "secret": "S", "client_kwargs": {"aws_session_token": "T"}},
+            "token_rate": 50,
+        },
+        "uris": ["https://h/x?sig=abc", "s3://b/plain"],
+        "n": 3,
+    }
+    out = redact_value(record)
+    assert out == {
+        "config": {
+            "input": "s3://***@b/in",
+            "storage_options": {"key": "***", "secret": "***", "client_kwargs": {"aws_session_token": "***"}},
+            "token_rate": 50,
+        },
+        "uris": ["https://h/x?sig=***", "s3://b/plain"],
+        "n": 3,
+    }
+
+
+# --- source stamps ------------------------------------------------------------------------------
+
+
+def test_source_stamp_forms():
+    assert source_stamp({"size": 10, "ETag": '"abc"', "LastModified": 5}) == "size:10;etag:abc"
+    assert source_stamp({"size": 10, "mtime": 1796059587.3274446}) == "size:10;mtime:1796059587.3274446"
+    when = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    assert source_stamp({"size": 10, "LastModified": when}) == f"size:10;mtime:{when.timestamp()}"
+
+
+def test_current_stamp_sees_changes_locally(tmp_path):
+    import fsspec
+
+    fs = fsspec.filesystem("file")
+    path = tmp_path / "x.wav"
+    path.write_bytes(b"one")
+    first = current_stamp(fs, str(path))
+    assert first.startswith("size:3;mtime:")
+    assert current_stamp(fs, str(path)) == first
+    path.write_bytes(b"longer")
+    assert current_stamp(fs, str(path)).startswith("size:6;")
+    path.unlink()
+    with pytest.raises(FileNotFoundError):
+        current_stamp(fs, str(path))
+
+
+def test_current_stamp_on_s3_uses_the_etag(s3_server, s3_bucket):
+    fs = s3_server.filesystem()
+    path = f"{s3_bucket[5:]}/x.wav"
+    fs.pipe_file(path, b"one")
+    listed = fs.ls(s3_bucket[5:], detail=True)[0]
+    first = current_stamp(fs, path)
+    assert first.startswith("size:3;etag:") and source_stamp(listed) == first
+    fs.pipe_file(path, b"two")  # same size, new content
+    assert current_stamp(fs, path) != first

@@ -272,12 +272,15 @@ def test_every_config_field_can_be_set_from_the_command_line(tmp_path: Path) -> 
     (tmp_path / "job.yaml").write_text("input: in\noutput: out\nread_cpus: 0.25\nfiles_per_unit: 7\n"
                                        "codec_size: tiny\nweights: random:0\n")
     args = argparse.Namespace(command="tokenize", config=str(tmp_path / "job.yaml"), verbose=False,
-                              settings=["read_cpus=1", "storage_options={anon: true}", "files_per_unit=9"],
+                              settings=["read_cpus=1", "storage_options={anon: true}"],
                               files_per_unit=11, input=None, output=None)
     config = tokenize_config(args)
     assert config.read_cpus == 1 and config.storage_options == {"anon": True}
-    assert config.files_per_unit == 11  # a named flag beats --set, which beats the file
-    with pytest.raises(ConfigError, match="unknown config field"):
+    assert config.files_per_unit == 11  # a named flag and --set both beat the file
+    both = argparse.Namespace(**{**vars(args), "settings": ["files_per_unit=9"]})
+    with pytest.raises(ConfigError, match="conflicts"):  # never silently dropped
+        tokenize_config(both)
+    with pytest.raises(ConfigError, match="unknown --set field 'no_such_field'"):
         tokenize_config(argparse.Namespace(command="tokenize", config=None, verbose=False,
                                            settings=["no_such_field=1"], input="a", output="b"))
     with pytest.raises(ConfigError, match="read_cpus"):

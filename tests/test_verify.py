@@ -1,0 +1,137 @@
+"""`semtok verify` tells the truth: nothing committed fails, damaged entries and changed inputs are
+problems, never crashes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import fsspec
+import numpy as np
+
+from pipeline.commit import commit_unit, write_run_record
+from pipeline.output_layout import OutputLayout
+from pipeline.sources import plan_units
+from pipeline.storage import source_stamp
+from pipeline.verify import verify
+from tests.corpus import speech_like, wav_bytes
+
+REPO = Path(__file__).resolve().parents[1]
+FP = {"codec": "semanticodec", "token_rate": 50, "semantic_vocab_size": 16384, "test": "verify"}
+
+
+def token_row(item_id: str, n: int = 3, source_uri: str = "") -> dict:
+    return {
+        "id": item_id,
+        "semantic_tokens": np.arange(n, dtype=np.uint16),
+        "acoustic_tokens": np.arange(n, dtype=np.uint16),
+        "n_frames": n,
+        "duration_s": 0.06,
+        "source_uri": source_uri or f"file:///x/{item_id}",
+        "metadata": {},
+    }
+
+
+def committed(tmp_path: Path, units: dict[str, list[str]]) -> tuple[str, OutputLayout]:
+    out = str(tmp_path / "out")
+    fs = fsspec.filesystem("file")
+    layout = OutputLayout.for_fingerprint(out, FP)
+    for unit, ids in units.items():
+        commit_unit(fs, layout, unit, token_rows=[token_row(i) for i in ids], fingerprint=FP)
+    return out, layout
+
+
+def test_missing_output_path_fails(tmp_path):
+    report = verify(str(tmp_path / "typo"))
+    assert not report.ok and report.problems == 1
+    assert report.issues == [f"output path does not exist: {tmp_path / 'typo'}"]
+    assert "output path does not exist" in report.text()
+
+
+def test_output_without_committed_units_fails(tmp_path):
+    (tmp_path / "empty").mkdir()
+    report = verify(str(tmp_path / "empty"))
+    assert not report.ok and report.issues == [f"no committed units under {tmp_path / 'empty'}"]
+    # a version that only has a run record (nothing committed) fails too
+    out = str(tmp_path / "out")
+    layout = OutputLayout.for_fingerprint(out, FP)
+    write_run_record(fsspec.filesystem("file"), layout, "r1", {"kind": "tokenize"})
+    report = verify(out)
+    assert not report.ok
+    assert report.versions[0].issues == [f"no committed units under {layout.version_url}"]
+
+
+def test_version_folder_given_as_root_gets_a_hint(tmp_path):
+    out, layout = committed(tmp_path, {"u1": ["a"]})
+    assert verify(out).ok
+    report = verify(layout.version_url)
+    assert not report.ok
+    assert f"pass its parent {out} with --version {layout.version}" in report.issues[0]
+
+
+def test_damaged_manifest_entries_are_problems_not_crashes(tmp_path):
+    out, layout = committed(tmp_path, {"u1": ["a"], "u2": ["b"], "u3": ["c"]})
+    Path(layout.manifest_path("u2")).write_text('{"unit_id": "u2", "fil')
+    Path(layout.manifest_path("u3")).write_text(json.dumps({"unit_id": "u3"}))
+    report = verify(out)
+    v = report.versions[0]
+    assert not report.ok and v.units_committed == 1
+    assert [d["path"] for d in v.damaged_entries] == ["_manifest/u2.json", "_manifest/u3.json"]
+    # their data files are no longer listed by any entry: orphans until a rerun recommits them
+    assert v.orphaned_files == ["tokens/part-u2.parquet", "tokens/part-u3.parquet"]
+    text = report.text()
+    assert "damaged manifest entries" in text and "_manifest/u2.json" in text
+    assert json.loads(json.dumps(report.to_dict()))["versions"][0]["damaged_entries"]
+
+
+def test_cli_fails_on_a_mistyped_output(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "jobs.cli", "verify", str(tmp_path / "nope")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "output path does not exist" in done.stdout + done.stderr
+
+
+def write_wav(path: Path, seconds: float, seed: int) -> None:
+    path.write_bytes(wav_bytes(speech_like(seconds, 16000, seed=seed), 16000))
+
+
+def test_input_check_reports_changed_deleted_and_new_items(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(4):
+        write_wav(src / f"f{i}.wav", 0.2, i)
+    out = str(tmp_path / "out")
+    fs = fsspec.filesystem("file")
+    layout = OutputLayout.for_fingerprint(out, FP)
+    units = plan_units(str(src), files_per_unit=2)
+    assert len(units) == 2
+    for n, unit in enumerate(units):
+        info = unit.to_dict()
+        info.pop("stamps", None)
+        if n == 0:  # the first unit has stamps, the second was committed before stamps existed
+            info["stamps"] = [source_stamp(fs.info(fs._strip_protocol(u))) for u in unit.uris]
+        rows = [token_row(u.rsplit("/", 1)[-1], source_uri=u) for u in unit.uris]
+        commit_unit(fs, layout, unit.unit_id, token_rows=rows, fingerprint=FP, unit_info=info)
+    report = verify(out, input=str(src), files_per_unit=2)
+    assert report.ok, report.text()
+    assert any("no source stamps" in note for note in report.versions[0].notes)
+
+    changed, deleted = units[0].uris
+    write_wav(src / changed.rsplit("/", 1)[-1], 0.3, 9)  # new content, new size
+    (src / deleted.rsplit("/", 1)[-1]).unlink()
+    (src / units[1].uris[0].rsplit("/", 1)[-1]).unlink()  # unstamped unit: not checked
+    write_wav(src / "new.wav", 0.2, 7)
+    report = verify(out, input=str(src), files_per_unit=2)
+    v = report.versions[0]
+    assert not report.ok
+    assert v.changed_items == [changed] and v.deleted_items == [deleted]
+    assert v.missing_items == ["new.wav"] and len(v.missing_units) == 1
+    text = report.text()
+    assert "changed items: 1" in text and "deleted items: 1" in text
