@@ -386,36 +386,19 @@ def run_tokenize(config: TokenizeConfig, *, stream: TextIO = sys.stderr) -> RunS
     layout = OutputLayout.for_fingerprint(config.output, fingerprint)
     summary = RunSummary(run_id=run_id, output=redact_uri(layout.version_url))
 
-    work = plan_remaining(config, fs, layout)  # one manifest read: a GET per unit on S3
-    units, done_units = work.units, set(work.manifest) - set(work.changed)
-    if not work.planned and not work.manifest:
-        print(f"[semtok] input {redact_uri(config.input)} holds no {config.input_kind} audio items "
-              "(nothing to do): check the URL, --input-kind and --glob", file=stream, flush=True)
-        return summary
-    twins = missing_twins(work.manifest, config.formats, skip=set(work.changed))
-    summary.units_planned = len(units)
-    summary.units_skipped = len(done_units)
-    print(f"[semtok] output {redact_uri(layout.version_url)}: {len(units)} units to do, "
-          f"{len(done_units)} already committed", file=stream, flush=True)
-    for path, why in list(work.damaged.items())[:5]:
-        print(f"[semtok] damaged manifest entry {path} ({why}): its unit counts as not committed "
-              "and is done again", file=stream, flush=True)
-    if work.changed:
-        print(f"[semtok] {len(work.changed)} committed unit(s) read inputs that changed since: "
-              "tokenizing them again", file=stream, flush=True)
-    if work.deleted_uris:
-        print(f"[semtok] {len(work.deleted_uris)} committed input file(s) are gone from the input; "
-              "their rows stay (`semtok verify --input` lists them)", file=stream, flush=True)
-    if twins:
-        print(f"[semtok] {len(twins)} committed unit(s) lack the requested WebDataset twin: writing "
-              "it from their tokens", file=stream, flush=True)
-    if not units and not twins:
-        print(f"[semtok] nothing to do: every unit is committed with {', '.join(config.formats)}",
-              file=stream, flush=True)
-
     record = {"kind": "tokenize", "config": config.to_dict(), "fingerprint": fingerprint}
     with writer_lease(fs, layout, run_id, "semtok tokenize", stream) as lease, \
             recorded_run(fs, layout, summary, started, stream, record, lease=lease):
+        work = plan_remaining(config, fs, layout)  # one manifest read: a GET per unit on S3
+        units, done_units = work.units, set(work.manifest) - set(work.changed)
+        if not work.planned and not work.manifest:
+            print(f"[semtok] input {redact_uri(config.input)} holds no {config.input_kind} audio "
+                  "items (nothing to do): check the URL, --input-kind and --glob", file=stream, flush=True)
+            return summary
+        twins = missing_twins(work.manifest, config.formats, skip=set(work.changed))
+        summary.units_planned = len(units)
+        summary.units_skipped = len(done_units)
+        _report_plan(work, layout, twins, config, stream)
         for unit_id in twins:
             lease.check()
             entry = with_retries(lambda u=unit_id: add_webdataset_twin(
@@ -430,6 +413,29 @@ def run_tokenize(config: TokenizeConfig, *, stream: TextIO = sys.stderr) -> RunS
     if config.audit_requested:
         _audit_after(config, layout, stream)
     return summary
+
+
+def _report_plan(work: WorkPlan, layout: OutputLayout, twins: list[str], config: TokenizeConfig,
+                 stream: TextIO) -> None:
+    """What this run will do, in a few lines: units, damaged entries, changed and deleted inputs."""
+    done = len(set(work.manifest) - set(work.changed))
+    print(f"[semtok] output {redact_uri(layout.version_url)}: {len(work.units)} units to do, "
+          f"{done} already committed", file=stream, flush=True)
+    for path, why in list(work.damaged.items())[:5]:
+        print(f"[semtok] damaged manifest entry {path} ({why}): its unit counts as not committed "
+              "and is done again", file=stream, flush=True)
+    if work.changed:
+        print(f"[semtok] {len(work.changed)} committed unit(s) read inputs that changed since: "
+              "tokenizing them again", file=stream, flush=True)
+    if work.deleted_uris:
+        print(f"[semtok] {len(work.deleted_uris)} committed input file(s) are gone from the input; "
+              "their rows stay (`semtok verify --input` lists them)", file=stream, flush=True)
+    if twins:
+        print(f"[semtok] {len(twins)} committed unit(s) lack the requested WebDataset twin: writing "
+              "it from their tokens", file=stream, flush=True)
+    if not work.units and not twins:
+        print(f"[semtok] nothing to do: every unit is committed with {', '.join(config.formats)}",
+              file=stream, flush=True)
 
 
 def missing_twins(manifest: Mapping[str, Mapping[str, Any]], formats: Sequence[str], *,

@@ -237,3 +237,28 @@ def test_bucket_manifest_may_not_point_at_local_files_and_secrets_never_leak(
     for path in fs.find(f"{base}/out"):
         data = fs.cat_file(path)
         assert b"hunter2" not in data and b"s3cr3tsig" not in data, path
+
+
+def test_changed_and_deleted_objects_on_s3_are_noticed(ray_local, s3_server, s3_bucket: str) -> None:
+    fs = s3_server.filesystem()
+    base = s3_bucket.removeprefix("s3://")
+    for i in range(3):
+        fs.pipe_file(f"{base}/in/c{i}.wav", _clip(seed=i))
+    config = TokenizeConfig(input=f"{s3_bucket}/in", output=f"{s3_bucket}/out", files_per_unit=2,
+                            storage_options=s3_server.storage_options, progress_interval_s=60, **TINY)
+    run_tokenize(config)
+    fs.pipe_file(f"{base}/in/c0.wav", _clip(0.6, seed=9))  # same key, new ETag
+    fs.rm(f"{base}/in/c2.wav")
+    report = verify(config.output, input=config.input, storage_options=config.storage_options)
+    assert not report.ok
+    (version,) = report.versions
+    assert [u.rsplit("/", 1)[-1] for u in version.changed_items] == ["c0.wav"]
+    assert [u.rsplit("/", 1)[-1] for u in version.deleted_items] == ["c2.wav"]
+    assert run_tokenize(config).units_planned == 1  # c0's unit, again; c2's rows stay
+    rows = {r["id"]: r for r in load_tokens(*_fs_layout(config)).to_pylist()}
+    assert rows["c0.wav"]["duration_s"] == pytest.approx(0.6) and set(rows) == {"c0.wav", "c1.wav", "c2.wav"}
+
+
+def _fs_layout(config: TokenizeConfig) -> tuple:
+    fs, _ = open_filesystem(config.output, config.storage_options)
+    return fs, OutputLayout.for_fingerprint(config.output, job_fingerprint(config))
