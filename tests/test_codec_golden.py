@@ -1,8 +1,7 @@
-"""Full-size parity with the official code on the reproducible random weights (shared/golden/)."""
+"""Full-size parity with the official code on the reproducible random weights (tests/data/golden/)."""
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
@@ -11,7 +10,8 @@ import torch
 
 from codec import SemantiCodec, SemantiCodecConfig
 from codec.encoder import SemantiCodecEncoder
-from tests.golden import load_npy, shared_dir
+from codec.testing.golden_weights import read_json
+from tests.golden import MANIFEST, load_npy, official_intermediate
 
 pytestmark = pytest.mark.slow
 
@@ -37,12 +37,18 @@ def test_tokens_identical_through_seed_api(official_codec: SemantiCodec, golden_
     np.testing.assert_array_equal(tokens.numpy(), expected)
 
 
-@pytest.mark.parametrize("name", ["audiomae_features", "pooled_features", "lstm_input",
-                                  "lstm_output", "linear_output"])
-def test_intermediates_within_1e_4_relative(run, golden_dir, name: str) -> None:
+@pytest.mark.parametrize(
+    "name", ["audiomae_features", "pooled_features", "lstm_input", "lstm_output", "linear_output"]
+)
+def test_intermediates_within_1e_4_relative(run, golden_dir, golden_weights, name: str) -> None:
     _, _, intermediates = run
     ours = intermediates[name][0].numpy()
-    expected = load_npy(golden_dir, name)
+    # pooled features and the LSTM input are rebuilt exactly from stored arrays (digest-checked);
+    # lstm_output is stored for a subset of rows (linear_output, a projection of it, is full)
+    expected, rows = official_intermediate(golden_dir, name, golden_weights)
+    if rows is not None:
+        assert ours.shape[0] == 256
+        ours = ours[rows]
     assert ours.shape == expected.shape
     scale = np.abs(expected).max()
     assert np.abs(ours - expected).max() <= 1e-4 * scale
@@ -51,15 +57,17 @@ def test_intermediates_within_1e_4_relative(run, golden_dir, name: str) -> None:
 def test_fbank_and_ids_identical(run, golden_dir) -> None:
     features, _, intermediates = run
     np.testing.assert_allclose(features[0].numpy(), load_npy(golden_dir, "fbank"), atol=1e-4)
-    np.testing.assert_array_equal(intermediates["semantic_ids"][0].numpy(),
-                                  load_npy(golden_dir, "semantic_ids"))
-    np.testing.assert_array_equal(intermediates["acoustic_ids"][0].numpy(),
-                                  load_npy(golden_dir, "acoustic_ids"))
+    np.testing.assert_array_equal(
+        intermediates["semantic_ids"][0].numpy(), load_npy(golden_dir, "semantic_ids")
+    )
+    np.testing.assert_array_equal(
+        intermediates["acoustic_ids"][0].numpy(), load_npy(golden_dir, "acoustic_ids")
+    )
     assert intermediates["active_tokens"] == [250]  # rows 250–255 are padding (README §2)
 
 
 def _manifest_shapes(file: str) -> dict[str, tuple[int, ...]]:
-    manifest = json.loads((shared_dir() / "golden" / "manifest_rate50.json").read_text())
+    manifest = read_json(MANIFEST)
     return {entry["name"]: tuple(entry["shape"]) for entry in manifest["files"][file]}
 
 
@@ -75,8 +83,11 @@ def test_state_dict_layout_equals_official_rate50() -> None:
 
 
 # Parameter counts (millions) per sub-module from spec §6, for rates 100 / 50 / 25.
-SPEC_COUNTS = {100: {"lstm": 207.7, "linear": 2.36}, 50: {"lstm": 604.1, "linear": 9.44},
-               25: {"lstm": 1510.1, "linear": 37.75}}
+SPEC_COUNTS = {
+    100: {"lstm": 207.7, "linear": 2.36},
+    50: {"lstm": 604.1, "linear": 9.44},
+    25: {"lstm": 1510.1, "linear": 37.75},
+}
 
 
 @pytest.mark.parametrize("rate", [100, 50, 25])
@@ -84,11 +95,12 @@ def test_parameter_counts_match_spec(rate: int) -> None:
     config = SemantiCodecConfig(rate, 4096)
     with torch.device("meta"):
         encoder = SemantiCodecEncoder(config, torch.empty(4096, config.feature_dim))
+
     def millions(module) -> float:
         return sum(p.numel() for p in module.parameters()) / 1e6
+
     assert math.isclose(millions(encoder.encoder), SPEC_COUNTS[rate]["lstm"], abs_tol=0.05)
-    assert math.isclose(millions(encoder.encoder_output_linear), SPEC_COUNTS[rate]["linear"],
-                        abs_tol=0.01)
+    assert math.isclose(millions(encoder.encoder_output_linear), SPEC_COUNTS[rate]["linear"], abs_tol=0.01)
     # AudioMAE encoder part incl. the position table: 85.65 M for every rate.
     assert math.isclose(millions(encoder.audiomae), 85.65, abs_tol=0.01)
     assert tuple(encoder.quantizer._codebook.embed.shape) == (1, 8192, config.feature_dim)

@@ -1,4 +1,4 @@
-"""Decoder parity with the official code on the golden reference (shared/golden/rate50_seed1).
+"""Decoder parity with the official code on the golden reference (tests/data/golden/).
 
 Relative error = max |ours − reference| / max |reference|. Each stage is fed the reference input of
 that stage, so a failure points at one network.
@@ -15,7 +15,7 @@ import torch
 
 from codec import SemantiCodec
 from codec.sampler import NoiseSource
-from tests.golden import load_npy
+from tests.golden import assert_official, load_npy, official_decoded, official_noise
 
 
 def rel_err(ours: torch.Tensor | np.ndarray, ref: np.ndarray) -> float:
@@ -27,8 +27,9 @@ def rel_err(ours: torch.Tensor | np.ndarray, ref: np.ndarray) -> float:
 
 @pytest.fixture(scope="module")
 def codec(golden_weights: Path) -> SemantiCodec:
-    return SemantiCodec(50, 16384, weights=str(golden_weights), device="cpu",
-                        components=("encoder", "decoder"))
+    return SemantiCodec(
+        50, 16384, weights=str(golden_weights), device="cpu", components=("encoder", "decoder")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +40,9 @@ def contexts(codec: SemantiCodec, golden_dir: Path) -> tuple[torch.Tensor, torch
 
 def test_condition_rebuilt_from_tokens_is_exact(contexts, golden_dir: Path) -> None:
     cond, uncond = contexts
-    reference = load_npy(golden_dir, "decoder_condition")
-    np.testing.assert_array_equal(cond[0].numpy(), reference)
+    assert_official(golden_dir, "decoder_condition", cond[0])  # bit for bit, via its digest
     assert (uncond[0, :, :3072] == 0).all()
-    np.testing.assert_array_equal(uncond[0, :, 3072:].numpy(), reference[:, 3072:])
+    np.testing.assert_array_equal(uncond[0, :, 3072:].numpy(), cond[0, :, 3072:].numpy())
 
 
 def test_ddim_schedule_matches_official_constants(codec: SemantiCodec, golden_dir: Path) -> None:
@@ -99,24 +99,25 @@ def test_vocoder_matches(codec: SemantiCodec, golden_dir: Path) -> None:
 
 
 def test_official_seeding_reproduces_reference_noise(golden_dir: Path) -> None:
-    x_t, step_noise = load_npy(golden_dir, "x_T"), load_npy(golden_dir, "step_noise")
+    x_t = load_npy(golden_dir, "x_T")
     torch.manual_seed(1234)  # the official way: global RNG, x_T then one draw per step
     drawn_x, drawn_steps = NoiseSource(generators=[None]).draw([0], 50)
     np.testing.assert_array_equal(drawn_x.numpy(), x_t)
-    np.testing.assert_array_equal(drawn_steps[:, 0].numpy(), step_noise)
+    assert_official(golden_dir, "step_noise", drawn_steps[:, 0].contiguous())
     # our per-clip generator seeded with the same value gives the same stream
     own_x, own_steps = NoiseSource(generators=[torch.Generator().manual_seed(1234)]).draw([0], 50)
     np.testing.assert_array_equal(own_x.numpy(), x_t)
-    np.testing.assert_array_equal(own_steps[:, 0].numpy(), step_noise)
+    assert_official(golden_dir, "step_noise", own_steps[:, 0].contiguous())
 
 
 @pytest.mark.slow
-def test_full_decode_with_reference_noise_matches(codec: SemantiCodec, golden_dir: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_full_decode_with_reference_noise_matches(
+    codec: SemantiCodec, golden_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """50 DDIM steps × one batched UNet call (~1 min on 2 CPU cores)."""
     tokens = torch.from_numpy(load_npy(golden_dir, "tokens"))
-    noise = (torch.from_numpy(load_npy(golden_dir, "x_T")),
-             torch.from_numpy(load_npy(golden_dir, "step_noise"))[None])
+    x_t, step_noise = official_noise(golden_dir)  # redrawn from seed 1234, digest-checked
+    noise = (x_t, step_noise[None])
     latents = []
     original = codec.decoder.latent_to_mel
 
@@ -126,10 +127,12 @@ def test_full_decode_with_reference_noise_matches(codec: SemantiCodec, golden_di
 
     monkeypatch.setattr(codec.decoder, "latent_to_mel", recording)
     wave, lengths = codec.decode_batch(tokens, torch.tensor([252]), noise=noise)
-    reference = load_npy(golden_dir, "decoded")
+    reference = official_decoded(golden_dir)
     assert int(lengths[0]) == reference.shape[-1] == 161280
-    errors = {"final_latent": rel_err(latents[0], load_npy(golden_dir, "final_latent")),
-              "decoded": rel_err(wave[0, : int(lengths[0])], reference[0, 0])}
+    errors = {
+        "final_latent": rel_err(latents[0], load_npy(golden_dir, "final_latent")),
+        "decoded": rel_err(wave[0, : int(lengths[0])], reference[0, 0]),
+    }
     print("full decode relative errors:", errors)
     assert errors["final_latent"] <= 1e-3 and errors["decoded"] <= 1e-3, errors
 
@@ -140,6 +143,6 @@ def test_decode_with_official_seed_equals_official_decode(codec: SemantiCodec, g
     tokens = torch.from_numpy(load_npy(golden_dir, "tokens"))
     wave = codec.decode(tokens, seed=1234)
     assert wave.dtype == np.float32 and wave.shape == (1, 1, 161280)
-    error = rel_err(wave, load_npy(golden_dir, "decoded"))
+    error = rel_err(wave, official_decoded(golden_dir))
     print("decode(seed=1234) relative error:", error)
     assert error <= 1e-3
