@@ -39,8 +39,9 @@ def _clip(index: int, seconds: float) -> tuple[str, np.ndarray]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--items", type=int, default=20)
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each clip")
     parser.add_argument("--size", choices=["full", "tiny"], default="full")
@@ -59,24 +60,44 @@ def main() -> int:
         manifest = root / "manifest.jsonl"
         manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
         started = time.monotonic()
-        run_tokenize(TokenizeConfig(input=str(manifest), output=str(root / "out"), codec_size=args.size,
-                                    weights="random:0", progress_interval_s=60), stream=sys.stderr)
+        run_tokenize(
+            TokenizeConfig(
+                input=str(manifest),
+                output=str(root / "out"),
+                codec_size=args.size,
+                weights="random:0",
+                progress_interval_s=60,
+            ),
+            stream=sys.stderr,
+        )
         tokenize_wall = time.monotonic() - started
         options = {"cpus_per_decoder": args.cpus_per_decoder} if args.cpus_per_decoder else {}
-        result = run_audit(AuditConfig(output=str(root / "out"), sample=args.items, steps=args.steps,
-                                       **options))
+        result = run_audit(
+            AuditConfig(output=str(root / "out"), sample=args.items, steps=args.steps, **options)
+        )
         document = json.loads(Path(result.json_url).read_text())
         timing = document["timing"]
         per_item = [item["decode_seconds"] for item in document["items"] if not item["error"]]
-        print(json.dumps({
-            "items": args.items, "seconds_per_item": args.seconds, "size": args.size, "steps": args.steps,
-            "tokenize_wall_s": round(tokenize_wall, 1), "audit_wall_s": round(timing["wall_seconds"], 1),
-            "decode_s_per_item_mean": round(float(np.mean(per_item)), 2),
-            "decode_s_per_item_max": round(float(np.max(per_item)), 2),
-            "decode_s_per_audio_s": round(timing["decode_seconds_per_audio_second"], 3),
-            "score_s_total": round(timing["score_seconds_total"], 1), "decoders": timing["decoders"],
-            "scored": result.scored, "failed": result.failed,
-        }, indent=1))
+        print(
+            json.dumps(
+                {
+                    "items": args.items,
+                    "seconds_per_item": args.seconds,
+                    "size": args.size,
+                    "steps": args.steps,
+                    "tokenize_wall_s": round(tokenize_wall, 1),
+                    "audit_wall_s": round(timing["wall_seconds"], 1),
+                    "decode_s_per_item_mean": round(float(np.mean(per_item)), 2),
+                    "decode_s_per_item_max": round(float(np.max(per_item)), 2),
+                    "decode_s_per_audio_s": round(timing["decode_seconds_per_audio_second"], 3),
+                    "score_s_total": round(timing["score_seconds_total"], 1),
+                    "decoders": timing["decoders"],
+                    "scored": result.scored,
+                    "failed": result.failed,
+                },
+                indent=1,
+            )
+        )
     return 0
 
 

@@ -31,9 +31,16 @@ def sync(device: torch.device) -> None:
 def window_tokens(codec: SemantiCodec, windows: int, seed: int = 0) -> list[torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     n = codec.config.tokens_per_segment
-    return [torch.stack([torch.randint(0, codec.config.semantic_vocab_size, (n,), generator=generator),
-                         torch.randint(0, 8192, (n,), generator=generator)], dim=-1)
-            for _ in range(windows)]
+    return [
+        torch.stack(
+            [
+                torch.randint(0, codec.config.semantic_vocab_size, (n,), generator=generator),
+                torch.randint(0, 8192, (n,), generator=generator),
+            ],
+            dim=-1,
+        )
+        for _ in range(windows)
+    ]
 
 
 def timed(fn, device: torch.device, repeats: int) -> float:
@@ -53,23 +60,29 @@ def measure(codec: SemantiCodec, windows: int, steps: int, repeats: int, dtype: 
     device = codec.device
     tokens = window_tokens(codec, windows)
     generator = torch.Generator().manual_seed(1)
-    noise = NoiseSource(explicit=(torch.randn(windows, *LATENT_SHAPE, generator=generator),
-                                  torch.randn(windows, steps, *LATENT_SHAPE, generator=generator)))
+    noise = NoiseSource(
+        explicit=(
+            torch.randn(windows, *LATENT_SHAPE, generator=generator),
+            torch.randn(windows, steps, *LATENT_SHAPE, generator=generator),
+        )
+    )
     schedule = decoder.schedule(steps)
     with torch.inference_mode():
         cond, uncond = decoder.conditions.build(tokens)
         x_t, step_noise = noise.draw(list(range(windows)), steps)
         latent = ddim_sample(decoder.unet, schedule, cond, uncond, x_t, step_noise)  # warm-up
-        sampling = timed(lambda: ddim_sample(decoder.unet, schedule, cond, uncond, x_t, step_noise),
-                         device, repeats)
+        sampling = timed(
+            lambda: ddim_sample(decoder.unet, schedule, cond, uncond, x_t, step_noise), device, repeats
+        )
         tail = timed(lambda: decoder.mel_to_wave(decoder.latent_to_mel(latent)), device, repeats)
         wave = decoder.mel_to_wave(decoder.latent_to_mel(latent)).cpu()
     return {"windows": windows, "step_s": sampling / steps, "tail_s": tail, "wave": wave}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--token-rate", type=int, default=50)
     parser.add_argument("--vocab", type=int, default=16384)
     parser.add_argument("--size", default="full")
@@ -87,21 +100,41 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     started = time.perf_counter()
-    codec = SemantiCodec(args.token_rate, args.vocab, weights=args.weights, size=args.size,
-                         device=args.device, components=("encoder", "decoder"))
-    print(json.dumps({"device": str(codec.device), "size": args.size, "token_rate": args.token_rate,
-                      "threads": torch.get_num_threads(), "load_s": round(time.perf_counter() - started, 1),
-                      "steps_run": args.steps, "reported_at_steps": args.report_steps}))
+    codec = SemantiCodec(
+        args.token_rate,
+        args.vocab,
+        weights=args.weights,
+        size=args.size,
+        device=args.device,
+        components=("encoder", "decoder"),
+    )
+    print(
+        json.dumps(
+            {
+                "device": str(codec.device),
+                "size": args.size,
+                "token_rate": args.token_rate,
+                "threads": torch.get_num_threads(),
+                "load_s": round(time.perf_counter() - started, 1),
+                "steps_run": args.steps,
+                "reported_at_steps": args.report_steps,
+            }
+        )
+    )
     reference: dict[int, torch.Tensor] = {}
     for dtype_name in args.dtypes:
         dtype = getattr(torch, dtype_name)
         for windows in args.windows:
             result = measure(codec, windows, args.steps, args.repeats, dtype)
             per_window = (args.report_steps * result["step_s"] + result["tail_s"]) / windows
-            row = {"dtype": dtype_name, "windows_batched": windows,
-                   "unet_step_s": round(result["step_s"], 3), "vae_vocoder_s": round(result["tail_s"], 3),
-                   f"s_per_window_at_{args.report_steps}_steps": round(per_window, 2),
-                   "realtime_factor": round(10.24 / per_window, 3)}
+            row = {
+                "dtype": dtype_name,
+                "windows_batched": windows,
+                "unet_step_s": round(result["step_s"], 3),
+                "vae_vocoder_s": round(result["tail_s"], 3),
+                f"s_per_window_at_{args.report_steps}_steps": round(per_window, 2),
+                "realtime_factor": round(10.24 / per_window, 3),
+            }
             if dtype_name == "float32":
                 reference[windows] = result["wave"]
             elif windows in reference:
@@ -114,8 +147,11 @@ def main() -> None:
         tokens = torch.cat(window_tokens(codec, 1))[None]
         start = time.perf_counter()
         codec.decode_batch(tokens, steps=args.steps, seed=0)
-        print(json.dumps({"end_to_end_one_window_s": round(time.perf_counter() - start, 2),
-                          "steps": args.steps}))
+        print(
+            json.dumps(
+                {"end_to_end_one_window_s": round(time.perf_counter() - start, 2), "steps": args.steps}
+            )
+        )
 
 
 if __name__ == "__main__":

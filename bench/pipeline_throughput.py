@@ -48,10 +48,17 @@ def write_corpus(folder: Path, files: int, seconds: float, seed: int = 0) -> lis
 
 
 def config_for(args, input_dir: Path, output: Path) -> TokenizeConfig:
-    return TokenizeConfig(input=str(input_dir), output=str(output), weights=args.weights,
-                          token_rate=args.token_rate, semantic_vocab_size=args.vocab, codec_size=args.size,
-                          encode_batch_segments=args.batch, progress_interval_s=3600,
-                          files_per_unit=args.files_per_unit)
+    return TokenizeConfig(
+        input=str(input_dir),
+        output=str(output),
+        weights=args.weights,
+        token_rate=args.token_rate,
+        semantic_vocab_size=args.vocab,
+        codec_size=args.size,
+        encode_batch_segments=args.batch,
+        progress_interval_s=3600,
+        files_per_unit=args.files_per_unit,
+    )
 
 
 def throughput(args) -> None:
@@ -88,15 +95,22 @@ def throughput(args) -> None:
     summary = run_tokenize(config, stream=open(os.devnull, "w"))
     ray.shutdown()
     result = {
-        "files": args.files, "seconds_per_file": args.seconds, "audio_s": round(audio_s, 1),
-        "segments": int(samples.shape[0]), "size": args.size, "token_rate": args.token_rate,
-        "batch": args.batch, "torch_threads": torch.get_num_threads(),
+        "files": args.files,
+        "seconds_per_file": args.seconds,
+        "audio_s": round(audio_s, 1),
+        "segments": int(samples.shape[0]),
+        "size": args.size,
+        "token_rate": args.token_rate,
+        "batch": args.batch,
+        "torch_threads": torch.get_num_threads(),
         "replica_load_s": round(load_s, 2),
         "bare_batched_loop": {"wall_s": round(batched_s, 2), "x_real_time": round(audio_s / batched_s, 3)},
         "per_file_loop": {"wall_s": round(per_file_s, 2), "x_real_time": round(audio_s / per_file_s, 3)},
-        "pipeline": {"wall_s": round(summary.wall_seconds, 2),
-                     "x_real_time": round(summary.real_time_factor, 3),
-                     "wall_minus_replica_load_s": round(summary.wall_seconds - load_s, 2)},
+        "pipeline": {
+            "wall_s": round(summary.wall_seconds, 2),
+            "x_real_time": round(summary.real_time_factor, 3),
+            "wall_minus_replica_load_s": round(summary.wall_seconds - load_s, 2),
+        },
     }
     result["pipeline_vs_bare"] = round(batched_s / summary.wall_seconds, 3)
     result["pipeline_vs_bare_excluding_replica_load"] = round(batched_s / (summary.wall_seconds - load_s), 3)
@@ -165,30 +179,56 @@ def memory_child(args) -> None:
     stop.set()
     sampler.join()
     workers = {t: p for t, p in peaks.items() if t != "driver"}
-    print(json.dumps({"files": args.files, "items": summary.items, "audio_h": round(summary.audio_hours, 3),
-                      "driver_peak_private_mb": round(peaks["driver"]["private"], 1),
-                      "worker_peak_private_mb": round(max(p["private"] for p in workers.values()), 1),
-                      "worker_peak_shared_mb": round(max(p["shared"] for p in workers.values()), 1),
-                      "peaks_mb": {t: {k: round(v, 1) for k, v in p.items()} for t, p in peaks.items()},
-                      "wall_s": round(summary.wall_seconds, 1)}))
+    print(
+        json.dumps(
+            {
+                "files": args.files,
+                "items": summary.items,
+                "audio_h": round(summary.audio_hours, 3),
+                "driver_peak_private_mb": round(peaks["driver"]["private"], 1),
+                "worker_peak_private_mb": round(max(p["private"] for p in workers.values()), 1),
+                "worker_peak_shared_mb": round(max(p["shared"] for p in workers.values()), 1),
+                "peaks_mb": {t: {k: round(v, 1) for k, v in p.items()} for t, p in peaks.items()},
+                "wall_s": round(summary.wall_seconds, 1),
+            }
+        )
+    )
     ray.shutdown()
 
 
 def memory(args) -> None:
     rows = []
     for files in (args.files, args.files * args.scale):
-        command = [sys.executable, __file__, "memory-child", "--files", str(files), "--seconds",
-                   str(args.seconds), "--size", args.size, "--weights", args.weights, "--token-rate",
-                   str(args.token_rate), "--vocab", str(args.vocab), "--batch", str(args.batch),
-                   "--files-per-unit", str(args.files_per_unit)]
+        command = [
+            sys.executable,
+            __file__,
+            "memory-child",
+            "--files",
+            str(files),
+            "--seconds",
+            str(args.seconds),
+            "--size",
+            args.size,
+            "--weights",
+            args.weights,
+            "--token-rate",
+            str(args.token_rate),
+            "--vocab",
+            str(args.vocab),
+            "--batch",
+            str(args.batch),
+            "--files-per-unit",
+            str(args.files_per_unit),
+        ]
         out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("mode", choices=["throughput", "memory", "memory-child"])
     parser.add_argument("--files", type=int, default=6)
     parser.add_argument("--seconds", type=float, default=20.0)

@@ -42,9 +42,16 @@ def _wav(seed: int) -> bytes:
     return buf.getvalue()
 
 
-def build_committed(workdir: Path, units: int, *, real: bool = False, input_url: str | None = None,
-                    output_url: str | None = None, storage_options: dict[str, Any] | None = None,
-                    threads: int = 16) -> TokenizeConfig:
+def build_committed(
+    workdir: Path,
+    units: int,
+    *,
+    real: bool = False,
+    input_url: str | None = None,
+    output_url: str | None = None,
+    storage_options: dict[str, Any] | None = None,
+    threads: int = 16,
+) -> TokenizeConfig:
     """Write `units` tiny wav files and a finished output for them; returns the job's config."""
     src = input_url or str(workdir / "in")
     out = output_url or str(workdir / "out")
@@ -54,8 +61,9 @@ def build_committed(workdir: Path, units: int, *, real: bool = False, input_url:
     names = [f"{in_path.rstrip('/')}/clip{i:05d}.wav" for i in range(units)]
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(lambda a: in_fs.pipe_file(a[1], _wav(a[0])), enumerate(names)))
-    config = TokenizeConfig(input=src, output=out, files_per_unit=1, storage_options=options,
-                            progress_interval_s=60, **TINY)
+    config = TokenizeConfig(
+        input=src, output=out, files_per_unit=1, storage_options=options, progress_interval_s=60, **TINY
+    )
     if real:
         run_tokenize(config, stream=io.StringIO())
         return config
@@ -66,11 +74,24 @@ def build_committed(workdir: Path, units: int, *, real: bool = False, input_url:
 
     def commit(unit) -> None:
         item_id = unit.uris[0].rsplit("/", 1)[-1]
-        row = {"id": item_id, "semantic_tokens": np.zeros(3, np.uint16),
-               "acoustic_tokens": np.zeros(3, np.uint16), "n_frames": 3, "duration_s": 0.05,
-               "source_uri": unit.uris[0], "metadata": {}}
-        commit_unit(fs, layout, unit.unit_id, token_rows=[row], fingerprint=fingerprint,
-                    unit_info={**unit.to_dict(), "n_items": 1}, run_id="bench")
+        row = {
+            "id": item_id,
+            "semantic_tokens": np.zeros(3, np.uint16),
+            "acoustic_tokens": np.zeros(3, np.uint16),
+            "n_frames": 3,
+            "duration_s": 0.05,
+            "source_uri": unit.uris[0],
+            "metadata": {},
+        }
+        commit_unit(
+            fs,
+            layout,
+            unit.unit_id,
+            token_rows=[row],
+            fingerprint=fingerprint,
+            unit_info={**unit.to_dict(), "n_items": 1},
+            run_id="bench",
+        )
 
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(commit, planned))
@@ -85,8 +106,9 @@ def time_rerun(config: TokenizeConfig) -> tuple[RunSummary, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--units", type=int, default=1000)
     parser.add_argument("--real", action="store_true", help="make the finished state with the real job")
     parser.add_argument("--s3", action="store_true", help="input and output on a local SeaweedFS")
@@ -100,17 +122,24 @@ def main(argv: list[str] | None = None) -> int:
             server = SeaweedS3(data_dir=workdir / "weed")
             server.start()
             bucket = server.make_bucket("bench-rerun")
-            kwargs = {"input_url": f"{bucket}/in", "output_url": f"{bucket}/out",
-                      "storage_options": server.storage_options}
+            kwargs = {
+                "input_url": f"{bucket}/in",
+                "output_url": f"{bucket}/out",
+                "storage_options": server.storage_options,
+            }
         try:
             started = time.perf_counter()
             config = build_committed(workdir, args.units, real=args.real, **kwargs)
-            print(f"finished state: {args.units} units ({'real job' if args.real else 'commit_unit'}) "
-                  f"in {time.perf_counter() - started:.1f} s on {'s3' if args.s3 else 'local disk'}")
+            print(
+                f"finished state: {args.units} units ({'real job' if args.real else 'commit_unit'}) "
+                f"in {time.perf_counter() - started:.1f} s on {'s3' if args.s3 else 'local disk'}"
+            )
             for attempt in range(args.repeat):
                 summary, wall = time_rerun(config)
-                print(f"rerun {attempt + 1}: {wall:.2f} s wall, units to do {summary.units_planned}, "
-                      f"skipped {summary.units_skipped}, items encoded {summary.items}")
+                print(
+                    f"rerun {attempt + 1}: {wall:.2f} s wall, units to do {summary.units_planned}, "
+                    f"skipped {summary.units_skipped}, items encoded {summary.items}"
+                )
         finally:
             if server is not None:
                 server.stop()

@@ -61,14 +61,22 @@ class ConditionBuilder:
         if count > self.window_tokens:
             raise ValueError(f"a window holds at most {self.window_tokens} tokens, got {count}")
         semantic, acoustic = tokens[:, 0], tokens[:, 1]
-        if count and (int(semantic.min()) < 0 or int(acoustic.min()) < 0
-                      or int(semantic.max()) >= self.centroids.shape[0]
-                      or int(acoustic.max()) >= self.vq_codes.shape[0]):
+        if count and (
+            int(semantic.min()) < 0
+            or int(acoustic.min()) < 0
+            or int(semantic.max()) >= self.centroids.shape[0]
+            or int(acoustic.max()) >= self.vq_codes.shape[0]
+        ):
             raise ValueError("token ids out of range (is padding (−1) inside the token length?)")
         device = self.vq_codes.device
         out = torch.full((self.window_tokens, 2 * self.feature_dim), PAD_VALUE, device=device)
-        out[:count] = torch.cat([self.acoustic.lookup(acoustic.to(device)).float(),
-                                 self.semantic.lookup(semantic.to(device)).float()], dim=-1)
+        out[:count] = torch.cat(
+            [
+                self.acoustic.lookup(acoustic.to(device)).float(),
+                self.semantic.lookup(semantic.to(device)).float(),
+            ],
+            dim=-1,
+        )
         return out
 
     def build(self, windows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

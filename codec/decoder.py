@@ -33,9 +33,18 @@ OVERLAP_RATIO = 0.0625
 WINDOW_SAMPLES = 163_872  # 160·1024 + 32: what HiFi-GAN gives for one 1024-frame mel
 # The schedule buffers the sampler reads; the other ones in the file are checked, then dropped.
 USED_SCHEDULE = ("alphas_cumprod", "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod")
-UNUSED_SCHEDULE = ("logvar", "betas", "alphas_cumprod_prev", "log_one_minus_alphas_cumprod",
-                   "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod", "posterior_variance",
-                   "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2")
+UNUSED_SCHEDULE = (
+    "logvar",
+    "betas",
+    "alphas_cumprod_prev",
+    "log_one_minus_alphas_cumprod",
+    "sqrt_recip_alphas_cumprod",
+    "sqrt_recipm1_alphas_cumprod",
+    "posterior_variance",
+    "posterior_log_variance_clipped",
+    "posterior_mean_coef1",
+    "posterior_mean_coef2",
+)
 NUM_TIMESTEPS = 1000
 
 
@@ -61,8 +70,11 @@ class DecoderConfig:
         context = 2 * config.feature_dim + PE_DIM
         if config.size == "full":
             return cls(UNetConfig(context), VAEConfig(), VocoderConfig())
-        return cls(UNetConfig(context, model_channels=32), VAEConfig(ch=8, groups=8),
-                   VocoderConfig(initial_channels=32))
+        return cls(
+            UNetConfig(context, model_channels=32),
+            VAEConfig(ch=8, groups=8),
+            VocoderConfig(initial_channels=32),
+        )
 
 
 class _Model(nn.Module):
@@ -87,8 +99,9 @@ class SemantiCodecDecoder(nn.Module):
         self.codec_config = config
         self.config = DecoderConfig.for_codec(config)
         if conditions.context_dim != self.config.unet.context_dim:
-            raise ValueError(f"condition width {conditions.context_dim} != UNet context "
-                             f"{self.config.unet.context_dim}")
+            raise ValueError(
+                f"condition width {conditions.context_dim} != UNet context {self.config.unet.context_dim}"
+            )
         self.conditions = conditions
         self.model = _Model(UNet(self.config.unet))
         self.first_stage_model = FirstStage(self.config.vae, self.config.vocoder)
@@ -122,13 +135,21 @@ class SemantiCodecDecoder(nn.Module):
             return self.first_stage_model.vocoder(mel.squeeze(1).transpose(1, 2)).float()[:, 0]
 
     def schedule(self, steps: int):
-        return ddim_schedule(self.alphas_cumprod, self.sqrt_alphas_cumprod,
-                             self.sqrt_one_minus_alphas_cumprod, steps)
+        return ddim_schedule(
+            self.alphas_cumprod, self.sqrt_alphas_cumprod, self.sqrt_one_minus_alphas_cumprod, steps
+        )
 
     @torch.inference_mode()
-    def decode_windows(self, windows: Sequence[torch.Tensor], noise: NoiseSource, *, steps: int = 50,
-                       guidance: float = 2.0, batched_cfg: bool = True, max_batch_windows: int = 8
-                       ) -> torch.Tensor:
+    def decode_windows(
+        self,
+        windows: Sequence[torch.Tensor],
+        noise: NoiseSource,
+        *,
+        steps: int = 50,
+        guidance: float = 2.0,
+        batched_cfg: bool = True,
+        max_batch_windows: int = 8,
+    ) -> torch.Tensor:
         """Token windows (each int64 [m ≤ n, 2]) → waveforms float32 [W, 163872] on the CPU."""
         schedule = self.schedule(steps)
         waves = []
@@ -136,8 +157,9 @@ class SemantiCodecDecoder(nn.Module):
             chunk = list(range(start, min(start + max_batch_windows, len(windows))))
             cond, uncond = self.conditions.build([windows[i] for i in chunk])
             x_t, step_noise = noise.draw(chunk, schedule.steps)
-            latent = ddim_sample(self.unet, schedule, cond, uncond, x_t, step_noise, guidance,
-                                 batched_cfg=batched_cfg)
+            latent = ddim_sample(
+                self.unet, schedule, cond, uncond, x_t, step_noise, guidance, batched_cfg=batched_cfg
+            )
             waves.append(self.mel_to_wave(self.latent_to_mel(latent)).cpu())
         if not waves:
             return torch.empty(0, WINDOW_SAMPLES)
@@ -149,15 +171,16 @@ def window_length(token_rate: int) -> int:
     return int(512 / (100 / token_rate))
 
 
-def split_windows(tokens: torch.Tensor, window: int, overlap_ratio: float = OVERLAP_RATIO
-                  ) -> list[torch.Tensor]:
+def split_windows(
+    tokens: torch.Tensor, window: int, overlap_ratio: float = OVERLAP_RATIO
+) -> list[torch.Tensor]:
     """Official long_token_split_window: windows of `window` tokens, hop window − int(window·ratio);
     the remainder (1..window tokens) is the last window; an empty sequence gives no window."""
     hop = window - int(window * overlap_ratio)
     length = tokens.shape[0]
     out, start = [], 0
     while start + window < length:
-        out.append(tokens[start:start + window])
+        out.append(tokens[start : start + window])
         start += hop
     if length - start > 0:
         out.append(tokens[start:])

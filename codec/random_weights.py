@@ -34,8 +34,9 @@ def sincos_position_table(dim: int) -> torch.Tensor:
     return torch.cat([torch.zeros(1, dim, dtype=torch.float64), table]).float()[None]
 
 
-def _fill(name: str, shape: tuple[int, ...], generator: torch.Generator,
-          config: SemantiCodecConfig) -> torch.Tensor:
+def _fill(
+    name: str, shape: tuple[int, ...], generator: torch.Generator, config: SemantiCodecConfig
+) -> torch.Tensor:
     if name.endswith("pos_embed"):
         return sincos_position_table(config.mae_dim)
     if name.startswith("encoder.") and ("weight" in name or "bias" in name):  # BiLSTM
@@ -52,8 +53,9 @@ def _fill(name: str, shape: tuple[int, ...], generator: torch.Generator,
     return torch.randn(shape, generator=generator) * (gain / math.sqrt(fan_in))
 
 
-def random_state_dict(template: dict[str, torch.Tensor], seed: int,
-                      config: SemantiCodecConfig) -> dict[str, torch.Tensor]:
+def random_state_dict(
+    template: dict[str, torch.Tensor], seed: int, config: SemantiCodecConfig
+) -> dict[str, torch.Tensor]:
     """Values for every key of `template` (shapes only are read), reproducible from `seed`."""
     generator = torch.Generator().manual_seed(seed)
     return {name: _fill(name, tuple(t.shape), generator, config) for name, t in template.items()}
@@ -73,7 +75,7 @@ LINEAR_START, LINEAR_END, NUM_TIMESTEPS = 0.0015, 0.0195, 1000
 
 def diffusion_schedule() -> dict[str, torch.Tensor]:
     """The LDM "linear" schedule buffers (float64 maths, stored float32), textbook DDPM definitions."""
-    betas = torch.linspace(LINEAR_START ** 0.5, LINEAR_END ** 0.5, NUM_TIMESTEPS, dtype=torch.float64) ** 2
+    betas = torch.linspace(LINEAR_START**0.5, LINEAR_END**0.5, NUM_TIMESTEPS, dtype=torch.float64) ** 2
     alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
     prev = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])
     posterior_variance = betas * (1.0 - prev) / (1.0 - alphas_cumprod)

@@ -51,14 +51,20 @@ def ddim_timesteps(steps: int, num_train: int = NUM_TRAIN_TIMESTEPS) -> np.ndarr
     timesteps = np.arange(0, num_train, num_train // steps) + 1
     if timesteps[-1] >= num_train:
         # The official code would index past its 1000-entry schedule here (e.g. steps=3).
-        raise ValueError(f"steps={steps} gives timestep {timesteps[-1]} ≥ {num_train} in the official "
-                         "uniform rule; choose another step count")
+        raise ValueError(
+            f"steps={steps} gives timestep {timesteps[-1]} ≥ {num_train} in the official "
+            "uniform rule; choose another step count"
+        )
     return timesteps
 
 
-def ddim_schedule(alphas_cumprod: torch.Tensor, sqrt_alphas_cumprod: torch.Tensor,
-                  sqrt_one_minus_alphas_cumprod: torch.Tensor, steps: int, eta: float = 1.0
-                  ) -> DDIMSchedule:
+def ddim_schedule(
+    alphas_cumprod: torch.Tensor,
+    sqrt_alphas_cumprod: torch.Tensor,
+    sqrt_one_minus_alphas_cumprod: torch.Tensor,
+    steps: int,
+    eta: float = 1.0,
+) -> DDIMSchedule:
     """The official `make_ddim_sampling_parameters` with its dtypes, in visiting order."""
     ac = alphas_cumprod.detach().cpu().float()
     ts = ddim_timesteps(steps, ac.shape[0])
@@ -69,8 +75,7 @@ def ddim_schedule(alphas_cumprod: torch.Tensor, sqrt_alphas_cumprod: torch.Tenso
     # float64 array. `ndarray / tensor` runs torch's __rtruediv__, i.e. a float32 reciprocal of
     # (1 − a_t) times the float64 numerator; the rest is float64.
     inv_one_minus_a = (1 - alphas).reciprocal().double().numpy()
-    sigmas = eta * np.sqrt(inv_one_minus_a * (1 - alphas_prev)
-                           * (1 - alphas.double().numpy() / alphas_prev))
+    sigmas = eta * np.sqrt(inv_one_minus_a * (1 - alphas_prev) * (1 - alphas.double().numpy() / alphas_prev))
     order = slice(None, None, -1)
     t_desc = ts[order]
     index = torch.from_numpy(t_desc.copy())
@@ -95,8 +100,11 @@ class NoiseSource:
     Draws happen on the CPU (the official CPU stream) and are then moved to the device.
     """
 
-    def __init__(self, generators: Sequence[torch.Generator | None] | None = None,
-                 explicit: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+    def __init__(
+        self,
+        generators: Sequence[torch.Generator | None] | None = None,
+        explicit: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> None:
         if (generators is None) == (explicit is None):
             raise ValueError("give either generators or explicit noise")
         self.generators = generators
@@ -118,8 +126,16 @@ class NoiseSource:
         return x_t, step_noise
 
 
-def guided_v(unet: UNetFn, x: torch.Tensor, t: int, cond: torch.Tensor, uncond: torch.Tensor,
-             guidance: float, *, batched: bool = True) -> torch.Tensor:
+def guided_v(
+    unet: UNetFn,
+    x: torch.Tensor,
+    t: int,
+    cond: torch.Tensor,
+    uncond: torch.Tensor,
+    guidance: float,
+    *,
+    batched: bool = True,
+) -> torch.Tensor:
     """v = v_u + g·(v_c − v_u). `batched` runs uncond and cond as one UNet call of 2·B rows."""
     timesteps = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
     if guidance == 1.0:
@@ -133,9 +149,17 @@ def guided_v(unet: UNetFn, x: torch.Tensor, t: int, cond: torch.Tensor, uncond: 
     return v_uncond + guidance * (v_cond - v_uncond)
 
 
-def ddim_sample(unet: UNetFn, schedule: DDIMSchedule, cond: torch.Tensor, uncond: torch.Tensor,
-                x_t: torch.Tensor, step_noise: torch.Tensor, guidance: float = 2.0, *,
-                batched_cfg: bool = True) -> torch.Tensor:
+def ddim_sample(
+    unet: UNetFn,
+    schedule: DDIMSchedule,
+    cond: torch.Tensor,
+    uncond: torch.Tensor,
+    x_t: torch.Tensor,
+    step_noise: torch.Tensor,
+    guidance: float = 2.0,
+    *,
+    batched_cfg: bool = True,
+) -> torch.Tensor:
     """Run every window of the batch through all steps together; returns the final latents."""
     device = cond.device
     x = x_t.to(device)
@@ -149,7 +173,7 @@ def ddim_sample(unet: UNetFn, schedule: DDIMSchedule, cond: torch.Tensor, uncond
         e_t = sqrt_a * v + sqrt_1ma * x
         pred_x0 = sqrt_a * x - sqrt_1ma * v
         a_prev, sigma = scalar(schedule.a_prev, step), scalar(schedule.sigma, step)
-        dir_xt = (1.0 - a_prev - sigma ** 2).sqrt() * e_t
+        dir_xt = (1.0 - a_prev - sigma**2).sqrt() * e_t
         noise = sigma * step_noise[step].to(device)
         x = a_prev.sqrt() * pred_x0 + dir_xt + noise
     return x

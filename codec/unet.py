@@ -42,8 +42,9 @@ class GroupNorm32(nn.GroupNorm):
     """GroupNorm computed in float32 whatever the activation dtype (as the official ResBlocks do)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(),
-                            self.eps).to(x.dtype)
+        return F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(), self.eps).to(
+            x.dtype
+        )
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int) -> torch.Tensor:
@@ -59,13 +60,19 @@ class ResBlock(nn.Module):
 
     def __init__(self, channels: int, emb_channels: int, out_channels: int, groups: int) -> None:
         super().__init__()
-        self.in_layers = nn.Sequential(GroupNorm32(groups, channels), nn.SiLU(),
-                                       nn.Conv2d(channels, out_channels, 3, padding=1))
+        self.in_layers = nn.Sequential(
+            GroupNorm32(groups, channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1)
+        )
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, out_channels))
-        self.out_layers = nn.Sequential(GroupNorm32(groups, out_channels), nn.SiLU(), nn.Dropout(0.0),
-                                        nn.Conv2d(out_channels, out_channels, 3, padding=1))
-        self.skip_connection = (nn.Identity() if out_channels == channels
-                                else nn.Conv2d(channels, out_channels, 1))
+        self.out_layers = nn.Sequential(
+            GroupNorm32(groups, out_channels),
+            nn.SiLU(),
+            nn.Dropout(0.0),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1),
+        )
+        self.skip_connection = (
+            nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
+        )
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.in_layers(x)
@@ -98,7 +105,7 @@ class Attention(nn.Module):
         super().__init__()
         inner = heads * head_dim
         self.heads = heads
-        self.scale = head_dim ** -0.5
+        self.scale = head_dim**-0.5
         self.to_q = nn.Linear(dim, inner, bias=False)
         self.to_k = nn.Linear(context_dim or dim, inner, bias=False)
         self.to_v = nn.Linear(context_dim or dim, inner, bias=False)
@@ -161,8 +168,9 @@ class SpatialTransformer(nn.Module):
     condition.
     """
 
-    def __init__(self, channels: int, heads: int, head_dim: int, context_dim: int | None,
-                 groups: int) -> None:
+    def __init__(
+        self, channels: int, heads: int, head_dim: int, context_dim: int | None, groups: int
+    ) -> None:
         super().__init__()
         inner = heads * head_dim
         self.cross = context_dim is not None
@@ -207,8 +215,10 @@ class UNet(nn.Module):
         def attention(ch: int) -> list[nn.Module]:
             heads = ch // config.head_channels
             head_dim = ch // heads
-            return [SpatialTransformer(ch, heads, head_dim, None, groups),
-                    SpatialTransformer(ch, heads, head_dim, config.context_dim, groups)]
+            return [
+                SpatialTransformer(ch, heads, head_dim, None, groups),
+                SpatialTransformer(ch, heads, head_dim, config.context_dim, groups),
+            ]
 
         self.input_blocks = nn.ModuleList([Stage(nn.Conv2d(config.in_channels, mc, 3, padding=1))])
         skip_channels = [mc]
@@ -225,8 +235,9 @@ class UNet(nn.Module):
             if level != last:
                 self.input_blocks.append(Stage(Downsample(ch)))
                 skip_channels.append(ch)
-        self.middle_block = Stage(ResBlock(ch, emb, ch, groups), *attention(ch),
-                                  ResBlock(ch, emb, ch, groups))
+        self.middle_block = Stage(
+            ResBlock(ch, emb, ch, groups), *attention(ch), ResBlock(ch, emb, ch, groups)
+        )
         self.output_blocks = nn.ModuleList()
         for level, mult in reversed(list(enumerate(config.channel_mult))):
             for index in range(config.num_res_blocks + 1):
@@ -237,8 +248,9 @@ class UNet(nn.Module):
                 if level and index == config.num_res_blocks:
                     layers.append(Upsample(ch))
                 self.output_blocks.append(Stage(*layers))
-        self.out = nn.Sequential(GroupNorm32(groups, ch), nn.SiLU(),
-                                 nn.Conv2d(mc, config.out_channels, 3, padding=1))
+        self.out = nn.Sequential(
+            GroupNorm32(groups, ch), nn.SiLU(), nn.Conv2d(mc, config.out_channels, 3, padding=1)
+        )
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         emb = self.time_embed(timestep_embedding(timesteps, self.config.model_channels))

@@ -68,8 +68,9 @@ class AttnBlock(nn.Module):
         def tokens(conv: nn.Conv2d) -> torch.Tensor:
             return conv(h).reshape(batch, 1, channels, height * width).transpose(2, 3)
 
-        out = F.scaled_dot_product_attention(tokens(self.q), tokens(self.k), tokens(self.v),
-                                             scale=int(channels) ** -0.5)
+        out = F.scaled_dot_product_attention(
+            tokens(self.q), tokens(self.k), tokens(self.v), scale=int(channels) ** -0.5
+        )
         out = out.transpose(2, 3).reshape(batch, channels, height, width)
         return x + self.proj_out(out)
 

@@ -36,9 +36,11 @@ class ResBlock(nn.Module):
     def __init__(self, channels: int, kernel: int, dilations: tuple[int, ...]) -> None:
         super().__init__()
         self.convs1 = nn.ModuleList(
-            nn.Conv1d(channels, channels, kernel, dilation=d, padding=_same(kernel, d)) for d in dilations)
+            nn.Conv1d(channels, channels, kernel, dilation=d, padding=_same(kernel, d)) for d in dilations
+        )
         self.convs2 = nn.ModuleList(
-            nn.Conv1d(channels, channels, kernel, padding=_same(kernel)) for _ in dilations)
+            nn.Conv1d(channels, channels, kernel, padding=_same(kernel)) for _ in dilations
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for conv1, conv2 in zip(self.convs1, self.convs2, strict=True):
@@ -54,9 +56,10 @@ class HiFiGAN(nn.Module):
         self.conv_pre = nn.Conv1d(config.num_mels, ch, 7, padding=3)
         self.ups = nn.ModuleList()
         self.resblocks = nn.ModuleList()
-        for index, (rate, kernel) in enumerate(zip(config.upsample_rates, config.upsample_kernels,
-                                                   strict=True)):
-            cin, cout = ch // 2 ** index, ch // 2 ** (index + 1)
+        for index, (rate, kernel) in enumerate(
+            zip(config.upsample_rates, config.upsample_kernels, strict=True)
+        ):
+            cin, cout = ch // 2**index, ch // 2 ** (index + 1)
             self.ups.append(nn.ConvTranspose1d(cin, cout, kernel, rate, padding=(kernel - rate) // 2))
             for k in config.resblock_kernels:
                 self.resblocks.append(ResBlock(cout, k, config.resblock_dilations))
@@ -67,7 +70,7 @@ class HiFiGAN(nn.Module):
         x = self.conv_pre(mel)
         for index, up in enumerate(self.ups):
             x = up(F.leaky_relu(x, LRELU_SLOPE))
-            blocks = self.resblocks[index * self.num_kernels:(index + 1) * self.num_kernels]
+            blocks = self.resblocks[index * self.num_kernels : (index + 1) * self.num_kernels]
             total = blocks[0](x)
             for block in blocks[1:]:
                 total = total + block(x)

@@ -29,8 +29,12 @@ def write_demo_corpus(folder: str | Path) -> list[Path]:
     clips = [
         ("speech_16k.wav", _voice(4.0, 16000, 120, 0), 16000, "PCM_16"),
         ("speech_long.flac", _voice(25.0, 16000, 180, 1), 16000, "PCM_16"),
-        ("stereo 44k.wav", np.stack([_voice(6.0, 44100, 140, 2), _voice(6.0, 44100, 220, 3)], 1),
-         44100, "PCM_24"),
+        (
+            "stereo 44k.wav",
+            np.stack([_voice(6.0, 44100, 140, 2), _voice(6.0, 44100, 220, 3)], 1),
+            44100,
+            "PCM_24",
+        ),
         ("short_48k.ogg", _voice(0.5, 48000, 200, 4), 48000, "VORBIS"),
     ]
     written = []

@@ -51,8 +51,11 @@ class _Unit:
 
     @property
     def done(self) -> bool:
-        return (self.n_items is not None and len(self.items) == self.n_items
-                and all(item.done for item in self.items.values()))
+        return (
+            self.n_items is not None
+            and len(self.items) == self.n_items
+            and all(item.done for item in self.items.values())
+        )
 
 
 @dataclass
@@ -103,8 +106,11 @@ class UnitAssembler:
                 item.segments[int(batch["seg_index"][i])] = bytes(batch["tokens"][i])
             elif kind == ERROR:
                 if item.error is None:
-                    item.error = {"stage": str(batch["stage"][i]), "reason": str(batch["reason"][i]),
-                                  "detail": str(batch["detail"][i])}
+                    item.error = {
+                        "stage": str(batch["stage"][i]),
+                        "reason": str(batch["reason"][i]),
+                        "detail": str(batch["detail"][i]),
+                    }
                 segments = int(batch["n_segments"][i])
                 if segments > 0:  # a segment that failed to encode
                     item.n_segments = segments
@@ -124,11 +130,16 @@ class UnitAssembler:
                 continue
             parts = [np.frombuffer(item.segments[s], dtype=np.uint16) for s in range(item.n_segments)]
             tokens = np.concatenate(parts).reshape(-1, self.streams)[: item.num_tokens]
-            token_rows.append({
-                "id": item.item_id, "semantic_tokens": tokens[:, 0].copy(),
-                "acoustic_tokens": tokens[:, 1].copy(), "n_frames": int(tokens.shape[0]),
-                "duration_s": item.duration_s, "source_uri": item.source_uri,
-                "metadata": json.loads(item.metadata or "{}"),
-            })
+            token_rows.append(
+                {
+                    "id": item.item_id,
+                    "semantic_tokens": tokens[:, 0].copy(),
+                    "acoustic_tokens": tokens[:, 1].copy(),
+                    "n_frames": int(tokens.shape[0]),
+                    "duration_s": item.duration_s,
+                    "source_uri": item.source_uri,
+                    "metadata": json.loads(item.metadata or "{}"),
+                }
+            )
         assert state.unit is not None
         return FinishedUnit(state.unit, token_rows, error_rows)

@@ -54,8 +54,14 @@ SI_SDR_CAP_DB = 100.0
 
 #: Log-mel parameters: 1024-point Hann STFT (64 ms), hop 256 (16 ms), 80 HTK-scale triangular
 #: filters over 0–8000 Hz applied to the magnitude spectrum, log10 with a 1e-5 floor.
-MEL_PARAMS: dict[str, float] = {"n_fft": 1024, "hop": 256, "n_mels": 80, "fmin": 0.0, "fmax": 8000.0,
-                                "floor": 1e-5}
+MEL_PARAMS: dict[str, float] = {
+    "n_fft": 1024,
+    "hop": 256,
+    "n_mels": 80,
+    "fmin": 0.0,
+    "fmax": 8000.0,
+    "floor": 1e-5,
+}
 
 #: Multi-resolution STFT: FFT sizes (Hann window of the same length, hop = size // 4).
 MRSTFT_FFT_SIZES: tuple[int, ...] = (512, 1024, 2048)
@@ -145,8 +151,9 @@ def _only_speech(domain: str, what: str) -> NotApplicable | None:
 # --- alignment -------------------------------------------------------------------------------
 
 
-def align(reference: np.ndarray, estimate: np.ndarray, max_lag_s: float = 0.1,
-          sample_rate: int = SAMPLE_RATE) -> Aligned:
+def align(
+    reference: np.ndarray, estimate: np.ndarray, max_lag_s: float = 0.1, sample_rate: int = SAMPLE_RATE
+) -> Aligned:
     """Shift ``estimate`` onto ``reference`` by the cross-correlation peak within ±max_lag_s.
 
     Why: decoders add priming/padding, and every sample-wise metric (SI-SDR, STOI) collapses for a
@@ -167,7 +174,7 @@ def align(reference: np.ndarray, estimate: np.ndarray, max_lag_s: float = 0.1,
         xcorr = np.fft.irfft(np.conj(np.fft.rfft(r64, n)) * np.fft.rfft(e64, n), n)
         pos = xcorr[: min(max_lag, len(est) - 1) + 1]
         neg_count = min(max_lag, len(ref) - 1)
-        neg = xcorr[n - neg_count:] if neg_count > 0 else xcorr[:0]  # lags -neg_count .. -1
+        neg = xcorr[n - neg_count :] if neg_count > 0 else xcorr[:0]  # lags -neg_count .. -1
         lags = np.concatenate([np.arange(-neg_count, 0), np.arange(len(pos))])
         vals = np.concatenate([neg, pos])
         if np.any(vals != 0):
@@ -221,11 +228,13 @@ def _stft_mag(x: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
 _MEL_CACHE: dict[tuple, np.ndarray] = {}
 
 
-def mel_filterbank(n_fft: int, n_mels: int, fmin: float, fmax: float,
-                   sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+def mel_filterbank(
+    n_fft: int, n_mels: int, fmin: float, fmax: float, sample_rate: int = SAMPLE_RATE
+) -> np.ndarray:
     """[n_mels, n_fft//2+1] triangular filters equally spaced on the HTK mel scale (peak 1)."""
     key = (n_fft, n_mels, fmin, fmax, sample_rate)
     if key not in _MEL_CACHE:
+
         def hz_to_mel(f: np.ndarray) -> np.ndarray:
             return 2595.0 * np.log10(1.0 + f / 700.0)
 
@@ -257,8 +266,12 @@ def log_mel_distance(reference: np.ndarray, estimate: np.ndarray) -> Score:
     return float(np.mean(np.abs(np.log10(np.maximum(mel_r, floor)) - np.log10(np.maximum(mel_e, floor)))))
 
 
-def multi_resolution_stft_distance(reference: np.ndarray, estimate: np.ndarray,
-                                   fft_sizes: Iterable[int] = MRSTFT_FFT_SIZES, eps: float = 1e-7) -> Score:
+def multi_resolution_stft_distance(
+    reference: np.ndarray,
+    estimate: np.ndarray,
+    fft_sizes: Iterable[int] = MRSTFT_FFT_SIZES,
+    eps: float = 1e-7,
+) -> Score:
     """Mean over resolutions of spectral convergence + mean |ln|S_ref| - ln|S_est||| (0 = identical)."""
     ref = _as_mono_f64(reference, "reference")
     est = _as_mono_f64(estimate, "estimate")
@@ -283,7 +296,8 @@ def loudness_difference_db(reference: np.ndarray, estimate: np.ndarray) -> Score
     ref = _as_mono_f64(reference, "reference")
     est = _as_mono_f64(estimate, "estimate")
     short = _too_short(ref, LOUDNESS_MIN_SECONDS, "BS.1770 loudness") or _too_short(
-        est, LOUDNESS_MIN_SECONDS, "BS.1770 loudness")
+        est, LOUDNESS_MIN_SECONDS, "BS.1770 loudness"
+    )
     if short:
         return short
     try:
@@ -309,8 +323,11 @@ def pesq_wb(reference: np.ndarray, estimate: np.ndarray, domain: str = "speech")
         return na
     ref = _as_mono_f64(reference, "reference")
     est = _as_mono_f64(estimate, "estimate")
-    short = (_too_short(ref, PESQ_MIN_SECONDS, "PESQ") or _too_short(est, PESQ_MIN_SECONDS, "PESQ")
-             or _silent_reference(ref, "PESQ"))
+    short = (
+        _too_short(ref, PESQ_MIN_SECONDS, "PESQ")
+        or _too_short(est, PESQ_MIN_SECONDS, "PESQ")
+        or _silent_reference(ref, "PESQ")
+    )
     if short:
         return short
     try:
@@ -387,8 +404,11 @@ def visqol(reference: np.ndarray, estimate: np.ndarray, domain: str = "speech") 
         raise ValueError(f"domain must be one of {DOMAINS}, got {domain!r}")
     ref = _as_mono_f64(reference, "reference")
     est = _as_mono_f64(estimate, "estimate")
-    short = (_too_short(ref, VISQOL_MIN_SECONDS, "ViSQOL") or _too_short(est, VISQOL_MIN_SECONDS, "ViSQOL")
-             or _silent_reference(ref, "ViSQOL"))
+    short = (
+        _too_short(ref, VISQOL_MIN_SECONDS, "ViSQOL")
+        or _too_short(est, VISQOL_MIN_SECONDS, "ViSQOL")
+        or _silent_reference(ref, "ViSQOL")
+    )
     if short:
         return short
     try:
@@ -427,8 +447,14 @@ METRICS: dict[str, MetricFn] = {
 DEFAULT_METRICS: tuple[str, ...] = tuple(METRICS)
 #: Direction of "better", for reports and monotonicity checks.
 HIGHER_IS_BETTER: dict[str, bool] = {
-    "si_sdr": True, "log_mel_distance": False, "mrstft_distance": False, "loudness_diff_db": False,
-    "pesq_wb": True, "stoi": True, "estoi": True, "visqol": True,
+    "si_sdr": True,
+    "log_mel_distance": False,
+    "mrstft_distance": False,
+    "loudness_diff_db": False,
+    "pesq_wb": True,
+    "stoi": True,
+    "estoi": True,
+    "visqol": True,
 }
 #: Signed metrics whose best value is 0: "better" compares their magnitude (|x| lower is better).
 ZERO_IS_BEST: frozenset[str] = frozenset({"loudness_diff_db"})
@@ -441,8 +467,14 @@ def goodness(metric: str, value: float) -> float:
     return value if HIGHER_IS_BETTER[metric] else -value
 
 
-def score_pair(reference: np.ndarray, estimate: np.ndarray, *, domain: str,
-               metrics: Iterable[str] = DEFAULT_METRICS, max_lag_s: float = 0.1) -> dict[str, Score]:
+def score_pair(
+    reference: np.ndarray,
+    estimate: np.ndarray,
+    *,
+    domain: str,
+    metrics: Iterable[str] = DEFAULT_METRICS,
+    max_lag_s: float = 0.1,
+) -> dict[str, Score]:
     """Align, then run each metric in isolation: one failure becomes NotApplicable, others go on.
 
     A pair that cannot be scored at all (not mono, empty, NaN/inf samples) gives NotApplicable
@@ -492,5 +524,7 @@ def scores_to_json(scores: Mapping[str, Score]) -> dict[str, Any]:
 def scores_from_json(data: Mapping[str, Any]) -> dict[str, Score]:
     """Inverse of :func:`scores_to_json`."""
     reasons = data.get("not_applicable", {})
-    return {k: (NotApplicable(reasons.get(k, "not applicable")) if v is None else float(v))
-            for k, v in data["scores"].items()}
+    return {
+        k: (NotApplicable(reasons.get(k, "not applicable")) if v is None else float(v))
+        for k, v in data["scores"].items()
+    }

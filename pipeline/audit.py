@@ -163,8 +163,10 @@ def plan_decoders(config: AuditConfig, cluster: Mapping[str, float]) -> _Decoder
     count = config.num_decoders or 1
     per = config.cpus_per_decoder or max(1.0, math.floor((cpus - config.score_cpus) / count))
     if count * per + READ_CPUS > cpus:  # the readers feeding the decoders would never get a CPU
-        raise ConfigError(f"{count} decoder(s) × {per:g} CPU leave less than {READ_CPUS} of the cluster's "
-                          f"{cpus:g} CPU(s) for reading originals: lower cpus_per_decoder or num_decoders")
+        raise ConfigError(
+            f"{count} decoder(s) × {per:g} CPU leave less than {READ_CPUS} of the cluster's "
+            f"{cpus:g} CPU(s) for reading originals: lower cpus_per_decoder or num_decoders"
+        )
     return _Decoders("cpu", count, per, 0.0)
 
 
@@ -173,8 +175,9 @@ def _choose_version(fs, root_path: str, output: str, version: str | None) -> Out
     if not versions:
         raise FileNotFoundError(f"no dataset version under {output}")
     if len(versions) > 1:
-        raise ConfigError(f"{output} holds several dataset versions ({', '.join(versions)}): "
-                          "pick one with --version")
+        raise ConfigError(
+            f"{output} holds several dataset versions ({', '.join(versions)}): pick one with --version"
+        )
     return OutputLayout(output.rstrip("/"), versions[0])
 
 
@@ -201,9 +204,14 @@ class _Scan:
         return self
 
 
-def _scan_units(output: str, storage_options: Mapping[str, Any], version: str,
-                entries: Mapping[str, dict[str, Any]], vocab_sizes: tuple[int, ...],
-                default_domain: str) -> _Scan:
+def _scan_units(
+    output: str,
+    storage_options: Mapping[str, Any],
+    version: str,
+    entries: Mapping[str, dict[str, Any]],
+    vocab_sizes: tuple[int, ...],
+    default_domain: str,
+) -> _Scan:
     """Read the token and error files of some units (in threads); keep only counts and candidates."""
     fs, _ = open_filesystem(output, storage_options)
     layout = OutputLayout(output.rstrip("/"), version)
@@ -221,37 +229,58 @@ def _scan_units(output: str, storage_options: Mapping[str, Any], version: str,
         for unit_id, tokens, error_table in pool.map(read, sorted(entries)):
             kind = str((entries[unit_id].get("unit_info") or {}).get("kind", "files"))
             if tokens is not None and tokens.num_rows:
-                scan.token_files[unit_id] = next(f["path"] for f in entries[unit_id]["files"]
-                                                 if f["kind"] == "tokens")
+                scan.token_files[unit_id] = next(
+                    f["path"] for f in entries[unit_id]["files"] if f["kind"] == "tokens"
+                )
                 ids = tokens.column("id").to_pylist()
                 metas = [json.loads(m or "{}") for m in tokens.column("metadata").to_pylist()]
                 sources = [source_of(i, kind, m) for i, m in zip(ids, metas, strict=True)]
                 for item_id, meta, source, duration, uri in zip(
-                        ids, metas, sources, tokens.column("duration_s").to_pylist(),
-                        tokens.column("source_uri").to_pylist(), strict=True):
+                    ids,
+                    metas,
+                    sources,
+                    tokens.column("duration_s").to_pylist(),
+                    tokens.column("source_uri").to_pylist(),
+                    strict=True,
+                ):
                     domain = domain_of(meta, default_domain)
-                    scan.candidates.append(Candidate(item_id, unit_id, source, domain, float(duration),
-                                                     str(uri)))
+                    scan.candidates.append(
+                        Candidate(item_id, unit_id, source, domain, float(duration), str(uri))
+                    )
                     scan.items_by_source[source] = scan.items_by_source.get(source, 0) + 1
-                read_token_stats(tokens.append_column("source", pa.array(sources, pa.string())),
-                                 vocab_sizes, group_column="source", stats=scan.token_stats)
+                read_token_stats(
+                    tokens.append_column("source", pa.array(sources, pa.string())),
+                    vocab_sizes,
+                    group_column="source",
+                    stats=scan.token_stats,
+                )
             if error_table is not None and error_table.num_rows:
                 error_table = error_table.select(ERRORS_SCHEMA.names)
-                for item_id, reason in zip(error_table.column("id").to_pylist(),
-                                           error_table.column("reason").to_pylist(), strict=True):
+                for item_id, reason in zip(
+                    error_table.column("id").to_pylist(),
+                    error_table.column("reason").to_pylist(),
+                    strict=True,
+                ):
                     by_reason = scan.errors_by_source.setdefault(source_of(item_id, kind, {}), {})
                     by_reason[reason] = by_reason.get(reason, 0) + 1
     return scan
 
 
-def _scan_output(output: str, storage_options: Mapping[str, Any], layout: OutputLayout,
-                 manifest: Mapping[str, dict[str, Any]], vocab_sizes: tuple[int, ...],
-                 default_domain: str) -> _Scan:
+def _scan_output(
+    output: str,
+    storage_options: Mapping[str, Any],
+    layout: OutputLayout,
+    manifest: Mapping[str, dict[str, Any]],
+    vocab_sizes: tuple[int, ...],
+    default_domain: str,
+) -> _Scan:
     """One pass over every committed unit: on the driver for small outputs, else as Ray tasks of
     SCAN_UNITS_PER_TASK units each (the driver only merges counts and candidate lists)."""
     unit_ids = sorted(manifest)
-    chunks = [{u: manifest[u] for u in unit_ids[i:i + SCAN_UNITS_PER_TASK]}
-              for i in range(0, len(unit_ids), SCAN_UNITS_PER_TASK)]
+    chunks = [
+        {u: manifest[u] for u in unit_ids[i : i + SCAN_UNITS_PER_TASK]}
+        for i in range(0, len(unit_ids), SCAN_UNITS_PER_TASK)
+    ]
     args = (output, dict(storage_options), layout.version)
     if len(chunks) <= 1:
         return _scan_units(*args, chunks[0] if chunks else {}, vocab_sizes, default_domain)
@@ -265,8 +294,9 @@ def _scan_output(output: str, storage_options: Mapping[str, Any], layout: Output
     return total
 
 
-def _sampled_tokens(fs, layout: OutputLayout, token_files: Mapping[str, str],
-                    chosen: list[Candidate]) -> dict[str, np.ndarray]:
+def _sampled_tokens(
+    fs, layout: OutputLayout, token_files: Mapping[str, str], chosen: list[Candidate]
+) -> dict[str, np.ndarray]:
     """id → uint16 [T, 2] for the chosen items. Their units' token files are read a second time:
     the scan keeps no tokens, so its memory does not grow with the output."""
     wanted: dict[str, set[str]] = {}
@@ -279,8 +309,13 @@ def _sampled_tokens(fs, layout: OutputLayout, token_files: Mapping[str, str],
         out = {}
         for row in table.to_pylist():
             if row["id"] in wanted[unit_id]:
-                out[row["id"]] = np.stack([np.asarray(row["semantic_tokens"], dtype=np.uint16),
-                                           np.asarray(row["acoustic_tokens"], dtype=np.uint16)], axis=1)
+                out[row["id"]] = np.stack(
+                    [
+                        np.asarray(row["semantic_tokens"], dtype=np.uint16),
+                        np.asarray(row["acoustic_tokens"], dtype=np.uint16),
+                    ],
+                    axis=1,
+                )
         return out
 
     tokens: dict[str, np.ndarray] = {}
@@ -333,45 +368,70 @@ def run_audit(config: AuditConfig, *, stream: TextIO = sys.stderr) -> AuditResul
     fs, root_path = open_filesystem(config.output, config.storage_options)
     layout = _choose_version(fs, root_path, config.output, config.version)
     record = with_retries(lambda: latest_tokenize_record(fs, layout))
-    input_options = dict(config.input_storage_options if config.input_storage_options is not None
-                         else config.storage_options)
-    tokenize_config = TokenizeConfig.from_dict({
-        **record["config"], "storage_options": input_options,
-        **({"weights": config.weights} if config.weights else {})})
+    input_options = dict(
+        config.input_storage_options if config.input_storage_options is not None else config.storage_options
+    )
+    tokenize_config = TokenizeConfig.from_dict(
+        {
+            **record["config"],
+            "storage_options": input_options,
+            **({"weights": config.weights} if config.weights else {}),
+        }
+    )
     fingerprint = job_fingerprint(tokenize_config)
     if OutputLayout.for_fingerprint(layout.root_url, fingerprint).version != layout.version:
-        raise ConfigError(f"the codec the audit would load does not make {layout.version}: its "
-                          "tokens would be decoded with other weights")
+        raise ConfigError(
+            f"the codec the audit would load does not make {layout.version}: its "
+            "tokens would be decoded with other weights"
+        )
     random_weights = bool(fingerprint.get("random_weights"))
     vocab_sizes = (int(fingerprint["semantic_vocab_size"]), int(fingerprint.get("acoustic_vocab_size", 8192)))
     spec = tokenize_config.codec_spec()
     try:
-        check_decode_options(spec, {"steps": config.steps, "guidance": config.guidance,
-                                    "dtype": config.decode_dtype})
+        check_decode_options(
+            spec, {"steps": config.steps, "guidance": config.guidance, "dtype": config.decode_dtype}
+        )
     except ValueError as error:
         raise ConfigError(f"decode options: {error}") from None
 
     manifest = with_retries(lambda: read_manifest(fs, layout))
     init_ray(config.ray_address)
-    scan = _scan_output(config.output, worker_storage_options(config.output, config.storage_options), layout,
-                        manifest, vocab_sizes, config.default_domain)
+    scan = _scan_output(
+        config.output,
+        worker_storage_options(config.output, config.storage_options),
+        layout,
+        manifest,
+        vocab_sizes,
+        config.default_domain,
+    )
     n = sample_size(len(scan.candidates), sample=config.sample, fraction=config.fraction)
     chosen = sample_items(scan.candidates, n, seed=config.seed)
-    audit_id = (time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-n{len(chosen)}-seed{config.seed}-"
-                + uuid.uuid4().hex[:6])
+    audit_id = (
+        time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        + f"-n{len(chosen)}-seed{config.seed}-"
+        + uuid.uuid4().hex[:6]
+    )
     report_url = config.report or layout.audit_dir(audit_id)
-    print(f"[semtok] audit {layout.version_url}: {len(chosen)} of {len(scan.candidates)} items "
-          f"({len({c.source for c in chosen})} source(s)), {config.steps} DDIM steps",
-          file=stream, flush=True)
+    print(
+        f"[semtok] audit {layout.version_url}: {len(chosen)} of {len(scan.candidates)} items "
+        f"({len({c.source for c in chosen})} source(s)), {config.steps} DDIM steps",
+        file=stream,
+        flush=True,
+    )
     if random_weights:
-        print("[semtok] WARNING: RANDOM codec weights: the audit's numbers are meaningless",
-              file=stream, flush=True)
+        print(
+            "[semtok] WARNING: RANDOM codec weights: the audit's numbers are meaningless",
+            file=stream,
+            flush=True,
+        )
 
-    rows, examples, timing = _execute(config, spec, tokenize_config, fs, layout, manifest, scan, chosen,
-                                      stream)
+    rows, examples, timing = _execute(
+        config, spec, tokenize_config, fs, layout, manifest, scan, chosen, stream
+    )
     wall = time.monotonic() - started
-    media = AuditMedia(examples=examples.kept, worst_ids=examples.worst_ids(),
-                       random_ids=examples.shown_random_ids())
+    media = AuditMedia(
+        examples=examples.kept, worst_ids=examples.worst_ids(), random_ids=examples.shown_random_ids()
+    )
     document = {
         "format": "semtok-audit/1",
         "audit_id": audit_id,
@@ -383,22 +443,31 @@ def run_audit(config: AuditConfig, *, stream: TextIO = sys.stderr) -> AuditResul
         "fingerprint": fingerprint,
         "tokenize_config": {k: v for k, v in tokenize_config.to_dict().items() if k != "storage_options"},
         "config": config.to_dict(),
-        "population": {"items": len(scan.candidates), "items_by_source": scan.items_by_source,
-                       "errors_by_source": scan.errors_by_source},
+        "population": {
+            "items": len(scan.candidates),
+            "items_by_source": scan.items_by_source,
+            "errors_by_source": scan.errors_by_source,
+        },
         "items": rows,
         "token_stats": scan.token_stats.summary(include_histograms=False),
-        "token_histograms": {name: scan.token_stats.histogram(name).tolist()
-                             for name in scan.token_stats.codebooks},
+        "token_histograms": {
+            name: scan.token_stats.histogram(name).tolist() for name in scan.token_stats.codebooks
+        },
         "token_histograms_by_source": _source_histograms(scan.token_stats),
         "references": [r.to_dict() for r in load_reference_figures(config.references, fingerprint)],
         "timing": {"wall_seconds": wall, **timing},
     }
     html_url, json_url = write_report(report_url, document, media, storage_options=config.storage_options)
     failed = sum(1 for r in rows if r["error"])
-    print(f"[semtok] audit done: {len(rows) - failed} scored, {failed} could not be audited, "
-          f"wall {wall:.1f} s; report {html_url}", file=stream, flush=True)
-    return AuditResult(audit_id, report_url, html_url, json_url, len(rows), len(rows) - failed, failed,
-                       wall, random_weights)
+    print(
+        f"[semtok] audit done: {len(rows) - failed} scored, {failed} could not be audited, "
+        f"wall {wall:.1f} s; report {html_url}",
+        file=stream,
+        flush=True,
+    )
+    return AuditResult(
+        audit_id, report_url, html_url, json_url, len(rows), len(rows) - failed, failed, wall, random_weights
+    )
 
 
 def _source_histograms(stats: TokenStats, limit: int = 12) -> dict[str, dict[str, list[int]]]:
@@ -409,17 +478,27 @@ def _source_histograms(stats: TokenStats, limit: int = 12) -> dict[str, dict[str
     return {str(g): {name: stats.histogram(name, g).tolist() for name in stats.codebooks} for g in largest}
 
 
-def _execute(config: AuditConfig, spec: CodecSpec, tokenize_config: TokenizeConfig, fs,
-             layout: OutputLayout, manifest: Mapping[str, dict[str, Any]], scan: _Scan,
-             chosen: list[Candidate], stream: TextIO
-             ) -> tuple[list[dict[str, Any]], _Examples, dict[str, Any]]:
+def _execute(
+    config: AuditConfig,
+    spec: CodecSpec,
+    tokenize_config: TokenizeConfig,
+    fs,
+    layout: OutputLayout,
+    manifest: Mapping[str, dict[str, Any]],
+    scan: _Scan,
+    chosen: list[Candidate],
+    stream: TextIO,
+) -> tuple[list[dict[str, Any]], _Examples, dict[str, Any]]:
     import ray
 
     rows: list[dict[str, Any]] = []
     random_ids = random_pick([c.item_id for c in chosen], config.random_k, seed=config.seed)
     examples = _Examples(random_ids, config.worst_k, config.rank_metric)
-    timing: dict[str, Any] = {"decode_seconds_total": 0.0, "score_seconds_total": 0.0,
-                              "decoded_audio_seconds": 0.0}
+    timing: dict[str, Any] = {
+        "decode_seconds_total": 0.0,
+        "score_seconds_total": 0.0,
+        "decoded_audio_seconds": 0.0,
+    }
     if not chosen:
         return rows, examples, timing
     tokens = _sampled_tokens(fs, layout, scan.token_files, chosen)
@@ -428,37 +507,64 @@ def _execute(config: AuditConfig, spec: CodecSpec, tokenize_config: TokenizeConf
     max_frames = segmenter(np.zeros(max_samples, dtype=np.float32)).num_tokens
     by_unit: dict[str, list[AuditItem]] = {}
     for candidate in chosen:
-        by_unit.setdefault(candidate.unit_id, []).append(AuditItem(
-            candidate.item_id, candidate.source, candidate.domain,
-            decode_seed(config.seed, candidate.item_id), tokens[candidate.item_id][:max_frames],
-            candidate.duration_s))
+        by_unit.setdefault(candidate.unit_id, []).append(
+            AuditItem(
+                candidate.item_id,
+                candidate.source,
+                candidate.domain,
+                decode_seed(config.seed, candidate.item_id),
+                tokens[candidate.item_id][:max_frames],
+                candidate.duration_s,
+            )
+        )
 
     decoders = plan_decoders(config, ray.cluster_resources())
     print(f"[semtok] decoding on {decoders.count} {decoders.device} replica(s)", file=stream, flush=True)
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = False
     context.enable_progress_bars = False
-    unit_rows = [{"unit": json.dumps(_readable_unit(manifest[u], u, chosen)),
-                  "items": json.dumps([item.to_json() for item in items])} for u, items in by_unit.items()]
+    unit_rows = [
+        {
+            "unit": json.dumps(_readable_unit(manifest[u], u, chosen)),
+            "items": json.dumps([item.to_json() for item in items]),
+        }
+        for u, items in by_unit.items()
+    ]
     dataset = ray.data.from_items(unit_rows, override_num_blocks=len(unit_rows))
     dataset = dataset.flat_map(
-        ReadOriginals(max_samples=max_samples, channel_policy=tokenize_config.channel_policy,
-                      max_audio_seconds=tokenize_config.max_audio_seconds,
-                      storage_options=worker_storage_options(tokenize_config.input,
-                                                             tokenize_config.storage_options),
-                      audio_column=tokenize_config.audio_column, uri_column=tokenize_config.uri_column),
-        num_cpus=READ_CPUS)
+        ReadOriginals(
+            max_samples=max_samples,
+            channel_policy=tokenize_config.channel_policy,
+            max_audio_seconds=tokenize_config.max_audio_seconds,
+            storage_options=worker_storage_options(tokenize_config.input, tokenize_config.storage_options),
+            audio_column=tokenize_config.audio_column,
+            uri_column=tokenize_config.uri_column,
+        ),
+        num_cpus=READ_CPUS,
+    )
     dataset = dataset.map_batches(
         DecodeActor,
-        fn_constructor_kwargs={"spec": spec, "device": decoders.device,
-                               "threads": math.ceil(decoders.cpus) if decoders.device == "cpu" else None,
-                               "steps": config.steps, "guidance": config.guidance,
-                               "dtype": config.decode_dtype},
-        batch_size=config.decode_batch_items, batch_format="numpy",
+        fn_constructor_kwargs={
+            "spec": spec,
+            "device": decoders.device,
+            "threads": math.ceil(decoders.cpus) if decoders.device == "cpu" else None,
+            "steps": config.steps,
+            "guidance": config.guidance,
+            "dtype": config.decode_dtype,
+        },
+        batch_size=config.decode_batch_items,
+        batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=decoders.count),
-        num_cpus=decoders.cpus, num_gpus=decoders.gpus)
-    dataset = dataset.map_batches(score_batch, fn_kwargs={"metrics": config.metrics}, batch_size=1,
-                                  batch_format="numpy", num_cpus=config.score_cpus)
+        num_cpus=decoders.cpus,
+        num_gpus=decoders.gpus,
+    )
+    dataset = dataset.map_batches(
+        score_batch,
+        fn_kwargs={"metrics": config.metrics},
+        batch_size=1,
+        batch_format="numpy",
+        num_cpus=config.score_cpus,
+    )
     last = time.monotonic()
     for batch in dataset.iter_batches(batch_format="numpy", batch_size=None):
         for i in range(len(batch["item_id"])):
@@ -470,23 +576,31 @@ def _execute(config: AuditConfig, spec: CodecSpec, tokenize_config: TokenizeConf
             if not record["error"]:
                 timing["decoded_audio_seconds"] += record["audited_seconds"]
                 value = record["scores"].get(config.rank_metric)
-                examples.offer(record["id"], value, ExampleAudio(
-                    np.frombuffer(row["reference"], dtype=np.float32).copy(),
-                    np.frombuffer(row["reconstruction"], dtype=np.float32).copy()))
+                examples.offer(
+                    record["id"],
+                    value,
+                    ExampleAudio(
+                        np.frombuffer(row["reference"], dtype=np.float32).copy(),
+                        np.frombuffer(row["reconstruction"], dtype=np.float32).copy(),
+                    ),
+                )
         if time.monotonic() - last > 10:
             last = time.monotonic()
             print(f"[semtok] audit: {len(rows)}/{len(chosen)} items", file=stream, flush=True)
     accounted = {r["id"] for r in rows}
     missing = [c.item_id for c in chosen if c.item_id not in accounted]
     if missing or len(rows) != len(chosen):
-        raise RuntimeError(f"audit lost or duplicated items: {len(rows)} rows for {len(chosen)} sampled, "
-                           f"missing {missing[:3]}")
+        raise RuntimeError(
+            f"audit lost or duplicated items: {len(rows)} rows for {len(chosen)} sampled, "
+            f"missing {missing[:3]}"
+        )
     rows.sort(key=lambda r: (r["source"], r["id"]))
     scored = [r for r in rows if not r["error"]]
     timing["decode_seconds_per_item"] = (timing["decode_seconds_total"] / len(scored)) if scored else None
     audio_seconds = timing["decoded_audio_seconds"]
-    timing["decode_seconds_per_audio_second"] = (timing["decode_seconds_total"] / audio_seconds
-                                                 if audio_seconds else None)
+    timing["decode_seconds_per_audio_second"] = (
+        timing["decode_seconds_total"] / audio_seconds if audio_seconds else None
+    )
     timing["decoders"] = dataclasses.asdict(decoders)
     return rows, examples, timing
 
@@ -506,13 +620,21 @@ def _item_record(row: Mapping[str, Any]) -> dict[str, Any]:
     scores = json.loads(row["scores"]) if row["scores"] else {"scores": {}, "not_applicable": {}}
     reference = len(row["reference"]) // 4
     return {
-        "id": str(row["item_id"]), "unit_id": str(row["unit_id"]), "source": str(row["source"]),
-        "domain": str(row["domain"]), "duration_s": float(row["duration_s"]),
-        "audited_seconds": reference / SAMPLE_RATE, "n_frames": int(row["n_frames"]),
-        "decode_seed": int(row["decode_seed"]), "decode_seconds": float(row["decode_seconds"]),
+        "id": str(row["item_id"]),
+        "unit_id": str(row["unit_id"]),
+        "source": str(row["source"]),
+        "domain": str(row["domain"]),
+        "duration_s": float(row["duration_s"]),
+        "audited_seconds": reference / SAMPLE_RATE,
+        "n_frames": int(row["n_frames"]),
+        "decode_seed": int(row["decode_seed"]),
+        "decode_seconds": float(row["decode_seconds"]),
         "score_seconds": float(row["score_seconds"]),
         "scores": {k: v for k, v in scores["scores"].items() if v is not None},
         "not_applicable": scores["not_applicable"],
-        "error": ({"stage": str(row["stage"]), "reason": str(row["reason"]), "detail": str(row["detail"])}
-                  if row["stage"] else None),
+        "error": (
+            {"stage": str(row["stage"]), "reason": str(row["reason"]), "detail": str(row["detail"])}
+            if row["stage"]
+            else None
+        ),
     }

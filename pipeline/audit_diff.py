@@ -64,17 +64,28 @@ class AuditDiff:
         return [s for s in self.shifts if s.verdict == "regressed"]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"a": self.a, "b": self.b, "notes": self.notes, "shifts": [asdict(s) for s in self.shifts],
-                "regressions": len(self.regressions)}
+        return {
+            "a": self.a,
+            "b": self.b,
+            "notes": self.notes,
+            "shifts": [asdict(s) for s in self.shifts],
+            "regressions": len(self.regressions),
+        }
 
     def text(self) -> str:
-        lines = [f"A: {self.a}", f"B: {self.b}", *[f"note: {n}" for n in self.notes],
-                 f"{'metric':<18} {'group':<24} {'A':>9} {'B':>9} {'B-A':>9}  95% interval       verdict"]
+        lines = [
+            f"A: {self.a}",
+            f"B: {self.b}",
+            *[f"note: {n}" for n in self.notes],
+            f"{'metric':<18} {'group':<24} {'A':>9} {'B':>9} {'B-A':>9}  95% interval       verdict",
+        ]
         for s in self.shifts:
             interval = f"[{_fmt(s.low)}, {_fmt(s.high)}]" if s.low is not None else "-"
             paired = f" (paired n={s.paired_items})" if s.paired_items else ""
-            lines.append(f"{s.metric:<18} {s.group[:24]:<24} {_fmt(s.a_mean):>9} {_fmt(s.b_mean):>9} "
-                         f"{_fmt(s.delta):>9}  {interval:<18} {s.verdict}{paired}")
+            lines.append(
+                f"{s.metric:<18} {s.group[:24]:<24} {_fmt(s.a_mean):>9} {_fmt(s.b_mean):>9} "
+                f"{_fmt(s.delta):>9}  {interval:<18} {s.verdict}{paired}"
+            )
         lines.append(f"{len(self.regressions)} regression(s)")
         return "\n".join(lines)
 
@@ -86,8 +97,11 @@ def _fmt(value: float | None) -> str:
 def _values(rows: Sequence[Mapping[str, Any]], metric: str) -> dict[str, float]:
     """id → value; magnitudes for metrics whose best value is 0 (a shift toward 0 is a gain)."""
     size = abs if metric in ZERO_IS_BEST else float
-    return {r["id"]: float(size(r["scores"][metric])) for r in rows
-            if not r.get("error") and metric in r["scores"]}
+    return {
+        r["id"]: float(size(r["scores"][metric]))
+        for r in rows
+        if not r.get("error") and metric in r["scores"]
+    }
 
 
 def _interval(differences: np.ndarray) -> tuple[float, float, float]:
@@ -116,15 +130,24 @@ def _verdict(metric: str, low: float, high: float) -> str:
     return "unchanged"
 
 
-def compare(metric: str, group: str, a_rows: Sequence[Mapping[str, Any]],
-            b_rows: Sequence[Mapping[str, Any]]) -> Shift:
+def compare(
+    metric: str, group: str, a_rows: Sequence[Mapping[str, Any]], b_rows: Sequence[Mapping[str, Any]]
+) -> Shift:
     """One metric in one group of items: paired over shared item ids when there are at least two."""
     a_vals, b_vals = _values(a_rows, metric), _values(b_rows, metric)
     a_arr = np.asarray(list(a_vals.values()))
     b_arr = np.asarray(list(b_vals.values()))
-    shift = Shift(metric, group, float(a_arr.mean()) if a_arr.size else None,
-                  float(b_arr.mean()) if b_arr.size else None, int(a_arr.size), int(b_arr.size),
-                  None, None, None)
+    shift = Shift(
+        metric,
+        group,
+        float(a_arr.mean()) if a_arr.size else None,
+        float(b_arr.mean()) if b_arr.size else None,
+        int(a_arr.size),
+        int(b_arr.size),
+        None,
+        None,
+        None,
+    )
     if not a_arr.size or not b_arr.size:
         shift.verdict = "n/a"
         return shift
@@ -140,13 +163,15 @@ def compare(metric: str, group: str, a_rows: Sequence[Mapping[str, Any]],
     return shift
 
 
-def diff_audits(a: Mapping[str, Any], b: Mapping[str, Any], *, a_name: str = "A",
-                b_name: str = "B") -> AuditDiff:
+def diff_audits(
+    a: Mapping[str, Any], b: Mapping[str, Any], *, a_name: str = "A", b_name: str = "B"
+) -> AuditDiff:
     """Every metric both audits computed, overall and per domain and per source present in both."""
     diff = AuditDiff(a_name, b_name)
     if a.get("dataset_version") != b.get("dataset_version"):
-        diff.notes.append(f"different dataset versions: {a.get('dataset_version')} vs "
-                          f"{b.get('dataset_version')}")
+        diff.notes.append(
+            f"different dataset versions: {a.get('dataset_version')} vs {b.get('dataset_version')}"
+        )
     for key in ("steps", "guidance", "max_item_seconds", "seed"):
         if a["config"].get(key) != b["config"].get(key):
             diff.notes.append(f"{key} differs: {a['config'].get(key)} vs {b['config'].get(key)}")
@@ -167,35 +192,55 @@ def diff_audits(a: Mapping[str, Any], b: Mapping[str, Any], *, a_name: str = "A"
     return diff
 
 
-def write_diff_report(diff: AuditDiff, a: Mapping[str, Any], b: Mapping[str, Any], out_url: str, *,
-                      storage_options: Mapping[str, Any] | None = None) -> str:
+def write_diff_report(
+    diff: AuditDiff,
+    a: Mapping[str, Any],
+    b: Mapping[str, Any],
+    out_url: str,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+) -> str:
     """diff.json, per-metric overlays of A and B, and an index.html; returns the page's URL."""
     fs, root = open_filesystem(out_url, storage_options)
     root = root.rstrip("/")
     plots: dict[str, str] = {}
     rows = [(f"{s.metric} · {s.group}", s.a_mean, s.b_mean) for s in diff.shifts]
     if rows:
-        plots["plots/shifts.svg"] = shift_svg(rows, title="mean per metric and group: A → B",
-                                              higher_is_better=HIGHER_IS_BETTER)
+        plots["plots/shifts.svg"] = shift_svg(
+            rows, title="mean per metric and group: A → B", higher_is_better=HIGHER_IS_BETTER
+        )
     for metric in sorted({s.metric for s in diff.shifts}):
-        values = {f"A ({diff.a})"[:60]: list(_values(a["items"], metric).values()),
-                  f"B ({diff.b})"[:60]: list(_values(b["items"], metric).values())}
+        values = {
+            f"A ({diff.a})"[:60]: list(_values(a["items"], metric).values()),
+            f"B ({diff.b})"[:60]: list(_values(b["items"], metric).values()),
+        }
         plots[f"plots/metric-{metric}.svg"] = histogram_svg(
-            values, title=METRIC_LABELS.get(metric, metric), x_label=metric,
-            higher_is_better=HIGHER_IS_BETTER.get(metric))
+            values,
+            title=METRIC_LABELS.get(metric, metric),
+            x_label=metric,
+            higher_is_better=HIGHER_IS_BETTER.get(metric),
+        )
     fs.makedirs(f"{root}/plots", exist_ok=True)  # local disks; a no-op on buckets
     for name, svg in plots.items():
         data = svg.encode()
         with_retries(lambda n=name, d=data: fs.pipe_file(f"{root}/{n}", d))
-    with_retries(lambda: publish(fs, f"{root}/diff.json",
-                                 json.dumps(diff.to_dict(), indent=1, sort_keys=True).encode()))
+    with_retries(
+        lambda: publish(
+            fs, f"{root}/diff.json", json.dumps(diff.to_dict(), indent=1, sort_keys=True).encode()
+        )
+    )
     esc = html.escape
     table = "".join(
         f"<tr class={s.verdict}><td>{esc(s.metric)}</td><td>{esc(s.group)}</td><td>{_fmt(s.a_mean)}</td>"
         f"<td>{_fmt(s.b_mean)}</td><td>{_fmt(s.delta)}</td><td>{_fmt(s.low)} … {_fmt(s.high)}</td>"
-        f"<td>{s.paired_items or '-'}</td><td>{esc(s.verdict)}</td></tr>" for s in diff.shifts)
-    warning = ("<p class=warning>At least one audit used RANDOM weights: these numbers are meaningless.</p>"
-               if a.get("random_weights") or b.get("random_weights") else "")
+        f"<td>{s.paired_items or '-'}</td><td>{esc(s.verdict)}</td></tr>"
+        for s in diff.shifts
+    )
+    warning = (
+        "<p class=warning>At least one audit used RANDOM weights: these numbers are meaningless.</p>"
+        if a.get("random_weights") or b.get("random_weights")
+        else ""
+    )
     page = (
         "<!doctype html><html lang=en><head><meta charset=utf-8><title>semtok audit diff</title><style>"
         "body{font-family:system-ui,sans-serif;max-width:1100px;margin:0 auto;padding:0 20px 40px}"
@@ -206,10 +251,13 @@ def write_diff_report(diff: AuditDiff, a: Mapping[str, Any], b: Mapping[str, Any
         f"<p>A: <code>{esc(diff.a)}</code><br>B: <code>{esc(diff.b)}</code></p>"
         + "".join(f"<p>note: {esc(n)}</p>" for n in diff.notes)
         + f"<p><b>{len(diff.regressions)} regression(s)</b>: a change whose 95 % interval lies wholly on "
-          "the worse side.</p>"
+        "the worse side.</p>"
         + "<table><tr><th>metric</th><th>group</th><th>A mean</th><th>B mean</th><th>B−A</th>"
-          "<th>95 % interval</th><th>paired items</th><th>verdict</th></tr>" + table + "</table>"
+        "<th>95 % interval</th><th>paired items</th><th>verdict</th></tr>"
+        + table
+        + "</table>"
         + "".join(f'<p><img alt="{esc(n)}" src="{esc(n)}"></p>' for n in sorted(plots))
-        + "</body></html>")
+        + "</body></html>"
+    )
     with_retries(lambda: publish(fs, f"{root}/index.html", page.encode()))
     return f"{out_url.rstrip('/')}/index.html"

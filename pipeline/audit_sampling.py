@@ -22,9 +22,17 @@ SOURCE_KEYS: tuple[str, ...] = ("source", "dataset", "corpus")
 #: Metadata key naming the content domain (speech, music, sound).
 DOMAIN_KEY = "domain"
 #: Common spellings users put in metadata, mapped onto the metric domains.
-DOMAIN_ALIASES: dict[str, str] = {"speech": "speech", "voice": "speech", "music": "music",
-                                  "song": "music", "sound": "sound", "audio": "sound",
-                                  "general": "sound", "sfx": "sound", "environmental": "sound"}
+DOMAIN_ALIASES: dict[str, str] = {
+    "speech": "speech",
+    "voice": "speech",
+    "music": "music",
+    "song": "music",
+    "sound": "sound",
+    "audio": "sound",
+    "general": "sound",
+    "sfx": "sound",
+    "environmental": "sound",
+}
 TOP_LEVEL = "(top level)"
 # Unit kinds whose item ids carry the container's name (shard, file) before the item's own key.
 _CONTAINER_KINDS = ("tar", "parquet")

@@ -32,9 +32,21 @@ _DURATION_TOLERANCE_S = 1e-3
 
 def empty_audit_row() -> dict[str, Any]:
     return {
-        "item_id": "", "unit_id": "", "source": "", "domain": "", "decode_seed": 0,
-        "tokens": b"", "n_frames": 0, "duration_s": 0.0, "reference": b"", "reconstruction": b"",
-        "decode_seconds": 0.0, "score_seconds": 0.0, "scores": "", "stage": "", "reason": "",
+        "item_id": "",
+        "unit_id": "",
+        "source": "",
+        "domain": "",
+        "decode_seed": 0,
+        "tokens": b"",
+        "n_frames": 0,
+        "duration_s": 0.0,
+        "reference": b"",
+        "reconstruction": b"",
+        "decode_seconds": 0.0,
+        "score_seconds": 0.0,
+        "scores": "",
+        "stage": "",
+        "reason": "",
         "detail": "",
     }
 
@@ -56,9 +68,15 @@ class AuditItem:
     duration_s: float  # the whole item's committed duration
 
     def to_json(self) -> dict[str, Any]:
-        return {"item_id": self.item_id, "source": self.source, "domain": self.domain,
-                "decode_seed": self.decode_seed, "tokens": self.tokens.astype(np.uint16).tobytes().hex(),
-                "n_frames": int(self.tokens.shape[0]), "duration_s": self.duration_s}
+        return {
+            "item_id": self.item_id,
+            "source": self.source,
+            "domain": self.domain,
+            "decode_seed": self.decode_seed,
+            "tokens": self.tokens.astype(np.uint16).tobytes().hex(),
+            "n_frames": int(self.tokens.shape[0]),
+            "duration_s": self.duration_s,
+        }
 
 
 class ReadOriginals:
@@ -69,9 +87,16 @@ class ReadOriginals:
     with the tokenize job's channel policy: the reference is the audio the codec was given.
     """
 
-    def __init__(self, *, max_samples: int, channel_policy: str, max_audio_seconds: float | None,
-                 storage_options: dict | None = None, audio_column: str | None = None,
-                 uri_column: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        max_samples: int,
+        channel_policy: str,
+        max_audio_seconds: float | None,
+        storage_options: dict | None = None,
+        audio_column: str | None = None,
+        uri_column: str | None = None,
+    ) -> None:
         self.max_samples = max_samples  # the audited start of each item (its tokens are cut to match)
         self.channel_policy = channel_policy
         self.max_audio_seconds = max_audio_seconds
@@ -84,8 +109,12 @@ class ReadOriginals:
         wanted = {item["item_id"]: item for item in json.loads(row["items"])}
         pending = dict(wanted)
         try:
-            for item in read_unit(unit, storage_options=self.storage_options,
-                                  audio_column=self.audio_column, uri_column=self.uri_column):
+            for item in read_unit(
+                unit,
+                storage_options=self.storage_options,
+                audio_column=self.audio_column,
+                uri_column=self.uri_column,
+            ):
                 spec = pending.pop(item.item_id, None)
                 if spec is None:
                     continue
@@ -94,18 +123,33 @@ class ReadOriginals:
                     break
         except Exception as error:  # noqa: BLE001 - the unit became unreadable after retries
             for spec in pending.values():
-                yield _failed(self._base(unit.unit_id, spec), "read", "original_unreadable",
-                              f"{type(error).__name__}: {error}")
+                yield _failed(
+                    self._base(unit.unit_id, spec),
+                    "read",
+                    "original_unreadable",
+                    f"{type(error).__name__}: {error}",
+                )
             return
         for spec in pending.values():
-            yield _failed(self._base(unit.unit_id, spec), "read", "original_missing",
-                          "the input unit no longer holds this item")
+            yield _failed(
+                self._base(unit.unit_id, spec),
+                "read",
+                "original_missing",
+                "the input unit no longer holds this item",
+            )
 
     def _base(self, unit_id: str, spec: dict[str, Any]) -> dict[str, Any]:
         row = empty_audit_row()
-        row.update(item_id=spec["item_id"], unit_id=unit_id, source=spec["source"], domain=spec["domain"],
-                   decode_seed=int(spec["decode_seed"]), tokens=bytes.fromhex(spec["tokens"]),
-                   n_frames=int(spec["n_frames"]), duration_s=float(spec["duration_s"]))
+        row.update(
+            item_id=spec["item_id"],
+            unit_id=unit_id,
+            source=spec["source"],
+            domain=spec["domain"],
+            decode_seed=int(spec["decode_seed"]),
+            tokens=bytes.fromhex(spec["tokens"]),
+            n_frames=int(spec["n_frames"]),
+            duration_s=float(spec["duration_s"]),
+        )
         return row
 
     def _item_row(self, unit_id: str, spec: dict[str, Any], item) -> dict[str, Any]:
@@ -113,14 +157,22 @@ class ReadOriginals:
         if item.error is not None:
             return _failed(row, "read", "original_unreadable", f"{item.error.reason}: {item.error.detail}")
         try:
-            audio = decode_audio(item.data, channel_policy=self.channel_policy, name_hint=item.source_uri,
-                                 max_seconds=self.max_audio_seconds)
+            audio = decode_audio(
+                item.data,
+                channel_policy=self.channel_policy,
+                name_hint=item.source_uri,
+                max_seconds=self.max_audio_seconds,
+            )
         except AudioDecodeError as error:
             return _failed(row, "read", "original_undecodable", f"{error.reason}: {error.detail}")
         if abs(audio.duration_s - row["duration_s"]) > _DURATION_TOLERANCE_S:
-            return _failed(row, "read", "original_changed",
-                           f"the original now lasts {audio.duration_s:.3f} s, its tokens "
-                           f"{row['duration_s']:.3f} s: it changed since it was tokenized")
+            return _failed(
+                row,
+                "read",
+                "original_changed",
+                f"the original now lasts {audio.duration_s:.3f} s, its tokens "
+                f"{row['duration_s']:.3f} s: it changed since it was tokenized",
+            )
         row["reference"] = np.ascontiguousarray(audio.samples[: self.max_samples], dtype=np.float32).tobytes()
         return row
 
@@ -130,8 +182,16 @@ class DecodeActor:
     the decoder needs + diffusion decoder) decodes a batch of items at once, each with its own
     noise seed, so an item's reconstruction does not depend on its batch-mates."""
 
-    def __init__(self, spec: CodecSpec, *, device: str = "cpu", threads: int | None = None,
-                 steps: int = 50, guidance: float = 2.0, dtype: str = "float32") -> None:
+    def __init__(
+        self,
+        spec: CodecSpec,
+        *,
+        device: str = "cpu",
+        threads: int | None = None,
+        steps: int = 50,
+        guidance: float = 2.0,
+        dtype: str = "float32",
+    ) -> None:
         if device == "cpu" and threads:
             torch.set_num_threads(max(1, int(threads)))
         if device == "cuda" and not torch.cuda.is_available():
@@ -162,8 +222,9 @@ class DecodeActor:
         out["decode_seconds"] = seconds
         return out
 
-    def _decode(self, batch: dict[str, np.ndarray], rows: Sequence[int], out: np.ndarray,
-                seconds: np.ndarray) -> None:
+    def _decode(
+        self, batch: dict[str, np.ndarray], rows: Sequence[int], out: np.ndarray, seconds: np.ndarray
+    ) -> None:
         frames = [int(batch["n_frames"][i]) for i in rows]
         tokens = torch.zeros(len(rows), max(frames), 2, dtype=torch.int64)
         for slot, i in enumerate(rows):
@@ -171,8 +232,14 @@ class DecodeActor:
             tokens[slot, : len(array)] = torch.from_numpy(array.astype(np.int64))
         seeds = [int(batch["decode_seed"][i]) for i in rows]
         started = time.perf_counter()
-        waves, lengths = self.codec.decode_batch(tokens, torch.tensor(frames), steps=self.steps,
-                                                 guidance=self.guidance, seed=seeds, dtype=self.dtype)
+        waves, lengths = self.codec.decode_batch(
+            tokens,
+            torch.tensor(frames),
+            steps=self.steps,
+            guidance=self.guidance,
+            seed=seeds,
+            dtype=self.dtype,
+        )
         elapsed = time.perf_counter() - started
         total_frames = sum(frames) or 1
         for slot, i in enumerate(rows):
@@ -181,8 +248,9 @@ class DecodeActor:
             seconds[i] = elapsed * frames[slot] / total_frames  # batch time shared by length
 
 
-def score_batch(batch: dict[str, np.ndarray], metrics: Sequence[str] = DEFAULT_METRICS
-                ) -> dict[str, np.ndarray]:
+def score_batch(
+    batch: dict[str, np.ndarray], metrics: Sequence[str] = DEFAULT_METRICS
+) -> dict[str, np.ndarray]:
     """For `map_batches` (CPU tasks): every metric of each decoded item, as JSON on its row."""
     out = dict(batch)
     scores = np.empty(len(batch["item_id"]), dtype=object)

@@ -46,8 +46,9 @@ class EncodeStats:
 class EncodeActor:
     """Callable class for `Dataset.map_batches` with an actor pool."""
 
-    def __init__(self, spec: CodecSpec, *, device: str = "cpu", threads: int | None = None,
-                 batch_size: int = 8) -> None:
+    def __init__(
+        self, spec: CodecSpec, *, device: str = "cpu", threads: int | None = None, batch_size: int = 8
+    ) -> None:
         if device == "cpu" and threads:
             torch.set_num_threads(max(1, int(threads)))
         if device == "cuda" and not torch.cuda.is_available():
@@ -99,8 +100,9 @@ class EncodeActor:
 
     def _encode(self, batch: dict[str, np.ndarray], index: np.ndarray) -> list[bytes]:
         _maybe_fail_always(batch, index)
-        samples = torch.from_numpy(np.stack([np.frombuffer(batch["samples"][i], dtype=np.float32)
-                                             for i in index]))
+        samples = torch.from_numpy(
+            np.stack([np.frombuffer(batch["samples"][i], dtype=np.float32) for i in index])
+        )
         valid = torch.as_tensor(batch["valid_frames"][index].astype(np.int64))
         tokens = self.codec.encode_segments(samples, valid).cpu().numpy().astype(np.uint16)
         self.stats.segments += len(index)

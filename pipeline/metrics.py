@@ -35,11 +35,13 @@ class JobMetrics:
         if not self.enabled:
             return
         keys = (DATASET_TAG,)
-        self.audio = metrics.Counter(names.AUDIO_SECONDS_ENCODED_RAY, "Seconds of audio tokenized",
-                                     tag_keys=keys)
+        self.audio = metrics.Counter(
+            names.AUDIO_SECONDS_ENCODED_RAY, "Seconds of audio tokenized", tag_keys=keys
+        )
         self.done = metrics.Counter(names.ITEMS_DONE_RAY, "Items tokenized", tag_keys=keys)
-        self.failed = metrics.Counter(names.ITEMS_FAILED_RAY, "Items that failed, by reason",
-                                      tag_keys=(*keys, names.FAILED_REASON_TAG))
+        self.failed = metrics.Counter(
+            names.ITEMS_FAILED_RAY, "Items that failed, by reason", tag_keys=(*keys, names.FAILED_REASON_TAG)
+        )
         self.units = metrics.Counter(names.UNITS_COMMITTED_RAY, "Input units committed", tag_keys=keys)
 
     def unit_finished(self, audio_seconds: float, items_ok: int, errors_by_reason: dict[str, int]) -> None:
@@ -73,11 +75,15 @@ class EncodeMetrics:
         except Exception:  # noqa: BLE001 - outside Ray (unit tests call the actor class directly)
             actor = "local"
         self.tags = {"actor": actor}
-        self.seconds = metrics.Histogram(names.ENCODE_BATCH_SECONDS_RAY, "Encode batch wall time (s)",
-                                         boundaries=list(names.ENCODE_BATCH_SECONDS_BOUNDARIES),
-                                         tag_keys=("actor",))
-        self.fill = metrics.Gauge(names.ENCODE_BATCH_FILL_RATIO_RAY,
-                                  "Segments in the last batch / batch size", tag_keys=("actor",))
+        self.seconds = metrics.Histogram(
+            names.ENCODE_BATCH_SECONDS_RAY,
+            "Encode batch wall time (s)",
+            boundaries=list(names.ENCODE_BATCH_SECONDS_BOUNDARIES),
+            tag_keys=("actor",),
+        )
+        self.fill = metrics.Gauge(
+            names.ENCODE_BATCH_FILL_RATIO_RAY, "Segments in the last batch / batch size", tag_keys=("actor",)
+        )
         self.actors = metrics.Gauge(names.ENCODE_ACTORS_RAY, "Live encode actors", tag_keys=("actor",))
         self.actors.set(1, tags=self.tags)
 

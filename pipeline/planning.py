@@ -37,9 +37,11 @@ __all__ = ["DEFAULT_X_REAL_TIME", "THROUGHPUT_NOTE", "HeaderInfo", "PlanReport",
 # (full-size codec, token rate 50, float32) on the 2-core CPU development machine. GPU replicas are
 # far faster: measure yours with the same bench and pass --x-real-time-per-encoder.
 DEFAULT_X_REAL_TIME = 1.4
-THROUGHPUT_NOTE = ("default: 1.4x real time per encoder = CPU figure (full-size codec, token rate 50, "
-                   "2-core CPU, bench/pipeline_throughput.py); on GPUs measure and pass "
-                   "--x-real-time-per-encoder")
+THROUGHPUT_NOTE = (
+    "default: 1.4x real time per encoder = CPU figure (full-size codec, token rate 50, "
+    "2-core CPU, bench/pipeline_throughput.py); on GPUs measure and pass "
+    "--x-real-time-per-encoder"
+)
 # Output size model (an estimate: Parquet encoding and compression change it both ways).
 TOKEN_STREAMS, BYTES_PER_TOKEN = 2, 2  # semantic + acoustic, uint16
 ROW_OVERHEAD_BYTES = 64  # n_frames, duration_s, list offsets, per-row Parquet bookkeeping
@@ -187,8 +189,9 @@ def _tally_item(tally: _Tally, item: SourceItem, config: TokenizeConfig) -> None
 
 def _tally_unit(unit: InputUnit, config: TokenizeConfig, storage_options: Mapping[str, Any]) -> _Tally:
     tally = _Tally()
-    for item in read_unit(unit, storage_options=storage_options, audio_column=config.audio_column,
-                          uri_column=config.uri_column):
+    for item in read_unit(
+        unit, storage_options=storage_options, audio_column=config.audio_column, uri_column=config.uri_column
+    ):
         _tally_item(tally, item, config)
     return tally
 
@@ -228,24 +231,39 @@ class PlanReport:
         """A short human summary; every size is labelled an estimate."""
         lines = [f"plan {self.input}" + (f" -> {self.output}" if self.output else "")]
         if self.version:
-            lines.append(f"  dataset version {self.version}: {self.units_committed} units already "
-                         f"committed ({self.items_committed} items, {self.audio_hours_committed:.3f} "
-                         "audio-h)")
-        lines.append(f"  to do: {self.units_remaining} units, {self.items} items "
-                     f"({self.items_decodable} with a readable duration, {self.items_unknown_duration} "
-                     f"unknown duration, {self.items_empty} empty, {self.items_too_long} too long, "
-                     f"{sum(self.read_errors_by_reason.values())} read errors)")
+            lines.append(
+                f"  dataset version {self.version}: {self.units_committed} units already "
+                f"committed ({self.items_committed} items, {self.audio_hours_committed:.3f} "
+                "audio-h)"
+            )
+        lines.append(
+            f"  to do: {self.units_remaining} units, {self.items} items "
+            f"({self.items_decodable} with a readable duration, {self.items_unknown_duration} "
+            f"unknown duration, {self.items_empty} empty, {self.items_too_long} too long, "
+            f"{sum(self.read_errors_by_reason.values())} read errors)"
+        )
         if self.read_errors_by_reason:
-            lines.append("  read errors: " + ", ".join(
-                f"{k}: {v}" for k, v in sorted(self.read_errors_by_reason.items())))
-        lines.append(f"  audio: {self.audio_hours:.3f} h at 16 kHz ({self.source_audio_hours:.3f} h "
-                     "at source rates), from headers")
-        lines.append(f"  output (estimate): {self.token_frames} token frames, "
-                     f"~{_human_bytes(self.output_bytes_estimate)} uncompressed")
-        wall = (f", ~{self.wall_hours_estimate:.2f} h wall on {self.encoders} encoders"
-                if self.wall_hours_estimate is not None else "")
-        lines.append(f"  encode (estimate): {self.encoder_hours:.2f} encoder-hours at "
-                     f"{self.x_real_time_per_encoder:g}x real time per encoder{wall}")
+            lines.append(
+                "  read errors: "
+                + ", ".join(f"{k}: {v}" for k, v in sorted(self.read_errors_by_reason.items()))
+            )
+        lines.append(
+            f"  audio: {self.audio_hours:.3f} h at 16 kHz ({self.source_audio_hours:.3f} h "
+            "at source rates), from headers"
+        )
+        lines.append(
+            f"  output (estimate): {self.token_frames} token frames, "
+            f"~{_human_bytes(self.output_bytes_estimate)} uncompressed"
+        )
+        wall = (
+            f", ~{self.wall_hours_estimate:.2f} h wall on {self.encoders} encoders"
+            if self.wall_hours_estimate is not None
+            else ""
+        )
+        lines.append(
+            f"  encode (estimate): {self.encoder_hours:.2f} encoder-hours at "
+            f"{self.x_real_time_per_encoder:g}x real time per encoder{wall}"
+        )
         lines.append(f"  ({self.throughput_note})")
         return "\n".join(lines)
 
@@ -258,9 +276,14 @@ def _human_bytes(size: float) -> str:
     return f"{size:.1f} PB"  # pragma: no cover
 
 
-def plan_job(config: TokenizeConfig, *, version: str | None = None,
-             x_real_time_per_encoder: float = DEFAULT_X_REAL_TIME, encoders: int | None = None,
-             threads: int = READ_THREADS) -> PlanReport:
+def plan_job(
+    config: TokenizeConfig,
+    *,
+    version: str | None = None,
+    x_real_time_per_encoder: float = DEFAULT_X_REAL_TIME,
+    encoders: int | None = None,
+    threads: int = READ_THREADS,
+) -> PlanReport:
     """Measure the work `run_tokenize(config)` would do now (skipping what `config.output` holds).
 
     `version` names the output's dataset version directly; without it the version comes from the
@@ -273,18 +296,27 @@ def plan_job(config: TokenizeConfig, *, version: str | None = None,
     fs = layout = None
     if config.output:
         fs, _ = open_filesystem(config.output, config.storage_options)
-        layout = (OutputLayout(config.output, version) if version
-                  else OutputLayout.for_fingerprint(config.output, job_fingerprint(config)))
+        layout = (
+            OutputLayout(config.output, version)
+            if version
+            else OutputLayout.for_fingerprint(config.output, job_fingerprint(config))
+        )
     work = plan_remaining(config, fs, layout)
-    report = PlanReport(input=config.input, output=config.output or None,
-                        version=layout.version if layout else None, units_remaining=len(work.units),
-                        x_real_time_per_encoder=x_real_time_per_encoder, encoders=encoders)
+    report = PlanReport(
+        input=config.input,
+        output=config.output or None,
+        version=layout.version if layout else None,
+        units_remaining=len(work.units),
+        x_real_time_per_encoder=x_real_time_per_encoder,
+        encoders=encoders,
+    )
     entries = work.manifest.values()
     report.units_committed = len(work.manifest)
     report.items_committed = sum(int(e.get("n_items") or 0) for e in entries)
     report.audio_hours_committed = sum(float(e.get("audio_seconds") or 0) for e in entries) / 3600
 
     options = worker_storage_options(config.input, config.storage_options)
+
     def tally(unit: InputUnit) -> _Tally:
         return with_retries(lambda: _tally_unit(unit, config, options))
 

@@ -26,8 +26,10 @@ import fsspec
 
 from pipeline.audio_metrics import DOMAINS, METRICS
 
-OFFICIAL_PLOT = ("SemantiCodec, official README plot 'ViSQOL Avg vs. Accuracy' "
-                 "(github.com/haoheliu/SemantiCodec-inference, result.png), read off the plot")
+OFFICIAL_PLOT = (
+    "SemantiCodec, official README plot 'ViSQOL Avg vs. Accuracy' "
+    "(github.com/haoheliu/SemantiCodec-inference, result.png), read off the plot"
+)
 
 
 @dataclass(frozen=True)
@@ -53,12 +55,15 @@ class ReferenceFigure:
 
 #: Figures that ship with semtok: ViSQOL averages of the three 32768-vocabulary configurations.
 BUNDLED: tuple[ReferenceFigure, ...] = (
-    ReferenceFigure("visqol", 3.81, f"≈3.81 at 1.40 kbps: {OFFICIAL_PLOT}", token_rate=100,
-                    semantic_vocab_size=32768),
-    ReferenceFigure("visqol", 3.55, f"≈3.55 at 0.70 kbps: {OFFICIAL_PLOT}", token_rate=50,
-                    semantic_vocab_size=32768),
-    ReferenceFigure("visqol", 3.17, f"≈3.17 at 0.35 kbps: {OFFICIAL_PLOT}", token_rate=25,
-                    semantic_vocab_size=32768),
+    ReferenceFigure(
+        "visqol", 3.81, f"≈3.81 at 1.40 kbps: {OFFICIAL_PLOT}", token_rate=100, semantic_vocab_size=32768
+    ),
+    ReferenceFigure(
+        "visqol", 3.55, f"≈3.55 at 0.70 kbps: {OFFICIAL_PLOT}", token_rate=50, semantic_vocab_size=32768
+    ),
+    ReferenceFigure(
+        "visqol", 3.17, f"≈3.17 at 0.35 kbps: {OFFICIAL_PLOT}", token_rate=25, semantic_vocab_size=32768
+    ),
 )
 _FILTERS = ("token_rate", "semantic_vocab_size")
 
@@ -79,8 +84,9 @@ def _applies(figure: ReferenceFigure, fingerprint: Mapping[str, Any], *, strict:
     return True
 
 
-def load_reference_figures(url: str | None, fingerprint: Mapping[str, Any] | None = None
-                           ) -> list[ReferenceFigure]:
+def load_reference_figures(
+    url: str | None, fingerprint: Mapping[str, Any] | None = None
+) -> list[ReferenceFigure]:
     """Bundled figures of exactly this configuration, plus those in the JSON file at `url` that
     do not contradict it. Without a fingerprint no bundled figure applies."""
     fingerprint = fingerprint or {}
@@ -93,10 +99,14 @@ def load_reference_figures(url: str | None, fingerprint: Mapping[str, Any] | Non
         for entry in data:
             if not isinstance(entry, dict):
                 raise ValueError(f"{url}: each reference figure must be an object, got {entry!r}")
-            figure = ReferenceFigure(metric=entry.get("metric", ""), value=float(entry["value"]),
-                                     label=str(entry.get("label", "")), domain=entry.get("domain"),
-                                     token_rate=entry.get("token_rate"),
-                                     semantic_vocab_size=entry.get("semantic_vocab_size"))
+            figure = ReferenceFigure(
+                metric=entry.get("metric", ""),
+                value=float(entry["value"]),
+                label=str(entry.get("label", "")),
+                domain=entry.get("domain"),
+                token_rate=entry.get("token_rate"),
+                semantic_vocab_size=entry.get("semantic_vocab_size"),
+            )
             if _applies(figure, fingerprint, strict=False):
                 figures.append(figure)
     return figures

@@ -29,8 +29,16 @@ from dataclasses import dataclass
 import numpy as np
 
 #: Okabe–Ito colour-blind-safe palette (black moved last: it reads as "axis", not "data").
-PALETTE: tuple[str, ...] = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00",
-                            "#F0E442", "#000000")
+PALETTE: tuple[str, ...] = (
+    "#0072B2",
+    "#E69F00",
+    "#009E73",
+    "#CC79A7",
+    "#56B4E9",
+    "#D55E00",
+    "#F0E442",
+    "#000000",
+)
 IMPROVED_COLOUR = "#009E73"
 REGRESSED_COLOUR = "#D55E00"
 NEUTRAL_COLOUR = "#999999"
@@ -40,8 +48,14 @@ AXIS_COLOUR = "#444444"
 MAX_POLYLINE_POINTS = 1000
 #: Dark-to-bright colormap anchors (approximately magma): perceptually ordered, and brightness
 #: (R+G+B) increases monotonically, so "brighter" always means "louder".
-COLORMAP_ANCHORS: tuple[tuple[int, int, int], ...] = ((0, 0, 4), (59, 15, 112), (140, 41, 129),
-                                                      (222, 73, 104), (254, 159, 109), (252, 253, 191))
+COLORMAP_ANCHORS: tuple[tuple[int, int, int], ...] = (
+    (0, 0, 4),
+    (59, 15, 112),
+    (140, 41, 129),
+    (222, 73, 104),
+    (254, 159, 109),
+    (252, 253, 191),
+)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _SVG_NS = "http://www.w3.org/2000/svg"
@@ -94,8 +108,17 @@ def _c(v: float) -> str:
     return f"{v:.1f}"
 
 
-def _text(x: float, y: float, s: str, *, anchor: str = "start", size: float | None = None,
-          fill: str | None = None, weight: str | None = None, extra: str = "") -> str:
+def _text(
+    x: float,
+    y: float,
+    s: str,
+    *,
+    anchor: str = "start",
+    size: float | None = None,
+    fill: str | None = None,
+    weight: str | None = None,
+    extra: str = "",
+) -> str:
     attrs = f'x="{_c(x)}" y="{_c(y)}"'
     if anchor != "start":
         attrs += f' text-anchor="{anchor}"'
@@ -111,8 +134,11 @@ def _text(x: float, y: float, s: str, *, anchor: str = "start", size: float | No
 
 
 def _line(x1: float, y1: float, x2: float, y2: float, stroke: str, extra: str = "") -> str:
-    return (f'<line x1="{_c(x1)}" y1="{_c(y1)}" x2="{_c(x2)}" y2="{_c(y2)}" stroke="{stroke}"'
-            + (f" {extra}" if extra else "") + "/>")
+    return (
+        f'<line x1="{_c(x1)}" y1="{_c(y1)}" x2="{_c(x2)}" y2="{_c(y2)}" stroke="{stroke}"'
+        + (f" {extra}" if extra else "")
+        + "/>"
+    )
 
 
 def _svg_open(width: int, height: int, title: str) -> list[str]:
@@ -139,8 +165,9 @@ def _nice_ticks(lo: float, hi: float, target: int = 5) -> list[float]:
     return [k * step for k in range(k0, k1 + 1)]
 
 
-def _legend(entries: Sequence[tuple[str, str]], left: float, right: float, top: float,
-            *, opacity: float = 0.6) -> tuple[list[str], float]:
+def _legend(
+    entries: Sequence[tuple[str, str]], left: float, right: float, top: float, *, opacity: float = 0.6
+) -> tuple[list[str], float]:
     """Swatch + text entries flowed left to right, wrapping; returns (elements, height used)."""
     parts: list[str] = []
     x, y, row_h = left, top, 15.0
@@ -150,27 +177,35 @@ def _legend(entries: Sequence[tuple[str, str]], left: float, right: float, top: 
         if x > left and x + w > right:
             x, y = left, y + row_h
             rows += 1
-        parts.append(f'<rect x="{_c(x)}" y="{_c(y - 9)}" width="11" height="11" fill="{colour}" '
-                     f'fill-opacity="{opacity:g}" stroke="{colour}"/>')
+        parts.append(
+            f'<rect x="{_c(x)}" y="{_c(y - 9)}" width="11" height="11" fill="{colour}" '
+            f'fill-opacity="{opacity:g}" stroke="{colour}"/>'
+        )
         parts.append(_text(x + 16, y, label, fill="#222222"))
         x += w
     return parts, rows * row_h
 
 
 def _axes(left: float, top: float, right: float, bottom: float) -> str:
-    return (f'<path d="M{_c(left)},{_c(top)} L{_c(left)},{_c(bottom)} L{_c(right)},{_c(bottom)}" '
-            f'fill="none" stroke="{AXIS_COLOUR}" stroke-width="1"/>')
+    return (
+        f'<path d="M{_c(left)},{_c(top)} L{_c(left)},{_c(bottom)} L{_c(right)},{_c(bottom)}" '
+        f'fill="none" stroke="{AXIS_COLOUR}" stroke-width="1"/>'
+    )
 
 
 def _x_tick(x: float, bottom: float, label: str) -> list[str]:
-    return [_line(x, bottom, x, bottom + 4, AXIS_COLOUR),
-            _text(x, bottom + 15, label, anchor="middle", size=10, fill="#333333")]
+    return [
+        _line(x, bottom, x, bottom + 4, AXIS_COLOUR),
+        _text(x, bottom + 15, label, anchor="middle", size=10, fill="#333333"),
+    ]
 
 
 def _y_tick(y: float, left: float, right: float, label: str) -> list[str]:
-    return [_line(left, y, right, y, "#e6e6e6"),
-            _line(left - 4, y, left, y, AXIS_COLOUR),
-            _text(left - 6, y + 3.5, label, anchor="end", size=10, fill="#333333")]
+    return [
+        _line(left, y, right, y, "#e6e6e6"),
+        _line(left - 4, y, left, y, AXIS_COLOUR),
+        _text(left - 6, y + 3.5, label, anchor="end", size=10, fill="#333333"),
+    ]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -178,9 +213,17 @@ def _y_tick(y: float, left: float, right: float, label: str) -> list[str]:
 # ----------------------------------------------------------------------------------------------
 
 
-def histogram_svg(values_by_group: Mapping[str, Sequence[float]], *, title: str, x_label: str,
-                  references: Sequence[Reference] = (), bins: int = 20, higher_is_better: bool | None = None,
-                  width: int = 560, height: int = 260) -> str:
+def histogram_svg(
+    values_by_group: Mapping[str, Sequence[float]],
+    *,
+    title: str,
+    x_label: str,
+    references: Sequence[Reference] = (),
+    bins: int = 20,
+    higher_is_better: bool | None = None,
+    width: int = 560,
+    height: int = 260,
+) -> str:
     """Overlaid per-group histograms of one metric, with dashed reference lines.
 
     Why shares, not counts: groups differ in size (many speech clips, few music clips), and with
@@ -250,8 +293,17 @@ def histogram_svg(values_by_group: Mapping[str, Sequence[float]], *, title: str,
         parts += _x_tick(sx(t), bottom, _fmt(t))
     parts.append(_axes(left, top, right, bottom))
     parts.append(_text((left + right) / 2, bottom + 29, x_label, anchor="middle", fill="#222222"))
-    parts.append(_text(14, (top + bottom) / 2, "share of group", anchor="middle", size=10, fill="#333333",
-                       extra=f'transform="rotate(-90 14 {_c((top + bottom) / 2)})"'))
+    parts.append(
+        _text(
+            14,
+            (top + bottom) / 2,
+            "share of group",
+            anchor="middle",
+            size=10,
+            fill="#333333",
+            extra=f'transform="rotate(-90 14 {_c((top + bottom) / 2)})"',
+        )
+    )
 
     if has_values:
         for i, share in enumerate(shares):
@@ -263,20 +315,33 @@ def histogram_svg(values_by_group: Mapping[str, Sequence[float]], *, title: str,
                 y = _c(sy(float(share[b])))
                 d.append(f"L{_c(sx(edges[b]))},{y} L{_c(sx(edges[b + 1]))},{y}")
             d.append(f"L{_c(sx(edges[-1]))},{_c(bottom)} Z")
-            parts.append(f'<path d="{" ".join(d)}" fill="{colour}" fill-opacity="0.35" stroke="{colour}" '
-                         f'stroke-width="1.2"/>')
+            parts.append(
+                f'<path d="{" ".join(d)}" fill="{colour}" fill-opacity="0.35" stroke="{colour}" '
+                f'stroke-width="1.2"/>'
+            )
     else:
-        parts.append(_text((left + right) / 2, (top + bottom) / 2, "no values", anchor="middle", size=13,
-                           fill="#888888"))
+        parts.append(
+            _text(
+                (left + right) / 2, (top + bottom) / 2, "no values", anchor="middle", size=13, fill="#888888"
+            )
+        )
 
     for i, ref in enumerate(sorted(refs, key=lambda r: float(r.value))):
         x = sx(float(ref.value))
         parts.append(_line(x, top, x, bottom, "#333333", 'stroke-width="1.2" stroke-dasharray="5,3"'))
         on_right = x > (left + right) / 2
         label = f"{ref.label} ({_fmt(float(ref.value))})"
-        parts.append(_text(x - 3 if on_right else x + 3, top + 10 + 12 * i, label,
-                           anchor="end" if on_right else "start", size=10, fill="#333333",
-                           extra='stroke="#ffffff" stroke-width="3" paint-order="stroke"'))
+        parts.append(
+            _text(
+                x - 3 if on_right else x + 3,
+                top + 10 + 12 * i,
+                label,
+                anchor="end" if on_right else "start",
+                size=10,
+                fill="#333333",
+                extra='stroke="#ffffff" stroke-width="3" paint-order="stroke"',
+            )
+        )
 
     parts += _legend(entries, left, right, height - legend_h + 5)[0]
     parts.append("</svg>")
@@ -295,8 +360,9 @@ def _downsample_indices(n: int, max_points: int = MAX_POLYLINE_POINTS) -> np.nda
     return np.unique(np.round(np.linspace(0, n - 1, max_points)).astype(np.int64))
 
 
-def rank_frequency_svg(counts_by_group: Mapping[str, np.ndarray], *, title: str, width: int = 560,
-                       height: int = 260) -> str:
+def rank_frequency_svg(
+    counts_by_group: Mapping[str, np.ndarray], *, title: str, width: int = 560, height: int = 260
+) -> str:
     """Codebook usage: share of each code (sorted, log y) against its rank, one line per group.
 
     Why this shape: a healthy codebook gives a long, slowly falling line that reaches rank V; a
@@ -327,8 +393,10 @@ def rank_frequency_svg(counts_by_group: Mapping[str, np.ndarray], *, title: str,
     if y_hi <= y_lo:
         y_hi = y_lo + 1
 
-    entries = [(PALETTE[i % len(PALETTE)], f"{name}: {s.size:,} of {v:,} codes used")
-               for i, (name, s, v) in enumerate(groups)]
+    entries = [
+        (PALETTE[i % len(PALETTE)], f"{name}: {s.size:,} of {v:,} codes used")
+        for i, (name, s, v) in enumerate(groups)
+    ]
     left, right = 56.0, width - 14.0
     legend_h = _legend(entries, left, right, 0.0, opacity=1.0)[1]
     height = max(height, int(math.ceil(28 + 60 + 36 + legend_h + 6)))
@@ -349,18 +417,31 @@ def rank_frequency_svg(counts_by_group: Mapping[str, np.ndarray], *, title: str,
     for t in x_ticks if vocab > 1 else [1.0]:
         parts += _x_tick(float(sx(t)), bottom, _fmt(t))
     parts.append(_axes(left, top, right, bottom))
-    parts.append(_text((left + right) / 2, bottom + 29, "code rank (most used first)", anchor="middle",
-                       fill="#222222"))
-    parts.append(_text(14, (top + bottom) / 2, "share (log)", anchor="middle", size=10, fill="#333333",
-                       extra=f'transform="rotate(-90 14 {_c((top + bottom) / 2)})"'))
+    parts.append(
+        _text((left + right) / 2, bottom + 29, "code rank (most used first)", anchor="middle", fill="#222222")
+    )
+    parts.append(
+        _text(
+            14,
+            (top + bottom) / 2,
+            "share (log)",
+            anchor="middle",
+            size=10,
+            fill="#333333",
+            extra=f'transform="rotate(-90 14 {_c((top + bottom) / 2)})"',
+        )
+    )
 
     if uniform is not None and has_values:
         y = float(sy(uniform))
         parts.append(_line(left, y, right, y, NEUTRAL_COLOUR, 'stroke-dasharray="4,3"'))
         parts.append(_text(right - 2, y - 3, "uniform 1/V", anchor="end", size=10, fill="#777777"))
     if not has_values:
-        parts.append(_text((left + right) / 2, (top + bottom) / 2, "no values", anchor="middle", size=13,
-                           fill="#888888"))
+        parts.append(
+            _text(
+                (left + right) / 2, (top + bottom) / 2, "no values", anchor="middle", size=13, fill="#888888"
+            )
+        )
     for i, (_, shares, _) in enumerate(groups):
         if not shares.size:
             continue
@@ -373,8 +454,10 @@ def rank_frequency_svg(counts_by_group: Mapping[str, np.ndarray], *, title: str,
         coords = [f"{_c(float(x))},{_c(float(y))}" for x, y in zip(xs, ys, strict=True)]
         # many ranks share a pixel column after rounding: drop exact repeats, they only add bytes
         points = " ".join(p for k, p in enumerate(coords) if k == 0 or p != coords[k - 1])
-        parts.append(f'<polyline points="{points}" fill="none" stroke="{colour}" stroke-width="1.5" '
-                     f'stroke-linejoin="round"/>')
+        parts.append(
+            f'<polyline points="{points}" fill="none" stroke="{colour}" stroke-width="1.5" '
+            f'stroke-linejoin="round"/>'
+        )
 
     parts += _legend(entries, left, right, height - legend_h + 5, opacity=1.0)[0]
     parts.append("</svg>")
@@ -394,8 +477,13 @@ def _value_text(v: float | None) -> str:
     return "n/a" if v is None else _fmt(float(v))
 
 
-def shift_svg(rows: Sequence[tuple[str, float | None, float | None]], *, title: str,
-              higher_is_better: Mapping[str, bool] | None = None, width: int = 560) -> str:
+def shift_svg(
+    rows: Sequence[tuple[str, float | None, float | None]],
+    *,
+    title: str,
+    higher_is_better: Mapping[str, bool] | None = None,
+    width: int = 560,
+) -> str:
     """Audit A vs audit B: per row a hollow dot (A), a filled dot (B) and an arrow A -> B.
 
     Why a per-row scale: rows mix units (dB, MOS, ratios), so each row gets its own axis from
@@ -416,11 +504,13 @@ def shift_svg(rows: Sequence[tuple[str, float | None, float | None]], *, title: 
     parts = _svg_open(width, height, title)
     parts.append(f'<circle cx="12" cy="32" r="4" fill="#ffffff" stroke="{AXIS_COLOUR}" stroke-width="1.5"/>')
     parts.append(_text(20, 35.5, "A", fill="#333333"))
-    parts.append(f'<circle cx="42" cy="32" r="4" fill="{NEUTRAL_COLOUR}" stroke="{AXIS_COLOUR}" '
-                 f'stroke-width="1"/>')
+    parts.append(
+        f'<circle cx="42" cy="32" r="4" fill="{NEUTRAL_COLOUR}" stroke="{AXIS_COLOUR}" stroke-width="1"/>'
+    )
     parts.append(_text(50, 35.5, "B", fill="#333333"))
-    parts.append(_text(72, 35.5, "green: better, red: worse, grey: unknown or unchanged", size=10,
-                       fill="#666666"))
+    parts.append(
+        _text(72, 35.5, "green: better, red: worse, grey: unknown or unchanged", size=10, fill="#666666")
+    )
     if not rows:
         parts.append(_text(width / 2, top + 14, "no rows", anchor="middle", size=13, fill="#888888"))
 
@@ -444,8 +534,9 @@ def shift_svg(rows: Sequence[tuple[str, float | None, float | None]], *, title: 
         tooltip = f"{label}: {a_s} \u2192 {b_s} ({verdict})"
         parts.append(f"<title>{_esc(tooltip)}</title>")
         if i % 2 == 0:
-            parts.append(f'<rect x="0" y="{_c(y - row_h / 2)}" width="{width}" height="{_c(row_h)}" '
-                         f'fill="#f6f6f6"/>')
+            parts.append(
+                f'<rect x="0" y="{_c(y - row_h / 2)}" width="{width}" height="{_c(row_h)}" fill="#f6f6f6"/>'
+            )
         parts.append(_text(8, y + 4, shown, fill="#222222"))
         parts.append(_line(t_left, y, t_right, y, "#dddddd"))
 
@@ -469,23 +560,32 @@ def shift_svg(rows: Sequence[tuple[str, float | None, float | None]], *, title: 
                     direction = 1.0 if xb > xa else -1.0
                     base = xb - direction * head
                     parts.append(_line(xa, y, base, y, colour, 'stroke-width="2"'))
-                    parts.append(f'<polygon points="{_c(xb)},{_c(y)} {_c(base)},{_c(y - 4)} '
-                                 f'{_c(base)},{_c(y + 4)}" fill="{colour}"/>')
+                    parts.append(
+                        f'<polygon points="{_c(xb)},{_c(y)} {_c(base)},{_c(y - 4)} '
+                        f'{_c(base)},{_c(y + 4)}" fill="{colour}"/>'
+                    )
             if a is not None:
-                parts.append(f'<circle cx="{_c(pos(a))}" cy="{_c(y)}" r="4" fill="#ffffff" '
-                             f'stroke="{AXIS_COLOUR}" stroke-width="1.5"/>')
+                parts.append(
+                    f'<circle cx="{_c(pos(a))}" cy="{_c(y)}" r="4" fill="#ffffff" '
+                    f'stroke="{AXIS_COLOUR}" stroke-width="1.5"/>'
+                )
             if b is not None:
                 # B takes the verdict colour too: with a small change the arrow hides under the dots.
-                parts.append(f'<circle cx="{_c(pos(b))}" cy="{_c(y)}" r="4" fill="{colour}" '
-                             f'stroke="{AXIS_COLOUR}" stroke-width="1"/>')
+                parts.append(
+                    f'<circle cx="{_c(pos(b))}" cy="{_c(y)}" r="4" fill="{colour}" '
+                    f'stroke="{AXIS_COLOUR}" stroke-width="1"/>'
+                )
 
         value = f"{a_s} \u2192 {b_s}"
         delta = ""
         if a is not None and b is not None:
             delta = f"({'+' if b - a > 0 else ''}{_fmt(b - a)})"
         # dx, not a space: renderers strip whitespace at tspan boundaries
-        parts.append(f'<text x="{_c(v_left)}" y="{_c(y + 4)}" fill="#222222">{_esc(value)}'
-                     + (f'<tspan dx="4" fill="{colour}">{_esc(delta)}</tspan>' if delta else "") + "</text>")
+        parts.append(
+            f'<text x="{_c(v_left)}" y="{_c(y + 4)}" fill="#222222">{_esc(value)}'
+            + (f'<tspan dx="4" fill="{colour}">{_esc(delta)}</tspan>' if delta else "")
+            + "</text>"
+        )
         parts.append("</g>")
 
     parts.append("</svg>")
@@ -513,8 +613,12 @@ def png_bytes(rgb: np.ndarray) -> bytes:
     raw = np.zeros((h, 1 + 3 * w), dtype=np.uint8)  # column 0: filter type 0 (None) per row
     raw[:, 1:] = arr.reshape(h, 3 * w)
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)  # 8-bit, truecolour, deflate, no interlace
-    return (PNG_SIGNATURE + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(raw.tobytes(), 6))
-            + _png_chunk(b"IEND", b""))
+    return (
+        PNG_SIGNATURE
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", zlib.compress(raw.tobytes(), 6))
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 def read_png_size(data: bytes) -> tuple[int, int]:
@@ -548,8 +652,16 @@ def _colormap(levels: np.ndarray) -> np.ndarray:
     return out
 
 
-def spectrogram_png(samples: np.ndarray, *, sample_rate: int = 16000, n_fft: int = 512, hop: int = 160,
-                    db_range: float = 80.0, max_width: int = 1200, height: int | None = None) -> bytes:
+def spectrogram_png(
+    samples: np.ndarray,
+    *,
+    sample_rate: int = 16000,
+    n_fft: int = 512,
+    hop: int = 160,
+    db_range: float = 80.0,
+    max_width: int = 1200,
+    height: int | None = None,
+) -> bytes:
     """Log-magnitude spectrogram of a mono clip as a PNG (low frequencies at the bottom).
 
     Frames: periodic Hann window of ``n_fft``, hop ``hop``, no centring; the end is zero-padded
@@ -573,7 +685,7 @@ def spectrogram_png(samples: np.ndarray, *, sample_rate: int = 16000, n_fft: int
     n_bins = n_fft // 2 + 1
     n_frames = 1 + (max(0, x.size - n_fft) + hop - 1) // hop
     buf = np.zeros(n_fft + (n_frames - 1) * hop)  # the one full-length copy (zero-padded tail)
-    buf[:x.size] = x
+    buf[: x.size] = x
     np.nan_to_num(buf, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
     peak = max(float(buf.max()), -float(buf.min()))  # not np.abs(buf): no second full-length array
     if peak > 0:
@@ -585,8 +697,8 @@ def spectrogram_png(samples: np.ndarray, *, sample_rate: int = 16000, n_fft: int
     acc = np.zeros((n_cols, n_bins))
     chunk = max(1, (1 << 21) // n_fft)  # bounded memory for long clips
     for start in range(0, n_frames, chunk):
-        power = np.abs(np.fft.rfft(frames[start:start + chunk] * window, axis=1)) ** 2
-        cols = col_of_frame[start:start + chunk]
+        power = np.abs(np.fft.rfft(frames[start : start + chunk] * window, axis=1)) ** 2
+        cols = col_of_frame[start : start + chunk]
         firsts = np.flatnonzero(np.diff(cols, prepend=-1))
         acc[cols[firsts]] += np.add.reduceat(power, firsts, axis=0)
     power = acc / np.bincount(col_of_frame, minlength=n_cols)[:, None]

@@ -51,9 +51,14 @@ class OnlyItemsPrepare(PrepareUnit):
         unit = InputUnit.from_json(row["unit"])
         wanted = {str(i) for i in (row.get("only") if row.get("only") is not None else ())}
         count = 0
-        for index, item in enumerate(read_unit(unit, storage_options=self.storage_options,
-                                               audio_column=self.audio_column,
-                                               uri_column=self.uri_column)):
+        for index, item in enumerate(
+            read_unit(
+                unit,
+                storage_options=self.storage_options,
+                audio_column=self.audio_column,
+                uri_column=self.uri_column,
+            )
+        ):
             if item.item_id not in wanted:
                 continue
             count += 1
@@ -78,8 +83,9 @@ def _read_rows(fs, layout: OutputLayout, rel: str) -> list[dict[str, Any]]:
     return pq.read_table(io.BytesIO(data)).to_pylist()
 
 
-def _targets(fs, layout: OutputLayout, manifest: Mapping[str, dict[str, Any]],
-             reasons: Sequence[str] | None) -> list[_Target]:
+def _targets(
+    fs, layout: OutputLayout, manifest: Mapping[str, dict[str, Any]], reasons: Sequence[str] | None
+) -> list[_Target]:
     targets = []
     for unit_id, entry in manifest.items():
         errors_file = next((f for f in entry.get("files", []) if f["kind"] == "errors"), None)
@@ -93,21 +99,27 @@ def _targets(fs, layout: OutputLayout, manifest: Mapping[str, dict[str, Any]],
         readable = unit
         if unit.kind == "files":  # one file per item: read only the failed files
             failed_uris = {row["source_uri"] for row in errors if row["id"] in retried}
-            readable = InputUnit(unit_id=unit.unit_id, kind="files", root=unit.root,
-                                 uris=tuple(u for u in unit.uris if u in failed_uris))
+            readable = InputUnit(
+                unit_id=unit.unit_id,
+                kind="files",
+                root=unit.root,
+                uris=tuple(u for u in unit.uris if u in failed_uris),
+            )
         targets.append(_Target(unit, readable, errors, retried))
     return targets
 
 
 def _token_row(row: dict[str, Any]) -> dict[str, Any]:
     """A committed token row back into the form `commit_unit` takes."""
-    return {**row, "semantic_tokens": np.asarray(row["semantic_tokens"], dtype=np.uint16),
-            "acoustic_tokens": np.asarray(row["acoustic_tokens"], dtype=np.uint16),
-            "metadata": json.loads(row.get("metadata") or "{}")}
+    return {
+        **row,
+        "semantic_tokens": np.asarray(row["semantic_tokens"], dtype=np.uint16),
+        "acoustic_tokens": np.asarray(row["acoustic_tokens"], dtype=np.uint16),
+        "metadata": json.loads(row.get("metadata") or "{}"),
+    }
 
 
-def _merger(fs, layout: OutputLayout, manifest: Mapping[str, dict[str, Any]],
-            targets: Mapping[str, _Target]):
+def _merger(fs, layout: OutputLayout, manifest: Mapping[str, dict[str, Any]], targets: Mapping[str, _Target]):
     def merge(finished: FinishedUnit) -> FinishedUnit:
         """Committed rows + the retry's outcome; items the read did not produce keep their row."""
         target = targets[finished.unit.unit_id]
@@ -122,8 +134,9 @@ def _merger(fs, layout: OutputLayout, manifest: Mapping[str, dict[str, Any]],
         token_ids = {r["id"] for r in old_tokens}
         clash = token_ids & {r["id"] for r in new_tokens}
         if clash:  # an item in both tables would be a duplicate: refuse to commit it
-            raise RuntimeError(f"unit {target.unit.unit_id}: retried items already in tokens: "
-                               f"{sorted(clash)[:3]}")
+            raise RuntimeError(
+                f"unit {target.unit.unit_id}: retried items already in tokens: {sorted(clash)[:3]}"
+            )
         return FinishedUnit(target.unit, old_tokens + new_tokens, kept_errors + new_errors)
 
     return merge
@@ -151,15 +164,32 @@ def retry_failed(
     summaries = []
     for name in versions:
         layout = OutputLayout(output.rstrip("/"), name)
-        summaries.append(_retry_version(fs, layout, storage_options=storage_options,
-                                        input_storage_options=input_storage_options, reasons=reasons,
-                                        ray_address=ray_address, overrides=overrides or {},
-                                        stream=stream))
+        summaries.append(
+            _retry_version(
+                fs,
+                layout,
+                storage_options=storage_options,
+                input_storage_options=input_storage_options,
+                reasons=reasons,
+                ray_address=ray_address,
+                overrides=overrides or {},
+                stream=stream,
+            )
+        )
     return summaries
 
 
-def _retry_version(fs, layout: OutputLayout, *, storage_options, input_storage_options, reasons,
-                   ray_address, overrides, stream: TextIO) -> RunSummary:
+def _retry_version(
+    fs,
+    layout: OutputLayout,
+    *,
+    storage_options,
+    input_storage_options,
+    reasons,
+    ray_address,
+    overrides,
+    stream: TextIO,
+) -> RunSummary:
     started = time.monotonic()
     run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-retry-" + uuid.uuid4().hex[:8]
     summary = RunSummary(run_id=run_id, output=layout.version_url)
@@ -168,30 +198,60 @@ def _retry_version(fs, layout: OutputLayout, *, storage_options, input_storage_o
     except ValueError as error:
         raise ConfigError(str(error)) from None
     # Outputs written before `resampler` was a config field were resampled with soxr.
-    recorded = {"resampler": (record.get("fingerprint") or {}).get("resampler", "soxr-hq"),
-                **record["config"]}
-    config_data = {**recorded, **dict(overrides), "ray_address": ray_address,
-                   "storage_options": dict(input_storage_options or storage_options or {})}
+    recorded = {
+        "resampler": (record.get("fingerprint") or {}).get("resampler", "soxr-hq"),
+        **record["config"],
+    }
+    config_data = {
+        **recorded,
+        **dict(overrides),
+        "ray_address": ray_address,
+        "storage_options": dict(input_storage_options or storage_options or {}),
+    }
     config = TokenizeConfig.from_dict(config_data)
     fingerprint = job_fingerprint(config)
     if OutputLayout.for_fingerprint(layout.root_url, fingerprint).version != layout.version:
-        raise ConfigError(f"the recorded codec config now makes another dataset version than "
-                          f"{layout.version}: retrying would mix tokens of different codecs")
+        raise ConfigError(
+            f"the recorded codec config now makes another dataset version than "
+            f"{layout.version}: retrying would mix tokens of different codecs"
+        )
     manifest = with_retries(lambda: read_manifest(fs, layout))
     targets = {t.unit.unit_id: t for t in _targets(fs, layout, manifest, reasons)}
     summary.units_planned = len(targets)
     n_items = sum(len(t.retried) for t in targets.values())
-    print(f"[semtok] retry-failed {layout.version_url}: {n_items} failed item(s) in {len(targets)} "
-          "unit(s)", file=stream, flush=True)
-    record = {"kind": "retry-failed", "config": config.to_dict(), "fingerprint": fingerprint,
-              "reasons": list(reasons or [])}
-    with writer_lease(fs, layout, run_id, "semtok retry-failed", stream) as lease, \
-            recorded_run(fs, layout, summary, started, stream, record, lease=lease):
+    print(
+        f"[semtok] retry-failed {layout.version_url}: {n_items} failed item(s) in {len(targets)} unit(s)",
+        file=stream,
+        flush=True,
+    )
+    record = {
+        "kind": "retry-failed",
+        "config": config.to_dict(),
+        "fingerprint": fingerprint,
+        "reasons": list(reasons or []),
+    }
+    with (
+        writer_lease(fs, layout, run_id, "semtok retry-failed", stream) as lease,
+        recorded_run(fs, layout, summary, started, stream, record, lease=lease),
+    ):
         if targets:
-            execute_units(config, [t.read_unit for t in targets.values()], fs, layout, fingerprint,
-                          summary, stream, prepare_cls=OnlyItemsPrepare,
-                          only_items={u: sorted(t.retried) for u, t in targets.items()},
-                          transform=_merger(fs, layout, manifest, targets), lease=lease)
-    print(f"[semtok] retry-failed done: {summary.items_ok} of {summary.items} retried item(s) now "
-          f"tokenized, {summary.items_failed} still failing", file=stream, flush=True)
+            execute_units(
+                config,
+                [t.read_unit for t in targets.values()],
+                fs,
+                layout,
+                fingerprint,
+                summary,
+                stream,
+                prepare_cls=OnlyItemsPrepare,
+                only_items={u: sorted(t.retried) for u, t in targets.items()},
+                transform=_merger(fs, layout, manifest, targets),
+                lease=lease,
+            )
+    print(
+        f"[semtok] retry-failed done: {summary.items_ok} of {summary.items} retried item(s) now "
+        f"tokenized, {summary.items_failed} still failing",
+        file=stream,
+        flush=True,
+    )
     return summary

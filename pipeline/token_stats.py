@@ -91,11 +91,21 @@ class TokenStats:
 
     def _check_range(self, tokens: np.ndarray, index: int) -> None:
         if tokens.size and (int(tokens.max()) >= self.vocab_sizes[index] or int(tokens.min()) < 0):
-            raise ValueError(f"{self.codebooks[index]} token out of range [0, {self.vocab_sizes[index]}): "
-                             f"min {int(tokens.min())}, max {int(tokens.max())}")
+            raise ValueError(
+                f"{self.codebooks[index]} token out of range [0, {self.vocab_sizes[index]}): "
+                f"min {int(tokens.min())}, max {int(tokens.max())}"
+            )
 
-    def add_counts(self, counts: Sequence[np.ndarray], *, n_items: int, n_frames: int, duration_s: float,
-                   group: Hashable | None = None, duration_us: int | None = None) -> None:
+    def add_counts(
+        self,
+        counts: Sequence[np.ndarray],
+        *,
+        n_items: int,
+        n_frames: int,
+        duration_s: float,
+        group: Hashable | None = None,
+        duration_us: int | None = None,
+    ) -> None:
         """Add pre-computed histograms (one per codebook) for ``n_items`` items.
 
         ``duration_us`` (exact integer microseconds) overrides ``duration_s`` when given.
@@ -112,8 +122,9 @@ class TokenStats:
                 part = self._groups[group] = _Part(self.vocab_sizes)
             part.add(counts, n_items, n_frames, us)
 
-    def add(self, semantic: np.ndarray, acoustic: np.ndarray, duration_s: float,
-            group: Hashable | None = None) -> None:
+    def add(
+        self, semantic: np.ndarray, acoustic: np.ndarray, duration_s: float, group: Hashable | None = None
+    ) -> None:
         """Add one item's token rows (equal lengths: one pair per frame)."""
         streams = [np.asarray(semantic).ravel(), np.asarray(acoustic).ravel()]
         if len(streams) != len(self.vocab_sizes):
@@ -125,8 +136,9 @@ class TokenStats:
             s = s.astype(np.int64, copy=False)
             self._check_range(s, i)
             counts.append(np.bincount(s, minlength=self.vocab_sizes[i]))
-        self.add_counts(counts, n_items=1, n_frames=int(streams[0].size), duration_s=float(duration_s),
-                        group=group)
+        self.add_counts(
+            counts, n_items=1, n_frames=int(streams[0].size), duration_s=float(duration_s), group=group
+        )
 
     def merge(self, other: TokenStats) -> TokenStats:
         """Add another partial into this one (in place; returns self for chaining)."""
@@ -185,9 +197,13 @@ def _flat_tokens(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.nda
     return flat.to_numpy(zero_copy_only=False).astype(np.int64, copy=False), lengths
 
 
-def read_token_stats(table: pa.Table, vocab_sizes: Sequence[int], group_column: str | None = None,
-                     group_of: Callable[[Any], Hashable] | None = None,
-                     stats: TokenStats | None = None) -> TokenStats:
+def read_token_stats(
+    table: pa.Table,
+    vocab_sizes: Sequence[int],
+    group_column: str | None = None,
+    group_of: Callable[[Any], Hashable] | None = None,
+    stats: TokenStats | None = None,
+) -> TokenStats:
     """Accumulate a tokens-schema table (``semantic_tokens``, ``acoustic_tokens`` list<uint16>,
     ``n_frames``, ``duration_s``, ...) into ``stats`` (a new TokenStats when None).
 
@@ -213,8 +229,9 @@ def read_token_stats(table: pa.Table, vocab_sizes: Sequence[int], group_column: 
         mapped = [group_of(v) if group_of is not None else v for v in values]
         mapped = ["<null>" if m is None else m for m in mapped]
         index: dict[Hashable, int] = {}
-        row_group = np.fromiter((index.setdefault(m, len(index)) for m in mapped), dtype=np.int64,
-                                count=len(mapped))
+        row_group = np.fromiter(
+            (index.setdefault(m, len(index)) for m in mapped), dtype=np.int64, count=len(mapped)
+        )
         keys = list(index)
     n_groups = len(keys)
 
@@ -235,7 +252,7 @@ def read_token_stats(table: pa.Table, vocab_sizes: Sequence[int], group_column: 
             order = np.argsort(token_group, kind="stable")
             bounds = np.searchsorted(token_group[order], np.arange(n_groups + 1))
             for g in range(n_groups):
-                sel = tokens[order[bounds[g]:bounds[g + 1]]]
+                sel = tokens[order[bounds[g] : bounds[g + 1]]]
                 per_group_counts[g].append(np.bincount(sel, minlength=vocab))
 
     items = np.bincount(row_group, minlength=n_groups)
@@ -244,6 +261,12 @@ def read_token_stats(table: pa.Table, vocab_sizes: Sequence[int], group_column: 
     np.add.at(frames, row_group, n_frames)  # integer sums (bincount weights would go via float)
     np.add.at(micros, row_group, duration_us)
     for g, key in enumerate(keys):
-        stats.add_counts(per_group_counts[g], n_items=int(items[g]), n_frames=int(frames[g]),
-                         duration_s=0.0, duration_us=int(micros[g]), group=key)
+        stats.add_counts(
+            per_group_counts[g],
+            n_items=int(items[g]),
+            n_frames=int(frames[g]),
+            duration_s=0.0,
+            duration_us=int(micros[g]),
+            group=key,
+        )
     return stats

@@ -106,10 +106,12 @@ class RunSummary:
 
     def line(self) -> str:
         errors = ", ".join(f"{k}: {v}" for k, v in sorted(self.errors_by_reason.items())) or "none"
-        return (f"{self.items} items ({self.items_ok} tokenized, {self.items_failed} failed), "
-                f"{self.audio_hours:.3f} audio-hours, {self.units_committed} units committed "
-                f"({self.units_skipped} already done), wall {self.wall_seconds:.1f} s, "
-                f"{self.real_time_factor:.1f}x real time; errors: {errors}")
+        return (
+            f"{self.items} items ({self.items_ok} tokenized, {self.items_failed} failed), "
+            f"{self.audio_hours:.3f} audio-hours, {self.units_committed} units committed "
+            f"({self.units_skipped} already done), wall {self.wall_seconds:.1f} s, "
+            f"{self.real_time_factor:.1f}x real time; errors: {errors}"
+        )
 
 
 def init_ray(address: str | None) -> None:
@@ -123,8 +125,12 @@ def init_ray(address: str | None) -> None:
         ray.init(address=address, log_to_driver=True)
     else:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-        ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=True,
-                 runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith("SEMTOK_")}})
+        ray.init(
+            include_dashboard=False,
+            _node_ip_address="127.0.0.1",
+            log_to_driver=True,
+            runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith("SEMTOK_")}},
+        )
     reinstall_handlers()  # ray.init replaces SIGTERM's handler: a stop must still be recorded
 
 
@@ -137,23 +143,28 @@ def plan_resources(config: TokenizeConfig, cluster: dict[str, float]) -> Resourc
         device = "cuda" if gpus > 0 else "cpu"
     if device == "cuda":
         if gpus <= 0:
-            raise ConfigError("device='cuda' but the Ray cluster has no GPUs: use --device cpu, "
-                              "or add GPU nodes")
+            raise ConfigError(
+                "device='cuda' but the Ray cluster has no GPUs: use --device cpu, or add GPU nodes"
+            )
         per = config.gpus_per_encoder
         count = config.num_encoders or max(1, int(gpus // per))
         if count * per > gpus:
-            raise ConfigError(f"num_encoders={count} × gpus_per_encoder={per} exceeds the "
-                              f"cluster's {gpus:g} GPUs")
-        return Resources("cuda", count, config.cpus_per_encoder or 1.0, per,
-                         config.encode_batch_segments or 32)
+            raise ConfigError(
+                f"num_encoders={count} × gpus_per_encoder={per} exceeds the cluster's {gpus:g} GPUs"
+            )
+        return Resources(
+            "cuda", count, config.cpus_per_encoder or 1.0, per, config.encode_batch_segments or 32
+        )
     # CPU: the prepare stage keeps `read_cpus`, or it never gets a CPU (Ray's small-node deadlock);
     # the encoders share the rest, about 8 CPUs (torch threads) each.
     free = cpus - config.read_cpus
     count = config.num_encoders or max(1, round(free / 8))
     per = config.cpus_per_encoder or max(free / count, 0.5)
     if count * per + config.read_cpus > cpus + 1e-9:
-        raise ConfigError(f"num_encoders={count} x cpus_per_encoder={per:g} + read_cpus="
-                          f"{config.read_cpus:g} exceeds the cluster's {cpus:g} CPUs (it would hang)")
+        raise ConfigError(
+            f"num_encoders={count} x cpus_per_encoder={per:g} + read_cpus="
+            f"{config.read_cpus:g} exceeds the cluster's {cpus:g} CPUs (it would hang)"
+        )
     return Resources("cpu", count, per, 0.0, config.encode_batch_segments or 8)
 
 
@@ -181,15 +192,24 @@ def prepare_options(config: TokenizeConfig, run_id: str = "") -> dict[str, Any]:
         "decode_options": {"resampler": config.resampler, "max_decoded_bytes": config.max_decoded_bytes},
         "ledger_dir": ledger,
         "max_item_attempts": config.max_item_attempts,
-        "read_policy": ReadPolicy(max_item_bytes=config.max_item_bytes, item_timeout_s=config.item_timeout_s,
-                                  follow_links=config.follow_links,
-                                  allow_manifest_schemes=tuple(config.allow_manifest_schemes)),
+        "read_policy": ReadPolicy(
+            max_item_bytes=config.max_item_bytes,
+            item_timeout_s=config.item_timeout_s,
+            follow_links=config.follow_links,
+            allow_manifest_schemes=tuple(config.allow_manifest_schemes),
+        ),
     }
 
 
-def build_tokenize_dataset(config: TokenizeConfig, units: list[InputUnit], resources: Resources, *,
-                           prepare_cls: type[PrepareUnit] = PrepareUnit,
-                           only_items: Mapping[str, Sequence[str]] | None = None, run_id: str = ""):
+def build_tokenize_dataset(
+    config: TokenizeConfig,
+    units: list[InputUnit],
+    resources: Resources,
+    *,
+    prepare_cls: type[PrepareUnit] = PrepareUnit,
+    only_items: Mapping[str, Sequence[str]] | None = None,
+    run_id: str = "",
+):
     """The Ray Data stream of encoded rows for `units` (not executed until iterated).
 
     `only_items` (unit id → item ids) travels in each unit's row as "only", for a `prepare_cls`
@@ -208,17 +228,27 @@ def build_tokenize_dataset(config: TokenizeConfig, units: list[InputUnit], resou
     # ahead of the encoders and worker memory stays flat however large the corpus is.
     budget = config.object_store_budget_mb or max(1024, 512 * resources.num_encoders)
     context.execution_options.resource_limits = context.execution_options.resource_limits.copy(
-        object_store_memory=budget * 2**20)
-    rows = [{"unit": unit.to_json(), **({"only": list(only_items.get(unit.unit_id, ()))}
-                                        if only_items is not None else {})} for unit in units]
+        object_store_memory=budget * 2**20
+    )
+    rows = [
+        {
+            "unit": unit.to_json(),
+            **({"only": list(only_items.get(unit.unit_id, ()))} if only_items is not None else {}),
+        }
+        for unit in units
+    ]
     dataset = ray.data.from_items(rows, override_num_blocks=max(1, len(units)))
     prepare = prepare_cls(spec, **prepare_options(config, run_id))
     dataset = dataset.flat_map(prepare, num_cpus=config.read_cpus)
     threads = math.ceil(resources.cpus_per_encoder) if resources.device == "cpu" else None
     return dataset.map_batches(
         EncodeActor,
-        fn_constructor_kwargs={"spec": spec, "device": resources.device, "threads": threads,
-                               "batch_size": resources.batch_segments},
+        fn_constructor_kwargs={
+            "spec": spec,
+            "device": resources.device,
+            "threads": threads,
+            "batch_size": resources.batch_segments,
+        },
         batch_size=resources.batch_segments,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=resources.num_encoders),
@@ -243,15 +273,22 @@ class _Progress:
         eta = ""
         if done and done < self.total:
             eta = f", ETA {(self.total - done) * elapsed / done / 60:.1f} min"
-        print(f"[semtok] {done}/{self.total} units, {summary.items} items, "
-              f"{summary.audio_hours:.3f} audio-h, {summary.items_failed} failed, "
-              f"{rate:.1f}x real time{eta}", file=self.stream, flush=True)
+        print(
+            f"[semtok] {done}/{self.total} units, {summary.items} items, "
+            f"{summary.audio_hours:.3f} audio-h, {summary.items_failed} failed, "
+            f"{rate:.1f}x real time{eta}",
+            file=self.stream,
+            flush=True,
+        )
 
 
 def job_fingerprint(config: TokenizeConfig) -> dict[str, Any]:
     """What the tokens depend on; its digest names the dataset version (one place computes it)."""
-    return {**describe_codec(config.codec_spec()), "channel_policy": config.channel_policy,
-            "resampler": config.resampler}
+    return {
+        **describe_codec(config.codec_spec()),
+        "channel_policy": config.channel_policy,
+        "resampler": config.resampler,
+    }
 
 
 @dataclass
@@ -269,10 +306,17 @@ class WorkPlan:
 
 def plan_remaining(config: TokenizeConfig, fs: Any = None, layout: OutputLayout | None = None) -> WorkPlan:
     """Plan `config.input` minus what `layout` has committed (one place: tokenize, plan, verify)."""
-    return plan_against_output(config.input, fs, layout, storage_options=config.storage_options,
-                               kind=config.input_kind, files_per_unit=config.files_per_unit,
-                               glob=config.glob, output=config.output or None,
-                               id_prefix=getattr(config, "id_prefix", None) or "")
+    return plan_against_output(
+        config.input,
+        fs,
+        layout,
+        storage_options=config.storage_options,
+        kind=config.input_kind,
+        files_per_unit=config.files_per_unit,
+        glob=config.glob,
+        output=config.output or None,
+        id_prefix=getattr(config, "id_prefix", None) or "",
+    )
 
 
 def _source_key(unit_info: Mapping[str, Any]) -> tuple[str, str]:
@@ -293,13 +337,24 @@ def check_input_output(input_url: str, output: str | None, storage_options: Mapp
     _, output_path = open_filesystem(output, storage_options)
     input_path, output_path = input_path.rstrip("/"), output_path.rstrip("/")
     if input_path == output_path or input_path.startswith(output_path + "/"):
-        raise ConfigError(f"input {redact_uri(input_url)} lies inside the output {redact_uri(output)}: "
-                          "a job must not read its own output; pick separate folders")
+        raise ConfigError(
+            f"input {redact_uri(input_url)} lies inside the output {redact_uri(output)}: "
+            "a job must not read its own output; pick separate folders"
+        )
 
 
-def plan_against_output(input_url: str, fs: Any, layout: OutputLayout | None, *,
-                        storage_options: Mapping[str, Any], kind: str, files_per_unit: int,
-                        glob: str | None, output: str | None = None, id_prefix: str = "") -> WorkPlan:
+def plan_against_output(
+    input_url: str,
+    fs: Any,
+    layout: OutputLayout | None,
+    *,
+    storage_options: Mapping[str, Any],
+    kind: str,
+    files_per_unit: int,
+    glob: str | None,
+    output: str | None = None,
+    id_prefix: str = "",
+) -> WorkPlan:
     """Committed units are skipped by id, and files already inside committed `files` units by URI,
     so new files added to the input are planned into new units. A committed unit whose inputs
     changed since (size, mtime or ETag differ from its recorded stamps) is planned again under its
@@ -317,9 +372,17 @@ def plan_against_output(input_url: str, fs: Any, layout: OutputLayout | None, *,
         for index, uri in enumerate(uris):
             recorded[uri] = (unit_id, stamps[index] if index < len(stamps) else "")
     seen: dict[str, str] = {}
-    planned = plan_units(input_url, storage_options=storage_options, kind=kind,
-                         files_per_unit=files_per_unit, exclude_uris=frozenset(recorded), glob=glob,
-                         exclude_under=output, id_prefix=id_prefix, seen=seen)
+    planned = plan_units(
+        input_url,
+        storage_options=storage_options,
+        kind=kind,
+        files_per_unit=files_per_unit,
+        exclude_uris=frozenset(recorded),
+        glob=glob,
+        exclude_under=output,
+        id_prefix=id_prefix,
+        seen=seen,
+    )
     _refuse_colliding_roots(planned, manifest, input_url)
     units = []
     changed: list[str] = []
@@ -345,17 +408,20 @@ def plan_against_output(input_url: str, fs: Any, layout: OutputLayout | None, *,
             continue
         unit = InputUnit.from_dict(manifest[unit_id]["unit_info"])
         keep = [i for i, u in enumerate(unit.uris) if u in seen]  # deleted files leave the unit
-        stale[unit_id] = dataclasses.replace(unit, uris=tuple(unit.uris[i] for i in keep),
-                                             stamps=tuple(seen[unit.uris[i]] for i in keep))
+        stale[unit_id] = dataclasses.replace(
+            unit, uris=tuple(unit.uris[i] for i in keep), stamps=tuple(seen[unit.uris[i]] for i in keep)
+        )
     units.extend(stale[unit_id] for unit_id in sorted(stale))
     changed.extend(sorted(stale))
     deleted = sorted(uri for uri in recorded if uri not in seen)
-    return WorkPlan(units, manifest, len(planned), changed, deleted, sorted(changed_uris),
-                    dict(found.damaged))
+    return WorkPlan(
+        units, manifest, len(planned), changed, deleted, sorted(changed_uris), dict(found.damaged)
+    )
 
 
-def _refuse_colliding_roots(planned: Sequence[InputUnit], manifest: Mapping[str, dict[str, Any]],
-                            input_url: str) -> None:
+def _refuse_colliding_roots(
+    planned: Sequence[InputUnit], manifest: Mapping[str, dict[str, Any]], input_url: str
+) -> None:
     """Ids are relative to their input root: a second root with the same id prefix could give two
     different items one id, so it is refused (one line) unless namespaced with `id_prefix`."""
     if not planned or not manifest:
@@ -367,7 +433,8 @@ def _refuse_colliding_roots(planned: Sequence[InputUnit], manifest: Mapping[str,
             raise ConfigError(
                 f"this output already holds items read from {redact_uri(theirs[0])}; items of "
                 f"{redact_uri(input_url)} could get the same ids: give them a namespace with "
-                "--set id_prefix=NAME/ (or write to another output)")
+                "--set id_prefix=NAME/ (or write to another output)"
+            )
 
 
 def run_tokenize(config: TokenizeConfig, *, stream: TextIO = sys.stderr) -> RunSummary:
@@ -380,20 +447,30 @@ def run_tokenize(config: TokenizeConfig, *, stream: TextIO = sys.stderr) -> RunS
     run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
     fingerprint = job_fingerprint(config)
     if fingerprint.get("random_weights"):
-        print(f"[semtok] WARNING: RANDOM codec weights ({config.weights}): tokens are meaningless "
-              "and the output is marked so", file=stream, flush=True)
+        print(
+            f"[semtok] WARNING: RANDOM codec weights ({config.weights}): tokens are meaningless "
+            "and the output is marked so",
+            file=stream,
+            flush=True,
+        )
     fs, _ = open_filesystem(config.output, config.storage_options)
     layout = OutputLayout.for_fingerprint(config.output, fingerprint)
     summary = RunSummary(run_id=run_id, output=redact_uri(layout.version_url))
 
     record = {"kind": "tokenize", "config": config.to_dict(), "fingerprint": fingerprint}
-    with writer_lease(fs, layout, run_id, "semtok tokenize", stream) as lease, \
-            recorded_run(fs, layout, summary, started, stream, record, lease=lease):
+    with (
+        writer_lease(fs, layout, run_id, "semtok tokenize", stream) as lease,
+        recorded_run(fs, layout, summary, started, stream, record, lease=lease),
+    ):
         work = plan_remaining(config, fs, layout)  # one manifest read: a GET per unit on S3
         units, done_units = work.units, set(work.manifest) - set(work.changed)
         if not work.planned and not work.manifest:
-            print(f"[semtok] input {redact_uri(config.input)} holds no {config.input_kind} audio "
-                  "items (nothing to do): check the URL, --input-kind and --glob", file=stream, flush=True)
+            print(
+                f"[semtok] input {redact_uri(config.input)} holds no {config.input_kind} audio "
+                "items (nothing to do): check the URL, --input-kind and --glob",
+                file=stream,
+                flush=True,
+            )
             return summary
         twins = missing_twins(work.manifest, config.formats, skip=set(work.changed))
         summary.units_planned = len(units)
@@ -401,8 +478,10 @@ def run_tokenize(config: TokenizeConfig, *, stream: TextIO = sys.stderr) -> RunS
         _report_plan(work, layout, twins, config, stream)
         for unit_id in twins:
             lease.check()
-            entry = with_retries(lambda u=unit_id: add_webdataset_twin(
-                fs, layout, u, work.manifest[u], fingerprint), **COMMIT_RETRIES)
+            entry = with_retries(
+                lambda u=unit_id: add_webdataset_twin(fs, layout, u, work.manifest[u], fingerprint),
+                **COMMIT_RETRIES,
+            )
             work.manifest[unit_id] = entry
         if units:
             execute_units(config, units, fs, layout, fingerprint, summary, stream, lease=lease)
@@ -415,48 +494,81 @@ def run_tokenize(config: TokenizeConfig, *, stream: TextIO = sys.stderr) -> RunS
     return summary
 
 
-def _report_plan(work: WorkPlan, layout: OutputLayout, twins: list[str], config: TokenizeConfig,
-                 stream: TextIO) -> None:
+def _report_plan(
+    work: WorkPlan, layout: OutputLayout, twins: list[str], config: TokenizeConfig, stream: TextIO
+) -> None:
     """What this run will do, in a few lines: units, damaged entries, changed and deleted inputs."""
     done = len(set(work.manifest) - set(work.changed))
-    print(f"[semtok] output {redact_uri(layout.version_url)}: {len(work.units)} units to do, "
-          f"{done} already committed", file=stream, flush=True)
+    print(
+        f"[semtok] output {redact_uri(layout.version_url)}: {len(work.units)} units to do, "
+        f"{done} already committed",
+        file=stream,
+        flush=True,
+    )
     for path, why in list(work.damaged.items())[:5]:
-        print(f"[semtok] damaged manifest entry {path} ({why}): its unit counts as not committed "
-              "and is done again", file=stream, flush=True)
+        print(
+            f"[semtok] damaged manifest entry {path} ({why}): its unit counts as not committed "
+            "and is done again",
+            file=stream,
+            flush=True,
+        )
     if work.changed:
-        print(f"[semtok] {len(work.changed)} committed unit(s) read inputs that changed since: "
-              "tokenizing them again", file=stream, flush=True)
+        print(
+            f"[semtok] {len(work.changed)} committed unit(s) read inputs that changed since: "
+            "tokenizing them again",
+            file=stream,
+            flush=True,
+        )
     if work.deleted_uris:
-        print(f"[semtok] {len(work.deleted_uris)} committed input file(s) are gone from the input; "
-              "their rows stay (`semtok verify --input` lists them)", file=stream, flush=True)
+        print(
+            f"[semtok] {len(work.deleted_uris)} committed input file(s) are gone from the input; "
+            "their rows stay (`semtok verify --input` lists them)",
+            file=stream,
+            flush=True,
+        )
     if twins:
-        print(f"[semtok] {len(twins)} committed unit(s) lack the requested WebDataset twin: writing "
-              "it from their tokens", file=stream, flush=True)
+        print(
+            f"[semtok] {len(twins)} committed unit(s) lack the requested WebDataset twin: writing "
+            "it from their tokens",
+            file=stream,
+            flush=True,
+        )
     if not work.units and not twins:
-        print(f"[semtok] nothing to do: every unit is committed with {', '.join(config.formats)}",
-              file=stream, flush=True)
+        print(
+            f"[semtok] nothing to do: every unit is committed with {', '.join(config.formats)}",
+            file=stream,
+            flush=True,
+        )
 
 
-def missing_twins(manifest: Mapping[str, Mapping[str, Any]], formats: Sequence[str], *,
-                  skip: set[str]) -> list[str]:
+def missing_twins(
+    manifest: Mapping[str, Mapping[str, Any]], formats: Sequence[str], *, skip: set[str]
+) -> list[str]:
     """Committed units without the WebDataset twin a rerun now asks for (units with no token rows
     have none by design)."""
     if "webdataset" not in formats:
         return []
-    return sorted(unit_id for unit_id, entry in manifest.items()
-                  if unit_id not in skip and int(entry.get("n_tokens_rows") or 0) > 0
-                  and not any(f.get("kind") == "webdataset" for f in entry.get("files") or ()))
+    return sorted(
+        unit_id
+        for unit_id, entry in manifest.items()
+        if unit_id not in skip
+        and int(entry.get("n_tokens_rows") or 0) > 0
+        and not any(f.get("kind") == "webdataset" for f in entry.get("files") or ())
+    )
 
 
 @contextlib.contextmanager
-def writer_lease(fs: Any, layout: OutputLayout, run_id: str, command: str,
-                 stream: TextIO) -> Iterator[OutputLease]:
+def writer_lease(
+    fs: Any, layout: OutputLayout, run_id: str, command: str, stream: TextIO
+) -> Iterator[OutputLease]:
     """Hold the output version's writer lease (see pipeline/output_lock.py) around a run's writes."""
     lease = acquire_lease(fs, layout, run_id, command=command)
     if lease.took_over_from is not None:
-        print(f"[semtok] took over a stale output lease of run {lease.took_over_from.run_id}",
-              file=stream, flush=True)
+        print(
+            f"[semtok] took over a stale output lease of run {lease.took_over_from.run_id}",
+            file=stream,
+            flush=True,
+        )
     try:
         yield lease
     finally:
@@ -464,8 +576,16 @@ def writer_lease(fs: Any, layout: OutputLayout, run_id: str, command: str,
 
 
 @contextlib.contextmanager
-def recorded_run(fs: Any, layout: OutputLayout, summary: RunSummary, started: float, stream: TextIO,
-                 record: dict[str, Any], *, lease: OutputLease | None = None) -> Iterator[None]:
+def recorded_run(
+    fs: Any,
+    layout: OutputLayout,
+    summary: RunSummary,
+    started: float,
+    stream: TextIO,
+    record: dict[str, Any],
+    *,
+    lease: OutputLease | None = None,
+) -> Iterator[None]:
     """Write the run record however the body ends, with `status` completed, failed or interrupted;
     on success also clean up what interrupted attempts left in `_tmp/` (we hold the lease)."""
     status, error_line = "completed", ""
@@ -477,15 +597,23 @@ def recorded_run(fs: Any, layout: OutputLayout, summary: RunSummary, started: fl
     except BaseException as error:
         status, error_line = "failed", redact_text(f"{type(error).__name__}: {str(error)[:500]}")
         # Committed units stay committed (and are skipped by a rerun); nothing else is visible.
-        print(f"[semtok] FAILED after {summary.units_committed} of {summary.units_planned} units "
-              f"committed: {error_line}\n[semtok] the output is consistent; rerun the same command "
-              "to resume (committed units are skipped)", file=stream, flush=True)
+        print(
+            f"[semtok] FAILED after {summary.units_committed} of {summary.units_planned} units "
+            f"committed: {error_line}\n[semtok] the output is consistent; rerun the same command "
+            "to resume (committed units are skipped)",
+            file=stream,
+            flush=True,
+        )
         raise
     finally:
         summary.wall_seconds = time.monotonic() - started
         summary.finished_at = utc_now_iso()
-        full = {**record, "status": status, **({"error": error_line} if error_line else {}),
-                **summary.to_dict()}
+        full = {
+            **record,
+            "status": status,
+            **({"error": error_line} if error_line else {}),
+            **summary.to_dict(),
+        }
         try:
             if status == "completed":
                 with_retries(lambda: cleanup_tmp(fs, layout, lease=lease))
@@ -503,18 +631,36 @@ def _audit_after(config: TokenizeConfig, layout: OutputLayout, stream: TextIO) -
     options: dict[str, Any] = {"steps": config.audit_steps} if config.audit_steps is not None else {}
     if config.audit_domain is not None:
         options["default_domain"] = config.audit_domain
-    run_audit(AuditConfig(output=config.output, version=layout.version, sample=config.audit_sample,
-                          fraction=config.audit_fraction, seed=config.audit_seed,
-                          ray_address=config.ray_address, device=config.device,
-                          storage_options=dict(config.storage_options), **options), stream=stream)
+    run_audit(
+        AuditConfig(
+            output=config.output,
+            version=layout.version,
+            sample=config.audit_sample,
+            fraction=config.audit_fraction,
+            seed=config.audit_seed,
+            ray_address=config.ray_address,
+            device=config.device,
+            storage_options=dict(config.storage_options),
+            **options,
+        ),
+        stream=stream,
+    )
 
 
-def execute_units(config: TokenizeConfig, units: list[InputUnit], fs, layout: OutputLayout,
-             fingerprint: dict[str, Any], summary: RunSummary, stream: TextIO, *,
-             prepare_cls: type[PrepareUnit] = PrepareUnit,
-             only_items: Mapping[str, Sequence[str]] | None = None,
-             transform: Callable[[FinishedUnit], FinishedUnit] | None = None,
-             lease: OutputLease | None = None) -> None:
+def execute_units(
+    config: TokenizeConfig,
+    units: list[InputUnit],
+    fs,
+    layout: OutputLayout,
+    fingerprint: dict[str, Any],
+    summary: RunSummary,
+    stream: TextIO,
+    *,
+    prepare_cls: type[PrepareUnit] = PrepareUnit,
+    only_items: Mapping[str, Sequence[str]] | None = None,
+    transform: Callable[[FinishedUnit], FinishedUnit] | None = None,
+    lease: OutputLease | None = None,
+) -> None:
     """Stream the dataset, assemble units, commit each (after `transform`, e.g. a merge); the
     caller holds the writer lease (`writer_lease`)."""
     import ray
@@ -522,10 +668,15 @@ def execute_units(config: TokenizeConfig, units: list[InputUnit], fs, layout: Ou
     init_ray(config.ray_address)
     resources = plan_resources(config, ray.cluster_resources())
     summary.resources = dict(resources.__dict__)
-    print(f"[semtok] encoding on {resources.num_encoders} {resources.device} replica(s), "
-          f"{resources.batch_segments} segments per batch", file=stream, flush=True)
-    dataset = build_tokenize_dataset(config, units, resources, prepare_cls=prepare_cls,
-                                     only_items=only_items, run_id=summary.run_id)
+    print(
+        f"[semtok] encoding on {resources.num_encoders} {resources.device} replica(s), "
+        f"{resources.batch_segments} segments per batch",
+        file=stream,
+        flush=True,
+    )
+    dataset = build_tokenize_dataset(
+        config, units, resources, prepare_cls=prepare_cls, only_items=only_items, run_id=summary.run_id
+    )
     assembler = UnitAssembler()
     progress = _Progress(stream, config.progress_interval_s, len(units))
     metrics = JobMetrics(layout.version)
@@ -537,10 +688,20 @@ def execute_units(config: TokenizeConfig, units: list[InputUnit], fs, layout: Ou
         if transform is not None:
             finished = transform(finished)
         info = {**finished.unit.to_dict(), "n_items": len(finished.token_rows) + len(finished.error_rows)}
-        with_retries(lambda: commit_unit(
-            fs, layout, finished.unit.unit_id, token_rows=finished.token_rows,
-            error_rows=finished.error_rows, fingerprint=fingerprint, formats=config.formats,
-            unit_info=info, run_id=summary.run_id), **COMMIT_RETRIES)
+        with_retries(
+            lambda: commit_unit(
+                fs,
+                layout,
+                finished.unit.unit_id,
+                token_rows=finished.token_rows,
+                error_rows=finished.error_rows,
+                fingerprint=fingerprint,
+                formats=config.formats,
+                unit_info=info,
+                run_id=summary.run_id,
+            ),
+            **COMMIT_RETRIES,
+        )
         metrics.unit_committed()
 
     with ThreadPoolExecutor(max_workers=config.commit_threads) as pool:
@@ -588,6 +749,8 @@ def _check_error_budget(config: TokenizeConfig, summary: RunSummary) -> None:
         return
     fraction = summary.items_failed / summary.items
     if fraction > config.max_error_fraction:
-        raise RuntimeError(f"{summary.items_failed} of {summary.items} items failed "
-                           f"({fraction:.1%} > max_error_fraction {config.max_error_fraction:.1%}); "
-                           f"see the errors table under {summary.output}")
+        raise RuntimeError(
+            f"{summary.items_failed} of {summary.items} items failed "
+            f"({fraction:.1%} > max_error_fraction {config.max_error_fraction:.1%}); "
+            f"see the errors table under {summary.output}"
+        )

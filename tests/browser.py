@@ -11,8 +11,15 @@ from pathlib import Path
 from typing import Any
 
 # Flags for a machine without a display or network (see shared/ENVIRONMENT.md).
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic",
-                 "--no-first-run", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 _MEDIA_STATE = """() => ({
   audio: [...document.querySelectorAll('audio')].map(a => ({
@@ -67,8 +74,10 @@ def check_page(page_path: Path, *, screenshot: Path | None = None, timeout_s: fl
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.on("console", lambda message: result.console.append((message.type, message.text)))
             page.on("pageerror", lambda error: result.page_errors.append(str(error)))
-            page.on("requestfailed", lambda request: result.failed_requests.append(
-                f"{request.url}: {request.failure}"))
+            page.on(
+                "requestfailed",
+                lambda request: result.failed_requests.append(f"{request.url}: {request.failure}"),
+            )
             page.goto(page_path.resolve().as_uri(), wait_until="load", timeout=timeout_s * 1000)
             page.wait_for_function(_MEDIA_SETTLED, timeout=timeout_s * 1000)
             state = page.evaluate(_MEDIA_STATE)

@@ -41,9 +41,14 @@ def ray_local():
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     port = free_port()
     if not ray.is_initialized():
-        ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
-                 configure_logging=False, _metrics_export_port=port,
-                 _system_config={"metrics_report_interval_ms": 1000})
+        ray.init(
+            include_dashboard=False,
+            _node_ip_address="127.0.0.1",
+            log_to_driver=False,
+            configure_logging=False,
+            _metrics_export_port=port,
+            _system_config={"metrics_report_interval_ms": 1000},
+        )
     yield SimpleNamespace(ray=ray, metrics_port=port)
     ray.shutdown()
 

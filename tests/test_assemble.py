@@ -26,9 +26,16 @@ def _rows(*rows: dict) -> dict[str, np.ndarray]:
 
 
 def _segment(item: int, seg: int, total: int, tokens: list[int]) -> dict:
-    return {"row_kind": SEGMENT, "item_index": item, "item_id": f"i{item}", "seg_index": seg,
-            "n_segments": total, "num_tokens": 3, "duration_s": 1.0,
-            "tokens": np.array(tokens, dtype=np.uint16).tobytes()}
+    return {
+        "row_kind": SEGMENT,
+        "item_index": item,
+        "item_id": f"i{item}",
+        "seg_index": seg,
+        "n_segments": total,
+        "num_tokens": 3,
+        "duration_s": 1.0,
+        "tokens": np.array(tokens, dtype=np.uint16).tobytes(),
+    }
 
 
 def test_unit_finishes_once_every_item_is_accounted_for_in_any_order() -> None:

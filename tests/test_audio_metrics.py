@@ -74,7 +74,7 @@ def synth_speech(seconds: float, seed: int = 0) -> np.ndarray:
         if rng.random() < 0.4:
             m = min(int(0.06 * SR), syl)
             seg[:m] += 0.3 * np.std(seg) * _band_noise(m, 2000, 8000, rng) * np.hanning(m)
-        out[pos:pos + syl] += seg
+        out[pos : pos + syl] += seg
         pos += syl + int(rng.uniform(0.03, 0.12) * SR) + (int(0.3 * SR) if rng.random() < 0.15 else 0)
     return (0.5 * out / np.abs(out).max()).astype(np.float32)
 
@@ -132,8 +132,9 @@ def _better(metric: str, a: float, b: float) -> bool:
     return a > b if am.HIGHER_IS_BETTER[metric] else a < b
 
 
-@pytest.mark.parametrize("metric", ["si_sdr", "log_mel_distance", "mrstft_distance", "pesq_wb", "stoi",
-                                    "estoi", "visqol"])
+@pytest.mark.parametrize(
+    "metric", ["si_sdr", "log_mel_distance", "mrstft_distance", "pesq_wb", "stoi", "estoi", "visqol"]
+)
 def test_quality_rises_with_snr(ladders, metric):
     values = [row[metric] for row in ladders["noise"]]
     assert all(isinstance(v, float) for v in values), values
@@ -183,8 +184,12 @@ def test_alignment_recovers_known_shift(speech):
     # Beyond max_lag_s the search does not reach: the lag found stays inside the window.
     assert abs(am.align(speech, late, max_lag_s=0.005).lag) <= 80
     # score_pair aligns first: a delayed copy is still "identical".
-    shifted = am.score_pair(speech, np.concatenate([np.zeros(321, np.float32), speech]), domain="speech",
-                            metrics=["si_sdr", "log_mel_distance"])
+    shifted = am.score_pair(
+        speech,
+        np.concatenate([np.zeros(321, np.float32), speech]),
+        domain="speech",
+        metrics=["si_sdr", "log_mel_distance"],
+    )
     assert shifted == {"si_sdr": am.SI_SDR_CAP_DB, "log_mel_distance": 0.0}
 
 
@@ -196,8 +201,9 @@ def test_loudness_of_half_scale_is_minus_6db(speech):
 
 def test_speech_metrics_not_applicable_off_speech_or_too_short(speech):
     music = synth_music(2.0)
-    scores = am.score_pair(music, add_noise(music, 20), domain="music",
-                           metrics=["pesq_wb", "stoi", "estoi", "si_sdr"])
+    scores = am.score_pair(
+        music, add_noise(music, 20), domain="music", metrics=["pesq_wb", "stoi", "estoi", "si_sdr"]
+    )
     for m in ("pesq_wb", "stoi", "estoi"):
         assert isinstance(scores[m], NotApplicable) and "music" in scores[m].reason
     assert isinstance(scores["si_sdr"], float)
@@ -241,8 +247,10 @@ def test_one_failing_metric_does_not_stop_the_others(speech, monkeypatch):
 def test_json_round_trip():
     scores = {"si_sdr": 12.5, "pesq_wb": NotApplicable("domain is music")}
     data = am.scores_to_json(scores)
-    assert json.loads(json.dumps(data)) == {"scores": {"si_sdr": 12.5, "pesq_wb": None},
-                                            "not_applicable": {"pesq_wb": "domain is music"}}
+    assert json.loads(json.dumps(data)) == {
+        "scores": {"si_sdr": 12.5, "pesq_wb": None},
+        "not_applicable": {"pesq_wb": "domain is music"},
+    }
     assert am.scores_from_json(data) == scores
 
 

@@ -57,8 +57,14 @@ def write_manifest_corpus(root: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         sf.write(path, audio, 16000, subtype="PCM_16")
         domain = "song" if name == "m2" else SOURCES[source]
-        rows.append({"id": f"{source}-{name}", "audio": f"audio/{source}/{name}.wav", "source": source,
-                     "domain": domain})
+        rows.append(
+            {
+                "id": f"{source}-{name}",
+                "audio": f"audio/{source}/{name}.wav",
+                "source": source,
+                "domain": domain,
+            }
+        )
     manifest = root / "manifest.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return manifest
@@ -76,15 +82,31 @@ def tokenized(ray_local, tmp_path_factory) -> Tokenized:
     root = tmp_path_factory.mktemp("audit-corpus")
     manifest = write_manifest_corpus(root)
     output = str(root / "out")
-    run_tokenize(TokenizeConfig(input=str(manifest), output=output, files_per_unit=3,
-                                encode_batch_segments=4, progress_interval_s=60, **TINY))
+    run_tokenize(
+        TokenizeConfig(
+            input=str(manifest),
+            output=output,
+            files_per_unit=3,
+            encode_batch_segments=4,
+            progress_interval_s=60,
+            **TINY,
+        )
+    )
     (version,) = [p.name for p in (root / "out").iterdir() if p.is_dir()]
     return Tokenized(manifest, output, version)
 
 
 def _audit(tokenized: Tokenized, tmp: Path, name: str, **options) -> tuple[AuditResult, dict]:
-    config = AuditConfig(output=tokenized.output, sample=6, seed=3, steps=STEPS, worst_k=2, random_k=2,
-                         report=str(tmp / name), **options)
+    config = AuditConfig(
+        output=tokenized.output,
+        sample=6,
+        seed=3,
+        steps=STEPS,
+        worst_k=2,
+        random_k=2,
+        report=str(tmp / name),
+        **options,
+    )
     result = run_audit(config)
     return result, json.loads(Path(result.json_url).read_text())
 
@@ -168,8 +190,17 @@ def test_a_rerun_audits_the_same_items_with_the_same_sound(tokenized, first_audi
     diff = diff_audits(first, again)
     assert diff.regressions == []
     assert all(s.paired_items >= 2 or s.verdict in ("n/a", "unchanged") for s in diff.shifts)
-    other = run_audit(AuditConfig(output=tokenized.output, sample=6, seed=4, steps=STEPS, worst_k=0,
-                                  random_k=0, report=str(tmp_path / "other-seed")))
+    other = run_audit(
+        AuditConfig(
+            output=tokenized.output,
+            sample=6,
+            seed=4,
+            steps=STEPS,
+            worst_k=0,
+            random_k=0,
+            report=str(tmp_path / "other-seed"),
+        )
+    )
     assert other.sampled == 6
 
 
@@ -197,8 +228,17 @@ def test_changed_and_missing_originals_are_reported_not_fatal(tokenized, first_a
         if info.get("root"):
             info["root"] = info["root"].replace(str(tokenized.manifest.parent), str(corpus))
         entry_path.write_text(json.dumps(entry))
-    result = run_audit(AuditConfig(output=str(output), sample=6, seed=3, steps=STEPS, worst_k=1, random_k=1,
-                                   report=str(tmp_path / "report")))
+    result = run_audit(
+        AuditConfig(
+            output=str(output),
+            sample=6,
+            seed=3,
+            steps=STEPS,
+            worst_k=1,
+            random_k=1,
+            report=str(tmp_path / "report"),
+        )
+    )
     document = json.loads(Path(result.json_url).read_text())
     errors = {i["id"]: i["error"] for i in document["items"] if i["error"]}
     assert errors[changed]["reason"] == "original_changed"
@@ -211,13 +251,37 @@ def test_cli_audit_and_audit_diff(tokenized, first_audit, tmp_path, capsys) -> N
     result, _ = first_audit
     assert cli(["audit", tokenized.output, "--sample", "3", "--seed", "3", "--steps", "3"]) == 2  # invalid
     assert "steps=3" in capsys.readouterr().err
-    code = cli(["audit", tokenized.output, "--sample", "2", "--seed", "1", "--steps", str(STEPS),
-                "--domain", "speech", "--worst-k", "1", "--random-k", "1"])
+    code = cli(
+        [
+            "audit",
+            tokenized.output,
+            "--sample",
+            "2",
+            "--seed",
+            "1",
+            "--steps",
+            str(STEPS),
+            "--domain",
+            "speech",
+            "--worst-k",
+            "1",
+            "--random-k",
+            "1",
+        ]
+    )
     assert code == 0
     html_url = capsys.readouterr().out.strip().splitlines()[-1]
     assert html_url.startswith(f"{tokenized.output}/{tokenized.version}/audits/") and Path(html_url).exists()
-    code = cli(["audit-diff", result.report_url, str(Path(html_url).parent), "--out", str(tmp_path / "diff"),
-                "--fail-on-regression"])
+    code = cli(
+        [
+            "audit-diff",
+            result.report_url,
+            str(Path(html_url).parent),
+            "--out",
+            str(tmp_path / "diff"),
+            "--fail-on-regression",
+        ]
+    )
     out = capsys.readouterr().out
     assert "visqol" in out and "regression(s)" in out
     assert code in (0, 1) and (tmp_path / "diff" / "index.html").exists()
@@ -226,9 +290,24 @@ def test_cli_audit_and_audit_diff(tokenized, first_audit, tmp_path, capsys) -> N
 
 def test_tokenize_can_audit_what_it_wrote(ray_local, tmp_path) -> None:
     manifest = write_manifest_corpus(tmp_path / "in")
-    code = cli(["tokenize", str(manifest), "--out", str(tmp_path / "out"), "--codec-size", "tiny",
-                "--weights", "random:0", "--audit-sample", "2", "--audit-steps", str(STEPS),
-                "--set", "progress_interval_s=60"])
+    code = cli(
+        [
+            "tokenize",
+            str(manifest),
+            "--out",
+            str(tmp_path / "out"),
+            "--codec-size",
+            "tiny",
+            "--weights",
+            "random:0",
+            "--audit-sample",
+            "2",
+            "--audit-steps",
+            str(STEPS),
+            "--set",
+            "progress_interval_s=60",
+        ]
+    )
     assert code == 0
     (audit_json,) = (tmp_path / "out").glob("*/audits/*/audit.json")
     document = json.loads(audit_json.read_text())
@@ -254,10 +333,26 @@ def test_audit_reads_and_writes_s3(ray_local, s3_server, tmp_path) -> None:
         if path.is_file():
             fs.pipe_file(f"{bucket}/in/{path.relative_to(local)}", path.read_bytes())
     options = s3_server.storage_options
-    run_tokenize(TokenizeConfig(input=f"{bucket}/in/manifest.jsonl", output=f"{bucket}/out",
-                                storage_options=options, progress_interval_s=60, **TINY))
-    result = run_audit(AuditConfig(output=f"{bucket}/out", sample=3, seed=0, steps=STEPS, worst_k=1,
-                                   random_k=1, storage_options=options))
+    run_tokenize(
+        TokenizeConfig(
+            input=f"{bucket}/in/manifest.jsonl",
+            output=f"{bucket}/out",
+            storage_options=options,
+            progress_interval_s=60,
+            **TINY,
+        )
+    )
+    result = run_audit(
+        AuditConfig(
+            output=f"{bucket}/out",
+            sample=3,
+            seed=0,
+            steps=STEPS,
+            worst_k=1,
+            random_k=1,
+            storage_options=options,
+        )
+    )
     assert result.html_url.startswith(f"{bucket}/out/") and result.scored == 3
     document = json.loads(fs.cat_file(result.json_url))
     for files in document["examples"]["files"].values():
@@ -282,12 +377,14 @@ def test_scan_as_ray_tasks_equals_the_scan_on_the_driver(tokenized, monkeypatch)
     on_driver = scan()
     monkeypatch.setattr(audit, "SCAN_UNITS_PER_TASK", 1)
     as_tasks = scan()
+
     def by_id(scan_result):
         return sorted(scan_result.candidates, key=lambda c: c.item_id)
 
     assert by_id(as_tasks) == by_id(on_driver) and len(on_driver.candidates) == 8
-    assert as_tasks.token_stats.summary(include_histograms=True) == \
-        on_driver.token_stats.summary(include_histograms=True)
+    assert as_tasks.token_stats.summary(include_histograms=True) == on_driver.token_stats.summary(
+        include_histograms=True
+    )
     assert as_tasks.items_by_source == on_driver.items_by_source == {"libri": 4, "jamendo": 3, "freesound": 1}
     assert as_tasks.token_files == on_driver.token_files
 

@@ -15,32 +15,66 @@ N = 30
 METRICS = ["visqol", "log_mel_distance", "loudness_diff_db"]
 
 
-def _items(values: dict[str, np.ndarray], *, prefix: str = "item", sources=("libri", "vctk"),
-           domains=("speech", "speech")) -> list[dict]:
+def _items(
+    values: dict[str, np.ndarray],
+    *,
+    prefix: str = "item",
+    sources=("libri", "vctk"),
+    domains=("speech", "speech"),
+) -> list[dict]:
     n = len(next(iter(values.values())))
     rows = []
     for i in range(n):
-        rows.append({"id": f"{prefix}-{i:03d}", "unit_id": f"unit-{i % 3}",
-                     "source": sources[i % len(sources)], "domain": domains[i % len(domains)],
-                     "duration_s": 4.0, "audited_seconds": 4.0,
-                     "n_frames": 200, "decode_seed": i, "decode_seconds": 1.0, "score_seconds": 0.1,
-                     "scores": {m: float(v[i]) for m, v in values.items()}, "not_applicable": {},
-                     "error": None})
+        rows.append(
+            {
+                "id": f"{prefix}-{i:03d}",
+                "unit_id": f"unit-{i % 3}",
+                "source": sources[i % len(sources)],
+                "domain": domains[i % len(domains)],
+                "duration_s": 4.0,
+                "audited_seconds": 4.0,
+                "n_frames": 200,
+                "decode_seed": i,
+                "decode_seconds": 1.0,
+                "score_seconds": 0.1,
+                "scores": {m: float(v[i]) for m, v in values.items()},
+                "not_applicable": {},
+                "error": None,
+            }
+        )
     return rows
 
 
-def _audit(values: dict[str, np.ndarray], *, steps: int = 50, random_weights: bool = False,
-           dataset_version: str = "v-abc", **item_kwargs) -> dict:
+def _audit(
+    values: dict[str, np.ndarray],
+    *,
+    steps: int = 50,
+    random_weights: bool = False,
+    dataset_version: str = "v-abc",
+    **item_kwargs,
+) -> dict:
     """The least of an audit document that diff_audits and write_diff_report read."""
-    return {"format": "semtok-audit/1", "dataset_version": dataset_version, "random_weights": random_weights,
-            "config": {"metrics": list(values), "seed": 0, "steps": steps, "guidance": 2.0,
-                       "max_item_seconds": 10.24},
-            "items": _items(values, **item_kwargs)}
+    return {
+        "format": "semtok-audit/1",
+        "dataset_version": dataset_version,
+        "random_weights": random_weights,
+        "config": {
+            "metrics": list(values),
+            "seed": 0,
+            "steps": steps,
+            "guidance": 2.0,
+            "max_item_seconds": 10.24,
+        },
+        "items": _items(values, **item_kwargs),
+    }
 
 
 def _base(rng: np.random.Generator) -> dict[str, np.ndarray]:
-    return {"visqol": rng.uniform(2.0, 4.0, N), "log_mel_distance": rng.uniform(0.5, 1.5, N),
-            "loudness_diff_db": rng.uniform(-7.0, -5.0, N)}
+    return {
+        "visqol": rng.uniform(2.0, 4.0, N),
+        "log_mel_distance": rng.uniform(0.5, 1.5, N),
+        "loudness_diff_db": rng.uniform(-7.0, -5.0, N),
+    }
 
 
 def _overall(diff: AuditDiff, metric: str):

@@ -29,7 +29,7 @@ from pipeline.reference_figures import ReferenceFigure, load_reference_figures
 from pipeline.report_plots import read_png_size
 from pipeline.token_stats import TokenStats
 
-EVIL = '<script>alert(1)</script>"\''
+EVIL = "<script>alert(1)</script>\"'"
 METRICS = ["visqol", "pesq_wb", "log_mel_distance", "loudness_diff_db"]
 
 
@@ -38,20 +38,36 @@ METRICS = ["visqol", "pesq_wb", "log_mel_distance", "loudness_diff_db"]
 
 def _item(item_id: str, source: str, domain: str, seed: int, *, error: dict | None = None) -> dict:
     rng = np.random.default_rng(seed)
-    scores = {} if error else {"visqol": float(rng.uniform(2, 4.5)),
-                               "log_mel_distance": float(rng.uniform(0.3, 1.2)),
-                               "loudness_diff_db": float(rng.uniform(-3, 3))}
+    scores = (
+        {}
+        if error
+        else {
+            "visqol": float(rng.uniform(2, 4.5)),
+            "log_mel_distance": float(rng.uniform(0.3, 1.2)),
+            "loudness_diff_db": float(rng.uniform(-3, 3)),
+        }
+    )
     not_applicable = {}
     if not error:
         if domain == "speech":
             scores["pesq_wb"] = float(rng.uniform(1.5, 4.0))
         else:
             not_applicable["pesq_wb"] = f"speech only ({domain})"
-    return {"id": item_id, "unit_id": f"{source}-unit-0", "source": source, "domain": domain,
-            "duration_s": 6.5, "audited_seconds": 0.0 if error else 6.5, "n_frames": 325,
-            "decode_seed": 1000 + seed, "decode_seconds": 0.0 if error else 2.5,
-            "score_seconds": 0.0 if error else 0.4, "scores": scores, "not_applicable": not_applicable,
-            "error": error}
+    return {
+        "id": item_id,
+        "unit_id": f"{source}-unit-0",
+        "source": source,
+        "domain": domain,
+        "duration_s": 6.5,
+        "audited_seconds": 0.0 if error else 6.5,
+        "n_frames": 325,
+        "decode_seed": 1000 + seed,
+        "decode_seconds": 0.0 if error else 2.5,
+        "score_seconds": 0.0 if error else 0.4,
+        "scores": scores,
+        "not_applicable": not_applicable,
+        "error": error,
+    }
 
 
 def _token_stats() -> TokenStats:
@@ -59,8 +75,12 @@ def _token_stats() -> TokenStats:
     stats = TokenStats((16384, 8192))
     for i, source in enumerate(["libri", "music", "libri", EVIL]):
         frames = 50 * (i + 2)
-        stats.add(rng.integers(0, 16384, frames), rng.integers(0, 8192, frames), duration_s=frames / 50,
-                  group=source)
+        stats.add(
+            rng.integers(0, 16384, frames),
+            rng.integers(0, 8192, frames),
+            duration_s=frames / 50,
+            group=source,
+        )
     return stats
 
 
@@ -68,32 +88,65 @@ def make_document(*, random_weights: bool = False, references: list[dict] | None
     items = [_item(f"libri/a/{i}.flac", "libri", "speech", i) for i in range(4)]
     items += [_item(f"music/b/{i}.mp3", "music", "music", 10 + i) for i in range(3)]
     items.append(_item(EVIL, EVIL, "sound", 20))
-    items.append(_item("libri/a/broken.flac", "libri", "speech", 30,
-                       error={"stage": "decode", "reason": "bad_tokens", "detail": "x" * 500}))
+    items.append(
+        _item(
+            "libri/a/broken.flac",
+            "libri",
+            "speech",
+            30,
+            error={"stage": "decode", "reason": "bad_tokens", "detail": "x" * 500},
+        )
+    )
     stats = _token_stats()
     return {
-        "format": "semtok-audit/1", "audit_id": "20240101T000000Z-n9-seed0-abcdef",
-        "started_at": "2024-01-01T00:00:00Z", "finished_at": "2024-01-01T00:05:00Z",
-        "dataset_version": "semanticodec-50tps-abc123", "output": "/data/out/semanticodec-50tps-abc123",
+        "format": "semtok-audit/1",
+        "audit_id": "20240101T000000Z-n9-seed0-abcdef",
+        "started_at": "2024-01-01T00:00:00Z",
+        "finished_at": "2024-01-01T00:05:00Z",
+        "dataset_version": "semanticodec-50tps-abc123",
+        "output": "/data/out/semanticodec-50tps-abc123",
         "random_weights": random_weights,
-        "fingerprint": {"codec": "semanticodec", "token_rate": 50, "semantic_vocab_size": 16384,
-                        "acoustic_vocab_size": 8192, "size": "base", "weights": "hf://x/y",
-                        "random_weights": random_weights},
+        "fingerprint": {
+            "codec": "semanticodec",
+            "token_rate": 50,
+            "semantic_vocab_size": 16384,
+            "acoustic_vocab_size": 8192,
+            "size": "base",
+            "weights": "hf://x/y",
+            "random_weights": random_weights,
+        },
         "tokenize_config": {"input": "/data/in", "output": "/data/out"},
-        "config": {"output": "/data/out", "metrics": list(METRICS), "seed": 0, "steps": 50, "guidance": 2.0,
-                   "max_item_seconds": 10.24, "decode_dtype": "float32", "rank_metric": "visqol",
-                   "worst_k": 2, "random_k": 2},
-        "population": {"items": 1234, "items_by_source": {"libri": 1000, "music": 200, EVIL: 34},
-                       "errors_by_source": {"libri": {"decode_failed": 3, "too_long": 1}}},
+        "config": {
+            "output": "/data/out",
+            "metrics": list(METRICS),
+            "seed": 0,
+            "steps": 50,
+            "guidance": 2.0,
+            "max_item_seconds": 10.24,
+            "decode_dtype": "float32",
+            "rank_metric": "visqol",
+            "worst_k": 2,
+            "random_k": 2,
+        },
+        "population": {
+            "items": 1234,
+            "items_by_source": {"libri": 1000, "music": 200, EVIL: 34},
+            "errors_by_source": {"libri": {"decode_failed": 3, "too_long": 1}},
+        },
         "items": items,
         "token_stats": stats.summary(),
         "token_histograms": {name: stats.histogram(name).tolist() for name in stats.codebooks},
-        "token_histograms_by_source": {str(g): {name: stats.histogram(name, g).tolist()
-                                                for name in stats.codebooks} for g in stats.groups},
+        "token_histograms_by_source": {
+            str(g): {name: stats.histogram(name, g).tolist() for name in stats.codebooks}
+            for g in stats.groups
+        },
         "references": references or [],
-        "timing": {"wall_seconds": 300.0, "decode_seconds_per_item": 2.5,
-                   "decode_seconds_per_audio_second": 0.38,
-                   "decoders": {"count": 1, "device": "cpu", "cpus": 4.0, "gpus": 0.0}},
+        "timing": {
+            "wall_seconds": 300.0,
+            "decode_seconds_per_item": 2.5,
+            "decode_seconds_per_audio_second": 0.38,
+            "decoders": {"count": 1, "device": "cpu", "cpus": 4.0, "gpus": 0.0},
+        },
     }
 
 
@@ -143,8 +196,7 @@ def test_metric_stats_ignores_non_finite_and_none():
 @pytest.mark.parametrize("values", [[], [math.nan], [None, math.inf]])
 def test_metric_stats_empty(values):
     stats = metric_stats(values)
-    assert stats == {"n": 0, "mean": None, "median": None, "p10": None, "p90": None, "min": None,
-                     "max": None}
+    assert stats == {"n": 0, "mean": None, "median": None, "p10": None, "p90": None, "min": None, "max": None}
 
 
 def test_summarize_counts():
@@ -236,8 +288,12 @@ def test_render_html_escapes_user_text():
 def test_render_html_escapes_example_ids_and_sources():
     document = copy.deepcopy(make_document())
     document["summary"] = summarize(document["items"], METRICS)
-    files = {"original_wav": "media/001-original.wav", "reconstruction_wav": "media/001-reconstruction.wav",
-             "original_png": "media/001-original.png", "reconstruction_png": "media/001-reconstruction.png"}
+    files = {
+        "original_wav": "media/001-original.wav",
+        "reconstruction_wav": "media/001-reconstruction.wav",
+        "original_png": "media/001-original.png",
+        "reconstruction_png": "media/001-reconstruction.png",
+    }
     document["examples"] = {"worst": [EVIL], "random": [], "files": {EVIL: files}}
     document["plots"] = []
     page = render_html(document)
@@ -352,16 +408,26 @@ def test_load_reference_figures_none():
 
 def test_load_reference_figures_filters_by_token_rate(tmp_path: Path):
     path = tmp_path / "refs.json"
-    path.write_text(json.dumps([
-        {"metric": "visqol", "value": 3.1, "label": "Paper, Table 2 (100 tps)", "token_rate": 100},
-        {"metric": "pesq_wb", "value": 2.5, "label": "Paper, Table 3", "domain": "speech"},
-    ]))
+    path.write_text(
+        json.dumps(
+            [
+                {"metric": "visqol", "value": 3.1, "label": "Paper, Table 2 (100 tps)", "token_rate": 100},
+                {"metric": "pesq_wb", "value": 2.5, "label": "Paper, Table 3", "domain": "speech"},
+            ]
+        )
+    )
     kept = load_reference_figures(str(path), {"token_rate": 50})
     assert kept == [ReferenceFigure(metric="pesq_wb", value=2.5, label="Paper, Table 3", domain="speech")]
     assert len(load_reference_figures(str(path), {"token_rate": 100})) == 2
     assert len(load_reference_figures(str(path))) == 2  # no fingerprint: no filter
-    assert kept[0].to_dict() == {"metric": "pesq_wb", "value": 2.5, "label": "Paper, Table 3",
-                                 "domain": "speech", "token_rate": None, "semantic_vocab_size": None}
+    assert kept[0].to_dict() == {
+        "metric": "pesq_wb",
+        "value": 2.5,
+        "label": "Paper, Table 3",
+        "domain": "speech",
+        "token_rate": None,
+        "semantic_vocab_size": None,
+    }
 
 
 def test_bundled_figures_apply_only_to_their_configuration():
@@ -373,17 +439,22 @@ def test_bundled_figures_apply_only_to_their_configuration():
     rate_100 = load_reference_figures(None, {"token_rate": 100, "semantic_vocab_size": 32768})
     assert [f.value for f in rate_100] == [3.81]
     # figures rise with the bitrate, as on the plot
-    values = [load_reference_figures(None, {"token_rate": r, "semantic_vocab_size": 32768})[0].value
-              for r in (25, 50, 100)]
+    values = [
+        load_reference_figures(None, {"token_rate": r, "semantic_vocab_size": 32768})[0].value
+        for r in (25, 50, 100)
+    ]
     assert values == sorted(values)
 
 
-@pytest.mark.parametrize("entry", [
-    {"metric": "visqol", "value": 3.1},  # no label
-    {"metric": "visqol", "value": 3.1, "label": "   "},  # blank label
-    {"metric": "not_a_metric", "value": 3.1, "label": "Paper"},
-    {"metric": "visqol", "value": 3.1, "label": "Paper", "domain": "video"},
-])
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"metric": "visqol", "value": 3.1},  # no label
+        {"metric": "visqol", "value": 3.1, "label": "   "},  # blank label
+        {"metric": "not_a_metric", "value": 3.1, "label": "Paper"},
+        {"metric": "visqol", "value": 3.1, "label": "Paper", "domain": "video"},
+    ],
+)
 def test_load_reference_figures_rejects_bad_entries(tmp_path: Path, entry):
     path = tmp_path / "refs.json"
     path.write_text(json.dumps([entry]))

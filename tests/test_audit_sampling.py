@@ -27,9 +27,15 @@ def _population(sizes: dict[str, int], per_unit: int = 10) -> list[Candidate]:
     out = []
     for source, size in sizes.items():
         for i in range(size):
-            out.append(Candidate(item_id=f"{source}/u{i // per_unit:03d}/item-{i:05d}.wav",
-                                 unit_id=f"{source}-unit-{i // per_unit:03d}", source=source,
-                                 domain="speech", duration_s=1.0 + i % 7))
+            out.append(
+                Candidate(
+                    item_id=f"{source}/u{i // per_unit:03d}/item-{i:05d}.wav",
+                    unit_id=f"{source}-unit-{i // per_unit:03d}",
+                    source=source,
+                    domain="speech",
+                    duration_s=1.0 + i % 7,
+                )
+            )
     return out
 
 

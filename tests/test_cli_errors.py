@@ -286,10 +286,21 @@ def test_signal_during_tokenize(tmp_path: Path, signum: int, status: int) -> Non
     records = [json.loads(p.read_text()) for p in (tmp_path / "out").glob("*/runs/*.json")]
     assert [r["status"] for r in records] == ["interrupted"], records
     assert records[0]["error"] == name
-    rerun = subprocess.run([sys.executable, "-m", "jobs.cli", *args], cwd=REPO, env=env, text=True,
-                           capture_output=True, timeout=300)
+    rerun = subprocess.run(
+        [sys.executable, "-m", "jobs.cli", *args],
+        cwd=REPO,
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=300,
+    )
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    check = subprocess.run([sys.executable, "-m", "jobs.cli", "verify", str(tmp_path / "out"), "--input",
-                            str(tmp_path / "in")], cwd=REPO, env=env, text=True, capture_output=True,
-                           timeout=300)
+    check = subprocess.run(
+        [sys.executable, "-m", "jobs.cli", "verify", str(tmp_path / "out"), "--input", str(tmp_path / "in")],
+        cwd=REPO,
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=300,
+    )
     assert check.returncode == 0, check.stdout[-3000:] + check.stderr[-3000:]

@@ -30,14 +30,21 @@ def tiny() -> SemantiCodec:
 
 def _tokens(count: int, seed: int, vocab: int = 4096) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
-    return torch.stack([torch.randint(0, vocab, (count,), generator=generator),
-                        torch.randint(0, 8192, (count,), generator=generator)], dim=-1)
+    return torch.stack(
+        [
+            torch.randint(0, vocab, (count,), generator=generator),
+            torch.randint(0, 8192, (count,), generator=generator),
+        ],
+        dim=-1,
+    )
 
 
 def _noise(windows: int, steps: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
-    return (torch.randn(windows, *LATENT_SHAPE, generator=generator),
-            torch.randn(windows, steps, *LATENT_SHAPE, generator=generator))
+    return (
+        torch.randn(windows, *LATENT_SHAPE, generator=generator),
+        torch.randn(windows, steps, *LATENT_SHAPE, generator=generator),
+    )
 
 
 def _official_overlap_add(windows: list[np.ndarray], overlap: int) -> np.ndarray:
@@ -76,9 +83,17 @@ def test_crossfade_seams_are_linear_and_at_the_official_positions() -> None:
     assert overlap_add([]).numel() == 0
 
 
-@pytest.mark.parametrize(("count", "starts"), [
-    (1, [0]), (256, [0]), (257, [0, 240]), (496, [0, 240]), (497, [0, 240, 480]), (0, []),
-])
+@pytest.mark.parametrize(
+    ("count", "starts"),
+    [
+        (1, [0]),
+        (256, [0]),
+        (257, [0, 240]),
+        (496, [0, 240]),
+        (497, [0, 240, 480]),
+        (0, []),
+    ],
+)
 def test_windows_follow_official_split(count: int, starts: list[int]) -> None:
     tokens = torch.arange(count)[:, None].expand(count, 2)
     windows = split_windows(tokens, 256)
@@ -101,8 +116,10 @@ def test_ddim_timesteps_for_other_step_counts() -> None:
 def test_batched_cfg_equals_two_unet_calls(tiny: SemantiCodec) -> None:
     windows = [_tokens(256, 1), _tokens(100, 2)]
     noise = _noise(2, 2, seed=5)
-    outs = [tiny.decoder.decode_windows(windows, NoiseSource(explicit=noise), steps=2, batched_cfg=b)
-            for b in (True, False)]
+    outs = [
+        tiny.decoder.decode_windows(windows, NoiseSource(explicit=noise), steps=2, batched_cfg=b)
+        for b in (True, False)
+    ]
     assert outs[0].shape == (2, WINDOW_SAMPLES)
     torch.testing.assert_close(outs[0], outs[1], rtol=1e-4, atol=1e-5)
 
@@ -115,8 +132,7 @@ def test_batch_of_clips_equals_single_decodes(tiny: SemantiCodec) -> None:
         padded[i, : len(clip)] = clip
     windows_per_clip = [len(split_windows(c, 256)) for c in clips]
     x_t, steps = _noise(sum(windows_per_clip), 2, seed=9)
-    wave, wave_lengths = tiny.decode_batch(padded, lengths, steps=2, noise=(x_t, steps),
-                                           max_batch_windows=3)
+    wave, wave_lengths = tiny.decode_batch(padded, lengths, steps=2, noise=(x_t, steps), max_batch_windows=3)
     first = 0
     for i, clip in enumerate(clips):
         used = slice(first, first + windows_per_clip[i])
@@ -124,7 +140,7 @@ def test_batch_of_clips_equals_single_decodes(tiny: SemantiCodec) -> None:
         single, single_length = tiny.decode_batch(clip[None], steps=2, noise=(x_t[used], steps[used]))
         assert int(wave_lengths[i]) == int(single_length[0]) == decoded_length(len(clip), 50)
         torch.testing.assert_close(wave[i, : int(wave_lengths[i])], single[0], rtol=1e-4, atol=1e-5)
-        assert (wave[i, int(wave_lengths[i]):] == 0).all()
+        assert (wave[i, int(wave_lengths[i]) :] == 0).all()
     # seeded: each clip its own generator, so batching does not change a clip's noise
     seeded, _ = tiny.decode_batch(padded, lengths, steps=2, seed=7)
     alone, alone_length = tiny.decode_batch(clips[2][None], steps=2, seed=7)
@@ -178,8 +194,7 @@ def test_long_audio_lengths_match_official_formula(tiny: SemantiCodec) -> None:
     padded = torch.full((len(counts), max(counts), 2), -1, dtype=torch.int64)
     for i, count in enumerate(counts):
         padded[i, :count] = _tokens(count, seed=i)
-    wave, lengths = tiny.decode_batch(padded, torch.tensor(counts), steps=1, seed=0,
-                                      max_batch_windows=16)
+    wave, lengths = tiny.decode_batch(padded, torch.tensor(counts), steps=1, seed=0, max_batch_windows=16)
     for i, count in enumerate(counts):
         windows = len(split_windows(padded[i, :count], 256))
         produced = WINDOW_SAMPLES + (windows - 1) * (WINDOW_SAMPLES - 10240)
@@ -211,19 +226,31 @@ def test_folder_decoder_loads_strictly_and_matches_source(tiny_folder) -> None:
     loaded = SemantiCodec(50, 4096, weights=str(folder), size="tiny", device="cpu", components=BOTH)
     tokens = _tokens(50, seed=8)[None]
     noise = _noise(1, 2, seed=2)
-    torch.testing.assert_close(loaded.decode_batch(tokens, steps=2, noise=noise)[0],
-                               source.decode_batch(tokens, steps=2, noise=noise)[0], rtol=0, atol=0)
+    torch.testing.assert_close(
+        loaded.decode_batch(tokens, steps=2, noise=noise)[0],
+        source.decode_batch(tokens, steps=2, noise=noise)[0],
+        rtol=0,
+        atol=0,
+    )
 
 
-@pytest.mark.parametrize(("tamper", "named"), [
-    (lambda s: s.pop("model.diffusion_model.out.2.bias"), "model.diffusion_model.out.2.bias"),
-    (lambda s: s.__setitem__("first_stage_model.vocoder.extra", torch.zeros(2)),
-     "first_stage_model.vocoder.extra"),
-    (lambda s: s.__setitem__("scale_factor", torch.ones(3)), "scale_factor"),
-    (lambda s: s.pop("first_stage_model.encoder.conv_in.weight"), "first_stage_model.encoder.conv_in.weight"),
-    (lambda s: s.pop("model_ema.decay"), "model_ema.decay"),
-    (lambda s: s.__setitem__("posterior_variance", torch.zeros(999)), "posterior_variance"),
-])
+@pytest.mark.parametrize(
+    ("tamper", "named"),
+    [
+        (lambda s: s.pop("model.diffusion_model.out.2.bias"), "model.diffusion_model.out.2.bias"),
+        (
+            lambda s: s.__setitem__("first_stage_model.vocoder.extra", torch.zeros(2)),
+            "first_stage_model.vocoder.extra",
+        ),
+        (lambda s: s.__setitem__("scale_factor", torch.ones(3)), "scale_factor"),
+        (
+            lambda s: s.pop("first_stage_model.encoder.conv_in.weight"),
+            "first_stage_model.encoder.conv_in.weight",
+        ),
+        (lambda s: s.pop("model_ema.decay"), "model_ema.decay"),
+        (lambda s: s.__setitem__("posterior_variance", torch.zeros(999)), "posterior_variance"),
+    ],
+)
 def test_tampered_decoder_checkpoint_is_rejected_naming_the_key(tiny_folder, tamper, named) -> None:
     folder, _ = tiny_folder
     state = torch.load(folder / "decoder.ckpt", weights_only=True)

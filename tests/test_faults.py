@@ -32,8 +32,16 @@ from tests.corpus import speech_like, wav_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"codec_size": "tiny", "weights": "random:0", "token_rate": 50, "semantic_vocab_size": 16384}
-TINY_FLAGS = ["--codec-size", "tiny", "--weights", "random:0", "--token-rate", "50",
-              "--semantic-vocab-size", "16384"]
+TINY_FLAGS = [
+    "--codec-size",
+    "tiny",
+    "--weights",
+    "random:0",
+    "--token-rate",
+    "50",
+    "--semantic-vocab-size",
+    "16384",
+]
 
 
 # --- helpers --------------------------------------------------------------------------------
@@ -53,11 +61,18 @@ def cli_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def semtok(*args: str, env: dict[str, str] | None = None,
-           timeout: float = 300) -> subprocess.CompletedProcess:
+def semtok(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
     """Run the CLI as a user would, in a fresh process (its own local Ray when it needs one)."""
-    return subprocess.run([sys.executable, "-m", "jobs.cli", *args], env=env or cli_env(), cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "jobs.cli", *args],
+        env=env or cli_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def tokenize_args(src: str, out: str, *extra: str) -> list[str]:
@@ -93,17 +108,27 @@ def skipped_from(stderr: str) -> tuple[int, int]:
 
 
 def digests(root: Path, folders: tuple[str, ...] = ("tokens", "errors", "wds")) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for folder in folders for p in sorted(root.glob(f"*/{folder}/*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for folder in folders
+        for p in sorted(root.glob(f"*/{folder}/*"))
+        if p.is_file()
+    }
 
 
 FAKE_FP = {"codec": "semanticodec", "token_rate": 50, "semantic_vocab_size": 16384, "test": True}
 
 
 def token_row(item_id: str, n: int = 3) -> dict:
-    return {"id": item_id, "semantic_tokens": np.arange(n, dtype=np.uint16),
-            "acoustic_tokens": np.arange(n, dtype=np.uint16), "n_frames": n, "duration_s": 0.06,
-            "source_uri": f"file:///x/{item_id}", "metadata": {}}
+    return {
+        "id": item_id,
+        "semantic_tokens": np.arange(n, dtype=np.uint16),
+        "acoustic_tokens": np.arange(n, dtype=np.uint16),
+        "n_frames": n,
+        "duration_s": 0.06,
+        "source_uri": f"file:///x/{item_id}",
+        "metadata": {},
+    }
 
 
 # --- fast: verify, retries, dedup, Ray's defaults -------------------------------------------
@@ -114,10 +139,25 @@ def test_verify_reports_each_kind_of_problem(tmp_path: Path) -> None:
     fs, _ = open_filesystem(out)
     layout = OutputLayout.for_fingerprint(out, FAKE_FP)
     for unit, ids in (("u1", ["a", "b"]), ("u2", ["c"])):
-        commit_unit(fs, layout, unit, token_rows=[token_row(i) for i in ids], fingerprint=FAKE_FP,
-                    error_rows=[{"id": f"{unit}-bad", "source_uri": "x", "stage": "decode",
-                                 "reason": "undecodable", "detail": "no"}] if unit == "u2" else (),
-                    formats=("parquet", "webdataset"))
+        commit_unit(
+            fs,
+            layout,
+            unit,
+            token_rows=[token_row(i) for i in ids],
+            fingerprint=FAKE_FP,
+            error_rows=[
+                {
+                    "id": f"{unit}-bad",
+                    "source_uri": "x",
+                    "stage": "decode",
+                    "reason": "undecodable",
+                    "detail": "no",
+                }
+            ]
+            if unit == "u2"
+            else (),
+            formats=("parquet", "webdataset"),
+        )
     report = verify(out)
     assert report.ok, report.text()
     assert (report.versions[0].items_tokens, report.versions[0].items_errors) == (3, 1)
@@ -157,8 +197,14 @@ def test_verify_with_input_reports_missing_units_and_items(tmp_path: Path) -> No
     assert len(units) == 3
     for unit in units[:2]:  # the last unit never committed
         ids = [u.rsplit("/", 1)[-1] for u in unit.uris]
-        commit_unit(fs, layout, unit.unit_id, token_rows=[token_row(i) for i in ids[:-1]],
-                    fingerprint=fp, unit_info={**unit.to_dict(), "n_items": len(ids) - 1})
+        commit_unit(
+            fs,
+            layout,
+            unit.unit_id,
+            token_rows=[token_row(i) for i in ids[:-1]],
+            fingerprint=fp,
+            unit_info={**unit.to_dict(), "n_items": len(ids) - 1},
+        )
     report = verify(out, input=str(src), files_per_unit=2)
     v = report.versions[0]
     assert v.missing_units == [units[2].unit_id]
@@ -202,8 +248,9 @@ def test_rerun_of_a_finished_1000_unit_job_encodes_nothing(tmp_path: Path) -> No
 # --- slow: real jobs with faults --------------------------------------------------------------
 
 
-def wait_for_manifests(fs, manifest_dir: str, count: int, proc: subprocess.Popen,
-                       timeout: float = 240) -> int:
+def wait_for_manifests(
+    fs, manifest_dir: str, count: int, proc: subprocess.Popen, timeout: float = 240
+) -> int:
     """Poll the manifest folder until `count` units are committed; returns how many there are."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -232,8 +279,19 @@ def test_retry_failed_moves_fixed_items_into_tokens(tmp_path: Path) -> None:
     for name in ("files", "tars"):
         out = str(tmp_path / f"out-{name}")
         env = cli_env(SEMTOK_TEST_FAIL_ITEMS=",".join(broken[name]))
-        done = semtok(*tokenize_args(str(tmp_path / name), out, "--files-per-unit", "2",
-                                     "--format", "parquet", "--format", "webdataset"), env=env)
+        done = semtok(
+            *tokenize_args(
+                str(tmp_path / name),
+                out,
+                "--files-per-unit",
+                "2",
+                "--format",
+                "parquet",
+                "--format",
+                "webdataset",
+            ),
+            env=env,
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         fs, _ = open_filesystem(out)
         layout = the_version(fs, out)
@@ -265,8 +323,14 @@ def test_driver_killed_mid_job_resumes_without_duplicates(tmp_path: Path) -> Non
     write_wavs(tmp_path / "in", names, seconds=2.0)
     src, out = str(tmp_path / "in"), str(tmp_path / "out")
     args = [sys.executable, "-m", "jobs.cli", *tokenize_args(src, out)]
-    proc = subprocess.Popen(args, env=cli_env(), cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(
+        args,
+        env=cli_env(),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
         fs, _ = open_filesystem(out)
         deadline = time.monotonic() + 120
@@ -332,13 +396,18 @@ def test_s3_outage_mid_job_never_leaves_a_silently_incomplete_output(tmp_path: P
         s3 = server.filesystem()
         names = [f"clip{i:03d}.wav" for i in range(24)]
         for i, name in enumerate(names):
-            s3.pipe_file(f"{bucket[5:]}/in/{name}",
-                         wav_bytes(speech_like(1.5, 16000, seed=i), 16000))
+            s3.pipe_file(f"{bucket[5:]}/in/{name}", wav_bytes(speech_like(1.5, 16000, seed=i), 16000))
         src, out = f"{bucket}/in", f"{bucket}/out"
         env = cli_env(**server.env)
-        proc = subprocess.Popen([sys.executable, "-m", "jobs.cli", *tokenize_args(src, out)], env=env,
-                                cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "jobs.cli", *tokenize_args(src, out)],
+            env=env,
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
         try:
             deadline = time.monotonic() + 120
             while True:
@@ -357,8 +426,10 @@ def test_s3_outage_mid_job_never_leaves_a_silently_incomplete_output(tmp_path: P
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(30)
-        print(f"\nS3 outage: job exit status {proc.returncode}, {at_stop}/{len(names)} units committed "
-              "when the server stopped")
+        print(
+            f"\nS3 outage: job exit status {proc.returncode}, {at_stop}/{len(names)} units committed "
+            "when the server stopped"
+        )
         if proc.returncode != 0:  # allowed, with a clear message; the rerun must finish it
             assert "rerun the same command" in stderr, stderr[-3000:]
             done = semtok(*tokenize_args(src, out), env=env)
@@ -381,8 +452,14 @@ def test_incremental_rerun_encodes_only_new_inputs(tmp_path: Path, ray_local) ->
     build_tar_shards(local_writer(tmp_path / "tars"))
     for name, per_unit in (("files", 2), ("tars", 1)):
         src, out = str(tmp_path / name), tmp_path / f"out-{name}"
-        config = TokenizeConfig(input=src, output=str(out), files_per_unit=per_unit,
-                                formats=("parquet", "webdataset"), progress_interval_s=60, **TINY)
+        config = TokenizeConfig(
+            input=src,
+            output=str(out),
+            files_per_unit=per_unit,
+            formats=("parquet", "webdataset"),
+            progress_interval_s=60,
+            **TINY,
+        )
         first = run_tokenize(config)
         before = digests(out)
         if name == "files":  # new names sort before, between and after the old ones
@@ -416,13 +493,23 @@ def node_loss_job(src: str, out: str) -> None:
     from ray.cluster_utils import Cluster
 
     loopback = {"node_ip_address": "127.0.0.1"}
-    cluster = Cluster(initialize_head=True,
-                      head_node_args={"num_cpus": 0, "include_dashboard": False, **loopback})
+    cluster = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False, **loopback}
+    )
     workers = [cluster.add_node(num_cpus=2, **loopback) for _ in range(2)]
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, log_to_driver=False)
-    config = TokenizeConfig(input=src, output=out, files_per_unit=1, num_encoders=2, cpus_per_encoder=0.5,
-                            read_cpus=0.5, ray_address=cluster.address, progress_interval_s=60, **TINY)
+    config = TokenizeConfig(
+        input=src,
+        output=out,
+        files_per_unit=1,
+        num_encoders=2,
+        cpus_per_encoder=0.5,
+        read_cpus=0.5,
+        ray_address=cluster.address,
+        progress_interval_s=60,
+        **TINY,
+    )
     layout = OutputLayout.for_fingerprint(out, job_fingerprint(config))
     removed: dict[str, object] = {}
 
@@ -442,8 +529,13 @@ def node_loss_job(src: str, out: str) -> None:
     thread.start()
     summary = run_tokenize(config)
     thread.join(5)
-    print("RESULT " + json.dumps({"removed": removed, "units_committed": summary.units_committed,
-                                  "items": summary.items}), flush=True)
+    print(
+        "RESULT "
+        + json.dumps(
+            {"removed": removed, "units_committed": summary.units_committed, "items": summary.items}
+        ),
+        flush=True,
+    )
     ray.shutdown()
     cluster.shutdown()
 
@@ -455,16 +547,24 @@ def test_worker_node_removed_mid_job(tmp_path: Path) -> None:
     write_wavs(tmp_path / "in", names, seconds=2.0)
     src, out = str(tmp_path / "in"), str(tmp_path / "out")
     code = f"from tests.test_faults import node_loss_job; node_loss_job({src!r}, {out!r})"
-    done = subprocess.run([sys.executable, "-c", code], env=cli_env(), cwd=REPO, capture_output=True,
-                          text=True, timeout=400, start_new_session=True)
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env=cli_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=400,
+        start_new_session=True,
+    )
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     result = json.loads(done.stdout.split("RESULT ", 1)[1].splitlines()[0])
     print(f"\nnode loss: {result}")
     assert result["removed"], "no node was removed: the job finished too fast"
     assert result["removed"]["at_units"] < len(names)
     # the loss hit running work (Ray's own messages): an actor restarted or a task/object redone
-    assert re.search(r"actor was restarted|node it was running on is dead|recover \d+ lost objects",
-                     done.stderr), done.stderr[-3000:]
+    assert re.search(
+        r"actor was restarted|node it was running on is dead|recover \d+ lost objects", done.stderr
+    ), done.stderr[-3000:]
     fs, _ = open_filesystem(out)
     layout = the_version(fs, out)
     tokens, errors = assert_exactly_once(fs, layout, set(names))

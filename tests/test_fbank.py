@@ -9,8 +9,15 @@ import torch
 from codec.fbank import kaldi_fbank, normalize_fbank
 from tests.references import torchaudio_reference
 
-OFFICIAL_ARGS = dict(htk_compat=True, sample_frequency=16000, use_energy=False,
-                     window_type="hanning", num_mel_bins=128, dither=0.0, frame_shift=10)
+OFFICIAL_ARGS = dict(
+    htk_compat=True,
+    sample_frequency=16000,
+    use_energy=False,
+    window_type="hanning",
+    num_mel_bins=128,
+    dither=0.0,
+    frame_shift=10,
+)
 
 
 @pytest.mark.parametrize("length", [400, 401, 16000, 163840 + 240, 50_000])
@@ -18,7 +25,7 @@ def test_matches_torchaudio_kaldi_fbank(length: int) -> None:
     torchaudio = torchaudio_reference()
     generator = torch.Generator().manual_seed(length)
     wave = torch.randn(1, length, generator=generator) * 0.1
-    wave[:, length // 2:] += torch.sin(torch.arange(length - length // 2) * 0.05)
+    wave[:, length // 2 :] += torch.sin(torch.arange(length - length // 2) * 0.05)
     expected = torchaudio.compliance.kaldi.fbank(wave, **OFFICIAL_ARGS)
     ours = kaldi_fbank(wave)[0]
     assert ours.shape == expected.shape
@@ -30,7 +37,7 @@ def test_batched_equals_single() -> None:
     waves = torch.randn(3, 8000, generator=generator)
     batched = kaldi_fbank(waves)
     for i in range(3):
-        torch.testing.assert_close(batched[i], kaldi_fbank(waves[i:i + 1])[0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(batched[i], kaldi_fbank(waves[i : i + 1])[0], rtol=1e-5, atol=1e-5)
 
 
 def test_silence_hits_log_floor_and_normalisation_constants() -> None:

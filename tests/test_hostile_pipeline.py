@@ -244,8 +244,14 @@ def test_changed_and_deleted_objects_on_s3_are_noticed(ray_local, s3_server, s3_
     base = s3_bucket.removeprefix("s3://")
     for i in range(3):
         fs.pipe_file(f"{base}/in/c{i}.wav", _clip(seed=i))
-    config = TokenizeConfig(input=f"{s3_bucket}/in", output=f"{s3_bucket}/out", files_per_unit=2,
-                            storage_options=s3_server.storage_options, progress_interval_s=60, **TINY)
+    config = TokenizeConfig(
+        input=f"{s3_bucket}/in",
+        output=f"{s3_bucket}/out",
+        files_per_unit=2,
+        storage_options=s3_server.storage_options,
+        progress_interval_s=60,
+        **TINY,
+    )
     run_tokenize(config)
     fs.pipe_file(f"{base}/in/c0.wav", _clip(0.6, seed=9))  # same key, new ETag
     fs.rm(f"{base}/in/c2.wav")

@@ -54,6 +54,7 @@ ENTRYPOINT = "python -m jobs.tokenize --config /config/job.yaml"
 
 # --- helpers ------------------------------------------------------------------------------------
 
+
 def load_yaml(path: Path) -> Any:
     docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
     assert len(docs) == 1, f"{path.name}: one YAML document per file (check-jsonschema needs that)"
@@ -74,8 +75,10 @@ def schema_errors(doc: dict[str, Any], *, strict: bool) -> list[str]:
     if stem is None:  # unknown kind: pick by the file's intended kind to still report errors
         return [f"no KubeRay schema for apiVersion={doc.get('apiVersion')!r} kind={doc.get('kind')!r}"]
     validator = jsonschema.Draft7Validator(kuberay_schema(stem, strict))
-    return [f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message[:200]}"
-            for e in validator.iter_errors(doc)]
+    return [
+        f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message[:200]}"
+        for e in validator.iter_errors(doc)
+    ]
 
 
 def cluster_spec(doc: dict[str, Any]) -> dict[str, Any]:
@@ -111,6 +114,7 @@ def set_at(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
     def mutate(doc: dict[str, Any]) -> None:
         parent, key = dig(doc, path)
         parent[key] = value
+
     return mutate
 
 
@@ -118,10 +122,12 @@ def delete_at(path: str) -> Callable[[dict[str, Any]], None]:
     def mutate(doc: dict[str, Any]) -> None:
         parent, key = dig(doc, path)
         del parent[key]
+
     return mutate
 
 
 # --- KubeRay manifests: valid ---------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("strict", [True, False], ids=["strict", "plain"])
 @pytest.mark.parametrize("name", RAY_MANIFESTS)
@@ -142,26 +148,54 @@ HEAD_CONTAINER = "spec.jobTemplate.rayClusterSpec.headGroupSpec.template.spec.co
 CPU_LIMITS = "spec.workerGroupSpecs.0.template.spec.containers.0.resources.limits"
 BROKEN = [
     # wrong types
-    ("rayjob.yaml", "entrypoint as a list", set_at("spec.entrypoint", ["python", "-m", "jobs.tokenize"]),
-     True),
+    (
+        "rayjob.yaml",
+        "entrypoint as a list",
+        set_at("spec.entrypoint", ["python", "-m", "jobs.tokenize"]),
+        True,
+    ),
     ("rayjob.yaml", "backoffLimit as a string", set_at("spec.backoffLimit", "two"), True),
-    ("rayjob.yaml", "shutdownAfterJobFinishes as a string", set_at("spec.shutdownAfterJobFinishes", "yes"),
-     True),
-    ("raycluster.yaml", "rayStartParams value not a string",
-     set_at("spec.headGroupSpec.rayStartParams.num-cpus", 0), True),
-    ("raycluster.yaml", "maxReplicas as a string", set_at("spec.workerGroupSpecs.1.maxReplicas", "eight"),
-     True),
+    (
+        "rayjob.yaml",
+        "shutdownAfterJobFinishes as a string",
+        set_at("spec.shutdownAfterJobFinishes", "yes"),
+        True,
+    ),
+    (
+        "raycluster.yaml",
+        "rayStartParams value not a string",
+        set_at("spec.headGroupSpec.rayStartParams.num-cpus", 0),
+        True,
+    ),
+    (
+        "raycluster.yaml",
+        "maxReplicas as a string",
+        set_at("spec.workerGroupSpecs.1.maxReplicas", "eight"),
+        True,
+    ),
     ("raycluster.yaml", "bad CPU quantity", set_at(f"{CPU_LIMITS}.cpu", "eight cores"), True),
     ("raycronjob.yaml", "schedule as a number", set_at("spec.schedule", 2), True),
-    ("raycronjob.yaml", "env valueFrom as a string", set_at(f"{HEAD_CONTAINER}.env.0.valueFrom", "secret"),
-     True),
+    (
+        "raycronjob.yaml",
+        "env valueFrom as a string",
+        set_at(f"{HEAD_CONTAINER}.env.0.valueFrom", "secret"),
+        True,
+    ),
     # missing required fields
     ("raycluster.yaml", "no headGroupSpec", delete_at("spec.headGroupSpec"), True),
-    ("raycluster.yaml", "worker group without groupName", delete_at("spec.workerGroupSpecs.0.groupName"),
-     True),
+    (
+        "raycluster.yaml",
+        "worker group without groupName",
+        delete_at("spec.workerGroupSpecs.0.groupName"),
+        True,
+    ),
     ("rayjob.yaml", "no metadata.name", delete_at("metadata.name"), True),
-    ("rayjob.yaml", "head group without a pod template",
-     delete_at("spec.rayClusterSpec.headGroupSpec.template"), True),
+    (
+        "rayjob.yaml",
+        "head group without a pod template",
+        delete_at("spec.rayClusterSpec.headGroupSpec.template"),
+        True,
+    ),
     ("raycronjob.yaml", "no schedule", delete_at("spec.schedule"), True),
     ("raycronjob.yaml", "no jobTemplate", delete_at("spec.jobTemplate"), True),
     ("raycronjob.yaml", "container without a name", delete_at(f"{HEAD_CONTAINER}.name"), True),
@@ -169,18 +203,28 @@ BROKEN = [
     ("rayjob.yaml", "wrong apiVersion", set_at("apiVersion", "ray.io/v2"), True),
     ("raycluster.yaml", "invalid metadata.name", set_at("metadata.name", "Semtok_Cluster"), True),
     # unknown (misspelled or unsupported) fields: only the strict schemas reject them
-    ("rayjob.yaml", "misspelled entrypoint",
-     lambda d: d["spec"].update(entrypont=d["spec"].pop("entrypoint")), False),
+    (
+        "rayjob.yaml",
+        "misspelled entrypoint",
+        lambda d: d["spec"].update(entrypont=d["spec"].pop("entrypoint")),
+        False,
+    ),
     ("raycluster.yaml", "misspelled maxReplicas", set_at("spec.workerGroupSpecs.1.maxReplica", 8), False),
-    ("raycronjob.yaml", "concurrencyPolicy (not in the RayCronJob schema)",
-     set_at("spec.concurrencyPolicy", "Forbid"), False),
+    (
+        "raycronjob.yaml",
+        "concurrencyPolicy (not in the RayCronJob schema)",
+        set_at("spec.concurrencyPolicy", "Forbid"),
+        False,
+    ),
 ]
 
 
-@pytest.mark.parametrize(("name", "broken", "mutate", "plain_rejects"), BROKEN,
-                         ids=[f"{b[0]}:{b[1]}" for b in BROKEN])
-def test_broken_manifest_fails_validation(name: str, broken: str, mutate: Callable[[dict[str, Any]], None],
-                                          plain_rejects: bool) -> None:
+@pytest.mark.parametrize(
+    ("name", "broken", "mutate", "plain_rejects"), BROKEN, ids=[f"{b[0]}:{b[1]}" for b in BROKEN]
+)
+def test_broken_manifest_fails_validation(
+    name: str, broken: str, mutate: Callable[[dict[str, Any]], None], plain_rejects: bool
+) -> None:
     doc = load_yaml(KUBERAY / name)
     assert schema_errors(doc, strict=True) == []  # the unbroken original passes
     bad = copy.deepcopy(doc)
@@ -191,6 +235,7 @@ def test_broken_manifest_fails_validation(name: str, broken: str, mutate: Callab
 
 
 # --- KubeRay manifests: what the schemas do not check ---------------------------------------------
+
 
 @pytest.mark.parametrize("name", RAY_MANIFESTS)
 def test_cluster_groups_and_resources(name: str) -> None:
@@ -275,6 +320,7 @@ def test_versions_agree_with_the_image() -> None:
 
 # --- Kubernetes ConfigMap and the job config -----------------------------------------------------
 
+
 def job_config_dict() -> dict[str, Any]:
     config_map = load_yaml(KUBERAY / "job-config.yaml")
     return yaml.safe_load(config_map["data"]["job.yaml"])
@@ -313,6 +359,7 @@ def test_broken_job_config_fails() -> None:
 
 # --- cluster launcher ---------------------------------------------------------------------------
 
+
 def ray_launcher_schema() -> dict[str, Any]:
     import ray.autoscaler
 
@@ -324,8 +371,11 @@ def ray_launcher_schema() -> dict[str, Any]:
 
 def launcher_problems(config: dict[str, Any]) -> list[str]:
     """Structural checks (what `ray up` needs), then Ray's JSON schema."""
-    problems = [f"missing {k}" for k in ("cluster_name", "provider", "available_node_types",
-                                          "head_node_type", "max_workers") if k not in config]
+    problems = [
+        f"missing {k}"
+        for k in ("cluster_name", "provider", "available_node_types", "head_node_type", "max_workers")
+        if k not in config
+    ]
     types = config.get("available_node_types") or {}
     if config.get("head_node_type") not in types:
         problems.append(f"head_node_type {config.get('head_node_type')!r} not in available_node_types")
@@ -336,8 +386,10 @@ def launcher_problems(config: dict[str, Any]) -> list[str]:
     if isinstance(config.get("max_workers"), int) and mins > config["max_workers"]:
         problems.append("sum of min_workers exceeds max_workers")
     validator = jsonschema.Draft7Validator(ray_launcher_schema())
-    problems += [f"schema: {'/'.join(map(str, e.absolute_path))}: {e.message[:200]}"
-                 for e in validator.iter_errors(config)]
+    problems += [
+        f"schema: {'/'.join(map(str, e.absolute_path))}: {e.message[:200]}"
+        for e in validator.iter_errors(config)
+    ]
     return problems
 
 
@@ -397,8 +449,11 @@ def dashboard_metrics(dashboard: dict[str, Any]) -> tuple[dict[int, set[str]], s
 
 
 def test_metric_name_constants_follow_ray_export_rules() -> None:
-    pairs = {name: getattr(metrics_names, name) for name in dir(metrics_names)
-             if name.isupper() and isinstance(getattr(metrics_names, name), str)}
+    pairs = {
+        name: getattr(metrics_names, name)
+        for name in dir(metrics_names)
+        if name.isupper() and isinstance(getattr(metrics_names, name), str)
+    }
     exported = {k: v for k, v in pairs.items() if f"{k}_RAY" in pairs}
     assert set(exported.values()) == set(metrics_names.ALL)
     assert len(metrics_names.ALL) == len(set(metrics_names.ALL)) == 7
@@ -422,8 +477,15 @@ def test_dashboard_panels() -> None:
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
     titles = " | ".join(p["title"].lower() for p in dashboard["panels"])
-    for needed in ("real time", "items / s", "failures by reason", "units committed", "p50 / p95",
-                   "fill ratio", "actors"):
+    for needed in (
+        "real time",
+        "items / s",
+        "failures by reason",
+        "units committed",
+        "p50 / p95",
+        "fill ratio",
+        "actors",
+    ):
         assert needed in titles, needed
     for panel in dashboard["panels"]:
         assert {"x", "y", "w", "h"} <= set(panel["gridPos"]), panel["title"]
@@ -445,13 +507,17 @@ def test_dashboard_with_an_unknown_metric_fails() -> None:
     per_panel, unknown = dashboard_metrics(bad)
     assert unknown == {"ray_semtok_items_dnoe_total"}
     missing = copy.deepcopy(dashboard)
-    missing["panels"] = [p for p in missing["panels"]
-                         if not any(metrics_names.ENCODE_ACTORS in t["expr"] for t in p["targets"])]
+    missing["panels"] = [
+        p
+        for p in missing["panels"]
+        if not any(metrics_names.ENCODE_ACTORS in t["expr"] for t in p["targets"])
+    ]
     per_panel, _ = dashboard_metrics(missing)
     assert metrics_names.ENCODE_ACTORS not in set().union(*per_panel.values())
 
 
 # --- Dockerfile ---------------------------------------------------------------------------------
+
 
 def hadolint_binary() -> str:
     found = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
@@ -461,8 +527,13 @@ def hadolint_binary() -> str:
 
 
 def hadolint(path: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([hadolint_binary(), "--no-color", str(path)], capture_output=True, text=True,
-                          env={**os.environ, "NO_COLOR": "1"}, timeout=60)
+    return subprocess.run(
+        [hadolint_binary(), "--no-color", str(path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "NO_COLOR": "1"},
+        timeout=60,
+    )
 
 
 def test_dockerfile_passes_hadolint() -> None:

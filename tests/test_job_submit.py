@@ -34,14 +34,29 @@ from pipeline.tokenize import job_fingerprint
 from tests.conftest import free_port, s3_writer
 from tests.corpus import build_corpus
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc for cleanup")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc for cleanup"),
+]
 
 REPO = Path(__file__).resolve().parents[1]
 JOB_TIMEOUT_S = 240
 # Keep the uploaded working_dir to the code the job imports (Ray also honours .gitignore).
-EXCLUDES = [".venv", ".cache", ".git", ".pytest_cache", ".ruff_cache", "*.egg-info", "__pycache__",
-            "tests", "bench", "infra", "shared", "build", "dist"]
+EXCLUDES = [
+    ".venv",
+    ".cache",
+    ".git",
+    ".pytest_cache",
+    ".ruff_cache",
+    "*.egg-info",
+    "__pycache__",
+    "tests",
+    "bench",
+    "infra",
+    "shared",
+    "build",
+    "dist",
+]
 
 
 def _proc_start(pid: int) -> str | None:
@@ -132,8 +147,10 @@ def _wait_http(url: str, head: RayHead, timeout_s: float) -> None:
                     return
         except OSError:
             time.sleep(0.5)
-    pytest.fail(f"the Ray dashboard did not answer at {url} within {timeout_s} s "
-                f"(head exit code {head.process.poll()}); `ray start` log:\n{head.log_tail()}")
+    pytest.fail(
+        f"the Ray dashboard did not answer at {url} within {timeout_s} s "
+        f"(head exit code {head.process.poll()}); `ray start` log:\n{head.log_tail()}"
+    )
 
 
 @pytest.fixture()
@@ -146,17 +163,56 @@ def ray_head() -> Iterator[RayHead]:
         pytest.skip(f"no `ray` script next to {sys.executable}")
     # Short: Ray's unix socket paths under the temp dir must stay below ~107 characters.
     temp_dir = tempfile.mkdtemp(prefix="semtok-rayjob-", dir="/tmp")
-    (gcs, dashboard, client, node_manager, object_manager, metrics, agent_http, agent_grpc,
-     runtime_env_agent) = _free_ports(9)
+    (
+        gcs,
+        dashboard,
+        client,
+        node_manager,
+        object_manager,
+        metrics,
+        agent_http,
+        agent_grpc,
+        runtime_env_agent,
+    ) = _free_ports(9)
     command = [
-        str(ray_bin), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
-        "--port", str(gcs), "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
-        "--dashboard-port", str(dashboard), "--ray-client-server-port", str(client),
-        "--node-manager-port", str(node_manager), "--object-manager-port", str(object_manager),
-        "--metrics-export-port", str(metrics), "--dashboard-agent-listen-port", str(agent_http),
-        "--dashboard-agent-grpc-port", str(agent_grpc), "--runtime-env-agent-port", str(runtime_env_agent),
-        "--min-worker-port", "0", "--max-worker-port", "0", "--num-cpus", "2",
-        "--object-store-memory", str(400 * 1024 * 1024), "--temp-dir", temp_dir,
+        str(ray_bin),
+        "start",
+        "--head",
+        "--block",
+        "--node-ip-address",
+        "127.0.0.1",
+        "--port",
+        str(gcs),
+        "--include-dashboard",
+        "true",
+        "--dashboard-host",
+        "127.0.0.1",
+        "--dashboard-port",
+        str(dashboard),
+        "--ray-client-server-port",
+        str(client),
+        "--node-manager-port",
+        str(node_manager),
+        "--object-manager-port",
+        str(object_manager),
+        "--metrics-export-port",
+        str(metrics),
+        "--dashboard-agent-listen-port",
+        str(agent_http),
+        "--dashboard-agent-grpc-port",
+        str(agent_grpc),
+        "--runtime-env-agent-port",
+        str(runtime_env_agent),
+        "--min-worker-port",
+        "0",
+        "--max-worker-port",
+        "0",
+        "--num-cpus",
+        "2",
+        "--object-store-memory",
+        str(400 * 1024 * 1024),
+        "--temp-dir",
+        temp_dir,
         "--disable-usage-stats",
     ]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS" and not k.startswith("AWS_")}
@@ -165,8 +221,15 @@ def ray_head() -> Iterator[RayHead]:
     env.update(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled")
     log_path = Path(temp_dir) / "ray-start.log"
     with open(log_path, "ab") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   env=env, cwd=temp_dir, start_new_session=True)
+        process = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=temp_dir,
+            start_new_session=True,
+        )
     head = RayHead(process, f"http://127.0.0.1:{dashboard}", temp_dir, log_path)
     try:
         _wait_http(f"{head.dashboard_url}/api/version", head, timeout_s=120)
@@ -194,16 +257,26 @@ def test_tokenize_job_submitted_to_a_ray_cluster(ray_head: RayHead, s3_server, s
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     spec = build_corpus(s3_writer(s3_server.filesystem(), f"{s3_bucket}/in"), long_seconds=15)
-    job = {"input": f"{s3_bucket}/in", "output": f"{s3_bucket}/out", "codec_size": "tiny",
-           "weights": "random:0", "files_per_unit": 6, "progress_interval_s": 5}
+    job = {
+        "input": f"{s3_bucket}/in",
+        "output": f"{s3_bucket}/out",
+        "codec_size": "tiny",
+        "weights": "random:0",
+        "files_per_unit": 6,
+        "progress_interval_s": 5,
+    }
     config_path = tmp_path / "job.yaml"
     config_path.write_text(yaml.safe_dump(job))
     client = JobSubmissionClient(ray_head.dashboard_url)
     job_id = _submit(
-        client, ray_head,
+        client,
+        ray_head,
         entrypoint=f"{shlex.quote(sys.executable)} -m jobs.tokenize --config {shlex.quote(str(config_path))}",
-        runtime_env={"working_dir": str(REPO), "excludes": EXCLUDES,
-                     "env_vars": {**s3_server.env, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}},
+        runtime_env={
+            "working_dir": str(REPO),
+            "excludes": EXCLUDES,
+            "env_vars": {**s3_server.env, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"},
+        },
     )
     try:
         deadline = time.monotonic() + JOB_TIMEOUT_S

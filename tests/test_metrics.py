@@ -44,22 +44,36 @@ def test_metrics_are_scraped_during_a_run(ray_local, tmp_path: Path) -> None:
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
-    config = TokenizeConfig(input=str(tmp_path / "in"), output=str(tmp_path / "out"), codec_size="tiny",
-                            weights="random:7", files_per_unit=2, encode_batch_segments=2,
-                            progress_interval_s=60)
+    config = TokenizeConfig(
+        input=str(tmp_path / "in"),
+        output=str(tmp_path / "out"),
+        codec_size="tiny",
+        weights="random:7",
+        files_per_unit=2,
+        encode_batch_segments=2,
+        progress_interval_s=60,
+    )
     summary = run_tokenize(config)
     # A weights seed no other test uses gives this run a dataset version, hence a metric tag, of its own.
     (version,) = [path.name for path in (tmp_path / "out").iterdir() if path.is_dir()]
     ours = {reason for dataset, reason in failure_labels if dataset == version}
     deadline = time.monotonic() + 20  # metrics are exported once a second; allow the last report
-    while time.monotonic() < deadline and not ({names.UNITS_COMMITTED, names.ITEMS_FAILED} <= seen
-                                               and "undecodable" in ours):
+    while time.monotonic() < deadline and not (
+        {names.UNITS_COMMITTED, names.ITEMS_FAILED} <= seen and "undecodable" in ours
+    ):
         time.sleep(0.5)
         ours = {reason for dataset, reason in failure_labels if dataset == version}
     stop.set()
     watcher.join()
     assert summary.items_failed == 1
-    expected = {names.AUDIO_SECONDS_ENCODED, names.ITEMS_DONE, names.ITEMS_FAILED, names.UNITS_COMMITTED,
-                names.ENCODE_BATCH_FILL_RATIO, names.ENCODE_ACTORS, names.ENCODE_BATCH_SECONDS + "_count"}
+    expected = {
+        names.AUDIO_SECONDS_ENCODED,
+        names.ITEMS_DONE,
+        names.ITEMS_FAILED,
+        names.UNITS_COMMITTED,
+        names.ENCODE_BATCH_FILL_RATIO,
+        names.ENCODE_ACTORS,
+        names.ENCODE_BATCH_SECONDS + "_count",
+    }
     assert expected <= seen, expected - seen
     assert ours == {"undecodable"}, failure_labels

@@ -51,8 +51,14 @@ def _assert_equal_to_direct(tokens: dict[str, np.ndarray], codec: SemantiCodec, 
 
 def test_pipeline_tokens_equal_encode_path_at_every_rate_and_layout(ray_local, tmp_path: Path) -> None:
     paths = _write_corpus(tmp_path / "in", seconds=11.0)  # two segments each
-    config = TokenizeConfig(input=str(tmp_path / "in"), output=str(tmp_path / "out"), codec_size="tiny",
-                            weights="random:0", files_per_unit=4, progress_interval_s=60)
+    config = TokenizeConfig(
+        input=str(tmp_path / "in"),
+        output=str(tmp_path / "out"),
+        codec_size="tiny",
+        weights="random:0",
+        files_per_unit=4,
+        progress_interval_s=60,
+    )
     tokens = _pipeline_tokens(config)
     codec = SemantiCodec(50, 16384, weights="random:0", size="tiny", device="cpu")
     _assert_equal_to_direct(tokens, codec, paths)
@@ -71,9 +77,14 @@ def test_pipeline_tokens_equal_encode_path_with_full_size_golden_weights(
     ray_local, tmp_path: Path, golden_weights: Path
 ) -> None:
     paths = _write_corpus(tmp_path / "in", seconds=1.0)
-    config = TokenizeConfig(input=str(tmp_path / "in"), output=str(tmp_path / "out"),
-                            weights=str(golden_weights), files_per_unit=10, progress_interval_s=60,
-                            encode_batch_segments=10)
+    config = TokenizeConfig(
+        input=str(tmp_path / "in"),
+        output=str(tmp_path / "out"),
+        weights=str(golden_weights),
+        files_per_unit=10,
+        progress_interval_s=60,
+        encode_batch_segments=10,
+    )
     tokens = _pipeline_tokens(config)
     codec = SemantiCodec(50, 16384, weights=str(golden_weights), device="cpu")
     _assert_equal_to_direct(tokens, codec, paths)

@@ -32,8 +32,6 @@ FP = {
 }
 
 
-
-
 def make_rows(n: int, seed: int = 0, prefix: str = "clip") -> list[dict]:
     rng = np.random.default_rng(seed)
     rows = []

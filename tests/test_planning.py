@@ -56,15 +56,19 @@ def planned(request, ray_local, tmp_path_factory):
             if place == "local":
                 root = tmp_path_factory.mktemp("plan-in")
                 spec = build_corpus(local_writer(root), long_seconds=LONG_SECONDS)
-                config = TokenizeConfig(input=str(root), output=str(tmp_path_factory.mktemp("plan-out")),
-                                        **TINY)
+                config = TokenizeConfig(
+                    input=str(root), output=str(tmp_path_factory.mktemp("plan-out")), **TINY
+                )
             else:
                 server = request.getfixturevalue("s3_server")
                 bucket = server.make_bucket("semtok-plan")
-                spec = build_corpus(s3_writer(server.filesystem(), f"{bucket}/in"),
-                                    long_seconds=LONG_SECONDS)
-                config = TokenizeConfig(input=f"{bucket}/in", output=f"{bucket}/out",
-                                        storage_options=server.storage_options, **TINY)
+                spec = build_corpus(s3_writer(server.filesystem(), f"{bucket}/in"), long_seconds=LONG_SECONDS)
+                config = TokenizeConfig(
+                    input=f"{bucket}/in",
+                    output=f"{bucket}/out",
+                    storage_options=server.storage_options,
+                    **TINY,
+                )
             before = plan_job(config)
             summary = run_tokenize(config)
             done[place] = Planned(spec, config, before, summary, plan_job(config))
@@ -82,11 +86,14 @@ def test_plan_counts_what_the_run_then_does(planned, place: str) -> None:
     # header-readable items: every tokenized one, plus the NaN file the header cannot tell
     assert p.before.items_decodable == p.summary.items_ok + 1
     broken = [i for i in p.spec.items if i.expected != "ok"]
-    assert (p.before.items_unknown_duration + p.before.items_empty + p.before.items_decodable
-            - p.summary.items_ok) == len(broken)
+    assert (
+        p.before.items_unknown_duration + p.before.items_empty + p.before.items_decodable - p.summary.items_ok
+    ) == len(broken)
     run_seconds = p.summary.audio_seconds
     assert abs(p.before.audio_hours * 3600 - run_seconds) <= 0.005 * run_seconds, (
-        p.before.audio_hours * 3600, run_seconds)
+        p.before.audio_hours * 3600,
+        run_seconds,
+    )
     # frames: the codec's own arithmetic on header lengths vs the committed n_frames
     fs, _ = open_filesystem(p.config.output, p.config.storage_options)
     manifest = read_manifest(fs, OutputLayout(p.config.output, p.before.version))
@@ -109,14 +116,37 @@ def test_plan_after_the_run_has_nothing_left(planned, place: str) -> None:
 
 def test_plan_cli_json_and_text(planned, capsys) -> None:
     p = planned("local")
-    args = ["plan", p.config.input, "--out", p.config.output, "--codec-size", "tiny", "--weights",
-            "random:0", "--files-per-unit", "4"]
+    args = [
+        "plan",
+        p.config.input,
+        "--out",
+        p.config.output,
+        "--codec-size",
+        "tiny",
+        "--weights",
+        "random:0",
+        "--files-per-unit",
+        "4",
+    ]
     assert main([*args, "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["units_remaining"] == 0 and report["units_committed"] == p.summary.units_committed
     # without --out: everything is to do; text mode labels its estimates and the throughput figure
-    assert main(["plan", p.config.input, "--files-per-unit", "4", "--encoders", "4",
-                 "--x-real-time-per-encoder", "50"]) == 0
+    assert (
+        main(
+            [
+                "plan",
+                p.config.input,
+                "--files-per-unit",
+                "4",
+                "--encoders",
+                "4",
+                "--x-real-time-per-encoder",
+                "50",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert f"to do: {p.before.units_remaining} units, {p.before.items} items" in text
     assert "estimate" in text and "50x real time per encoder" in text and "on 4 encoders" in text
@@ -154,8 +184,11 @@ def test_plan_counts_items_of_every_input_kind(tmp_path: Path, kind: str) -> Non
         spec, url = build_parquet_files(local_writer(tmp_path)), str(tmp_path)
     else:
         jsonl, csv_spec = build_manifest(local_writer(tmp_path))
-        spec, url = ((jsonl, str(tmp_path / "manifest.jsonl")) if kind == "manifest_jsonl"
-                     else (csv_spec, str(tmp_path / "manifest.csv")))
+        spec, url = (
+            (jsonl, str(tmp_path / "manifest.jsonl"))
+            if kind == "manifest_jsonl"
+            else (csv_spec, str(tmp_path / "manifest.csv"))
+        )
     report = plan_job(TokenizeConfig(input=url, **TINY))
     assert report.items == len(spec.items)
     ok = [i for i in spec.items if i.expected == "ok"]

@@ -26,7 +26,7 @@ from pipeline.report_plots import (
 )
 
 SVG = "{http://www.w3.org/2000/svg}"
-NASTY = 'a<b & "c" > \'d\''
+NASTY = "a<b & \"c\" > 'd'"
 
 
 def _parse(svg: str) -> ET.Element:
@@ -47,9 +47,9 @@ def _png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
     assert data[:8] == PNG_SIGNATURE
     chunks, pos = [], 8
     while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos:pos + 4])
-        kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + length]
-        (crc,) = struct.unpack(">I", data[pos + 8 + length:pos + 12 + length])
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
+        (crc,) = struct.unpack(">I", data[pos + 8 + length : pos + 12 + length])
         assert crc == zlib.crc32(kind + body) & 0xFFFFFFFF, f"bad CRC in {kind!r}"
         chunks.append((kind, body))
         pos += 12 + length
@@ -79,8 +79,11 @@ def test_histogram_escapes_names_and_shows_references_and_legend():
     rng = np.random.default_rng(0)
     svg = histogram_svg(
         {"speech": rng.normal(4.0, 0.3, 200), NASTY: [3.0, 3.5, float("nan"), float("inf")]},
-        title="ViSQOL <speech & music>", x_label="MOS-LQO",
-        references=[Reference(4.6, "SemantiCodec paper, Table 2, 50 tok/s")], higher_is_better=True)
+        title="ViSQOL <speech & music>",
+        x_label="MOS-LQO",
+        references=[Reference(4.6, "SemantiCodec paper, Table 2, 50 tok/s")],
+        higher_is_better=True,
+    )
     root = _parse(svg)
     texts = _texts(root)
     assert any(NASTY in t for t in texts), "group name must survive escaping"
@@ -96,8 +99,13 @@ def test_histogram_escapes_names_and_shows_references_and_legend():
 
 def test_histogram_x_range_includes_references():
     # data in [0, 1], reference at 10: the dashed line must lie inside the plot, right of the data
-    svg = histogram_svg({"g": np.linspace(0, 1, 50)}, title="t", x_label="x",
-                        references=[Reference(10.0, "paper")], higher_is_better=False)
+    svg = histogram_svg(
+        {"g": np.linspace(0, 1, 50)},
+        title="t",
+        x_label="x",
+        references=[Reference(10.0, "paper")],
+        higher_is_better=False,
+    )
     root = _parse(svg)
     dashed = [ln for ln in root.iter(f"{SVG}line") if ln.get("stroke-dasharray") == "5,3"]
     assert len(dashed) == 1
@@ -218,8 +226,11 @@ def test_shift_colours_follow_direction():
         ("stoi · speech", 0.9, 0.9),  # unchanged -> no arrow
         (NASTY, None, 3.0),  # missing A
     ]
-    root = _parse(shift_svg(rows, title="A vs B",
-                            higher_is_better={"visqol": True, "log_mel_distance": False, "stoi": True}))
+    root = _parse(
+        shift_svg(
+            rows, title="A vs B", higher_is_better={"visqol": True, "log_mel_distance": False, "stoi": True}
+        )
+    )
     assert _arrow_colours(root) == [IMPROVED_COLOUR, REGRESSED_COLOUR, NEUTRAL_COLOUR]
     texts = _texts(root)
     assert "2 \u2192 4(+2)" in texts
@@ -234,8 +245,13 @@ def test_shift_colours_follow_direction():
 
 
 def test_shift_downward_improvement_and_empty():
-    root = _parse(shift_svg([("si_sdr · speech", 5.0, -3.0), ("loudness_diff_db", 2.0, 1.0)],
-                            title="t", higher_is_better={"si_sdr": True, "loudness_diff_db": False}))
+    root = _parse(
+        shift_svg(
+            [("si_sdr · speech", 5.0, -3.0), ("loudness_diff_db", 2.0, 1.0)],
+            title="t",
+            higher_is_better={"si_sdr": True, "loudness_diff_db": False},
+        )
+    )
     assert _arrow_colours(root) == [REGRESSED_COLOUR, IMPROVED_COLOUR]
     assert "5 \u2192 -3(-8)" in _texts(root)
     assert "no rows" in _texts(_parse(shift_svg([], title="t")))

@@ -15,14 +15,16 @@ VOCABS = (8, 16)
 
 
 def _table(rows: list[dict]) -> pa.Table:
-    schema = pa.schema([
-        ("id", pa.string()),
-        ("semantic_tokens", pa.list_(pa.uint16())),
-        ("acoustic_tokens", pa.list_(pa.uint16())),
-        ("n_frames", pa.int32()),
-        ("duration_s", pa.float64()),
-        ("source_uri", pa.string()),
-    ])
+    schema = pa.schema(
+        [
+            ("id", pa.string()),
+            ("semantic_tokens", pa.list_(pa.uint16())),
+            ("acoustic_tokens", pa.list_(pa.uint16())),
+            ("n_frames", pa.int32()),
+            ("duration_s", pa.float64()),
+            ("source_uri", pa.string()),
+        ]
+    )
     return pa.Table.from_pylist(rows, schema=schema)
 
 
@@ -31,15 +33,17 @@ def _random_rows(n: int, seed: int = 0) -> list[dict]:
     rows = []
     for i in range(n):
         frames = int(rng.integers(0, 40))
-        rows.append({
-            "id": f"item{i}",
-            "semantic_tokens": rng.integers(0, VOCABS[0], frames).tolist(),
-            # skewed usage so some acoustic codes stay dead
-            "acoustic_tokens": (rng.integers(0, 4, frames) * 3).tolist(),
-            "n_frames": frames,
-            "duration_s": frames / 25.0,
-            "source_uri": f"s3://bucket/{'a' if i % 3 else 'b'}/f{i}.wav",
-        })
+        rows.append(
+            {
+                "id": f"item{i}",
+                "semantic_tokens": rng.integers(0, VOCABS[0], frames).tolist(),
+                # skewed usage so some acoustic codes stay dead
+                "acoustic_tokens": (rng.integers(0, 4, frames) * 3).tolist(),
+                "n_frames": frames,
+                "duration_s": frames / 25.0,
+                "source_uri": f"s3://bucket/{'a' if i % 3 else 'b'}/f{i}.wav",
+            }
+        )
     return rows
 
 
@@ -83,8 +87,9 @@ def test_merge_of_partials_equals_one_pass():
 
 def test_per_group_split_sums_to_overall():
     rows = _random_rows(20, seed=1)
-    stats = read_token_stats(_table(rows), VOCABS, group_column="source_uri",
-                             group_of=lambda uri: uri.split("/")[3])
+    stats = read_token_stats(
+        _table(rows), VOCABS, group_column="source_uri", group_of=lambda uri: uri.split("/")[3]
+    )
     s = stats.summary()
     assert sorted(s["groups"]) == ["a", "b"]
     for key in ("n_items", "n_frames"):
@@ -105,8 +110,12 @@ def test_reader_matches_add_loop_and_chunked_tables():
     read = read_token_stats(table, VOCABS, group_column="source_uri")
     loop = TokenStats(VOCABS)
     for r in rows:
-        loop.add(np.array(r["semantic_tokens"]), np.array(r["acoustic_tokens"]), r["duration_s"],
-                 group=r["source_uri"])
+        loop.add(
+            np.array(r["semantic_tokens"]),
+            np.array(r["acoustic_tokens"]),
+            r["duration_s"],
+            group=r["source_uri"],
+        )
     assert read.summary(include_histograms=True) == loop.summary(include_histograms=True)
     # No grouping: only the overall figures, and a partial can be continued.
     again = read_token_stats(_table(rows[:10]), VOCABS)
@@ -133,8 +142,18 @@ def test_errors_are_loud():
         stats.add(np.array([1, 2]), np.array([0]), 0.04)
     with pytest.raises(ValueError, match="cannot merge"):
         stats.merge(TokenStats((8, 8)))
-    bad = _table([{"id": "x", "semantic_tokens": [1], "acoustic_tokens": [16], "n_frames": 1,
-                   "duration_s": 0.04, "source_uri": "u"}])
+    bad = _table(
+        [
+            {
+                "id": "x",
+                "semantic_tokens": [1],
+                "acoustic_tokens": [16],
+                "n_frames": 1,
+                "duration_s": 0.04,
+                "source_uri": "u",
+            }
+        ]
+    )
     with pytest.raises(ValueError, match="acoustic token out of range"):
         read_token_stats(bad, VOCABS)
 

@@ -45,14 +45,23 @@ class Corpus:
 
 def _build(write_for) -> dict[str, CorpusSpec]:
     jsonl, csv_spec = build_manifest(write_for("man"))
-    return {"files": build_corpus(write_for("files"), long_seconds=200),
-            "tars": build_tar_shards(write_for("tars")), "parquet": build_parquet_files(write_for("pq")),
-            "manifest_jsonl": jsonl, "manifest_csv": csv_spec}
+    return {
+        "files": build_corpus(write_for("files"), long_seconds=200),
+        "tars": build_tar_shards(write_for("tars")),
+        "parquet": build_parquet_files(write_for("pq")),
+        "manifest_jsonl": jsonl,
+        "manifest_csv": csv_spec,
+    }
 
 
 def _urls(root: str) -> dict[str, str]:
-    return {"files": f"{root}/files", "tars": f"{root}/tars", "parquet": f"{root}/pq",
-            "manifest_jsonl": f"{root}/man/manifest.jsonl", "manifest_csv": f"{root}/man/manifest.csv"}
+    return {
+        "files": f"{root}/files",
+        "tars": f"{root}/tars",
+        "parquet": f"{root}/pq",
+        "manifest_jsonl": f"{root}/man/manifest.jsonl",
+        "manifest_csv": f"{root}/man/manifest.csv",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -78,10 +87,16 @@ def runs(request, ray_local):
         key = (place, kind)
         if key not in done:
             corpus = request.getfixturevalue(f"{place}_corpus")
-            config = TokenizeConfig(input=corpus.urls[kind], output=f"{corpus.out}/{kind}",
-                                    storage_options=corpus.options, files_per_unit=4,
-                                    formats=("parquet", "webdataset"), progress_interval_s=60,
-                                    **TINY, **extra)
+            config = TokenizeConfig(
+                input=corpus.urls[kind],
+                output=f"{corpus.out}/{kind}",
+                storage_options=corpus.options,
+                files_per_unit=4,
+                formats=("parquet", "webdataset"),
+                progress_interval_s=60,
+                **TINY,
+                **extra,
+            )
             done[key] = (corpus, config, run_tokenize(config))
         return done[key]
 
@@ -151,15 +166,19 @@ def test_outputs_load_without_custom_code(runs, tmp_path: Path, monkeypatch) -> 
     version_dir = Path(summary.output)
     token_files = sorted(str(p) for p in (version_dir / "tokens").glob("*.parquet"))
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    loaded = datasets.load_dataset("parquet", data_files=token_files, split="train",
-                                   cache_dir=str(tmp_path / "hf"))
+    loaded = datasets.load_dataset(
+        "parquet", data_files=token_files, split="train", cache_dir=str(tmp_path / "hf")
+    )
     table = pads.dataset(str(version_dir / "tokens"), format="parquet").to_table()
     assert len(loaded) == table.num_rows > 0
     assert str(table.schema.field("semantic_tokens").type) == "list<element: uint16>"
     first = loaded[0]
     assert len(first["semantic_tokens"]) == first["n_frames"]
-    samples = list(webdataset.WebDataset(sorted(str(p) for p in (version_dir / "wds").glob("*.tar")),
-                                         shardshuffle=False).decode())
+    samples = list(
+        webdataset.WebDataset(
+            sorted(str(p) for p in (version_dir / "wds").glob("*.tar")), shardshuffle=False
+        ).decode()
+    )
     assert len(samples) == table.num_rows
     by_id = {row["id"]: row for row in table.to_pylist()}
     for sample in samples:
@@ -200,8 +219,9 @@ def test_gpu_request_without_gpus_fails_fast_with_a_clear_message() -> None:
     with pytest.raises(ConfigError, match="no GPUs"):
         plan_resources(config, {"CPU": 2.0})
     with pytest.raises(ConfigError, match="exceeds"):
-        plan_resources(TokenizeConfig(input="x", output="y", num_encoders=2, cpus_per_encoder=1, **TINY),
-                       {"CPU": 2.0})
+        plan_resources(
+            TokenizeConfig(input="x", output="y", num_encoders=2, cpus_per_encoder=1, **TINY), {"CPU": 2.0}
+        )
     cpu = plan_resources(TokenizeConfig(input="x", output="y", **TINY), {"CPU": 2.0})
     assert (cpu.device, cpu.num_encoders, cpu.cpus_per_encoder) == ("cpu", 1, 1.5)
     big = plan_resources(TokenizeConfig(input="x", output="y", **TINY), {"CPU": 64.0})
@@ -216,11 +236,26 @@ def test_cli_reads_s3_through_standard_aws_variables(s3_server, tmp_path: Path) 
     fs = s3_server.filesystem()
     spec = build_tar_shards(s3_writer(fs, f"{bucket}/shards"))
     env = {**os.environ, **s3_server.env, "RAY_ADDRESS": ""}
-    command = [sys.executable, "-m", "jobs.cli", "tokenize", f"{bucket}/shards", "--out",
-               f"{bucket}/tokens", "--codec-size", "tiny", "--weights", "random:1",
-               "--token-rate", "100", "--semantic-vocab-size", "4096"]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300,
-                          cwd=Path(__file__).resolve().parents[1])
+    command = [
+        sys.executable,
+        "-m",
+        "jobs.cli",
+        "tokenize",
+        f"{bucket}/shards",
+        "--out",
+        f"{bucket}/tokens",
+        "--codec-size",
+        "tiny",
+        "--weights",
+        "random:1",
+        "--token-rate",
+        "100",
+        "--semantic-vocab-size",
+        "4096",
+    ]
+    done = subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1]
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "audio-hours" in done.stderr and "RANDOM codec weights" in done.stderr
     assert s3_server.secret not in done.stderr + done.stdout
@@ -238,9 +273,15 @@ def test_full_size_codec_through_the_pipeline(ray_local, tmp_path: Path) -> None
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "a.wav").write_bytes(wav_bytes(speech_like(3.0, 16000, seed=1), 16000))
     (tmp_path / "in" / "b.wav").write_bytes(wav_bytes(speech_like(11.0, 22050, seed=2), 22050))
-    config = TokenizeConfig(input=str(tmp_path / "in"), output=str(tmp_path / "out"), weights="random:5",
-                            token_rate=100, semantic_vocab_size=4096, codec_size="full",
-                            progress_interval_s=60)
+    config = TokenizeConfig(
+        input=str(tmp_path / "in"),
+        output=str(tmp_path / "out"),
+        weights="random:5",
+        token_rate=100,
+        semantic_vocab_size=4096,
+        codec_size="full",
+        progress_interval_s=60,
+    )
     summary = run_tokenize(config)
     assert summary.items_ok == 2
     fs, layout = _layout(config, summary)
@@ -256,8 +297,21 @@ def test_readme_demo_commands(ray_local, tmp_path: Path) -> None:
     from jobs.cli import main
 
     assert main(["demo-corpus", str(tmp_path / "demo")]) == 0
-    assert main(["tokenize", str(tmp_path / "demo"), "--out", str(tmp_path / "tokens"),
-                 "--codec-size", "tiny", "--weights", "random:0"]) == 0
+    assert (
+        main(
+            [
+                "tokenize",
+                str(tmp_path / "demo"),
+                "--out",
+                str(tmp_path / "tokens"),
+                "--codec-size",
+                "tiny",
+                "--weights",
+                "random:0",
+            ]
+        )
+        == 0
+    )
     version = next((tmp_path / "tokens").iterdir())
     tokens = pq.read_table(next((version / "tokens").glob("*.parquet")))
     errors = pq.read_table(next((version / "errors").glob("*.parquet")))
@@ -269,11 +323,18 @@ def test_every_config_field_can_be_set_from_the_command_line(tmp_path: Path) -> 
 
     from jobs.cli import tokenize_config
 
-    (tmp_path / "job.yaml").write_text("input: in\noutput: out\nread_cpus: 0.25\nfiles_per_unit: 7\n"
-                                       "codec_size: tiny\nweights: random:0\n")
-    args = argparse.Namespace(command="tokenize", config=str(tmp_path / "job.yaml"), verbose=False,
-                              settings=["read_cpus=1", "storage_options={anon: true}"],
-                              files_per_unit=11, input=None, output=None)
+    (tmp_path / "job.yaml").write_text(
+        "input: in\noutput: out\nread_cpus: 0.25\nfiles_per_unit: 7\ncodec_size: tiny\nweights: random:0\n"
+    )
+    args = argparse.Namespace(
+        command="tokenize",
+        config=str(tmp_path / "job.yaml"),
+        verbose=False,
+        settings=["read_cpus=1", "storage_options={anon: true}"],
+        files_per_unit=11,
+        input=None,
+        output=None,
+    )
     config = tokenize_config(args)
     assert config.read_cpus == 1 and config.storage_options == {"anon": True}
     assert config.files_per_unit == 11  # a named flag and --set both beat the file
@@ -281,8 +342,24 @@ def test_every_config_field_can_be_set_from_the_command_line(tmp_path: Path) -> 
     with pytest.raises(ConfigError, match="conflicts"):  # never silently dropped
         tokenize_config(both)
     with pytest.raises(ConfigError, match="unknown --set field 'no_such_field'"):
-        tokenize_config(argparse.Namespace(command="tokenize", config=None, verbose=False,
-                                           settings=["no_such_field=1"], input="a", output="b"))
+        tokenize_config(
+            argparse.Namespace(
+                command="tokenize",
+                config=None,
+                verbose=False,
+                settings=["no_such_field=1"],
+                input="a",
+                output="b",
+            )
+        )
     with pytest.raises(ConfigError, match="read_cpus"):
-        tokenize_config(argparse.Namespace(command="tokenize", config=None, verbose=False,
-                                           settings=["read_cpus=-1"], input="a", output="b"))
+        tokenize_config(
+            argparse.Namespace(
+                command="tokenize",
+                config=None,
+                verbose=False,
+                settings=["read_cpus=-1"],
+                input="a",
+                output="b",
+            )
+        )

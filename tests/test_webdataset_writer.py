@@ -36,8 +36,6 @@ UNSAFE_IDS = [
 ]
 
 
-
-
 def make_rows(ids: list[str], seed: int = 0) -> list[dict]:
     rng = np.random.default_rng(seed)
     rows = []

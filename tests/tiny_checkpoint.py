@@ -11,8 +11,9 @@ from codec import SemantiCodec
 from codec.semanticodec import _encoder_ignored_keys
 
 
-def write_checkpoint_folder(folder: Path, *, token_rate: int = 50, vocab: int = 4096,
-                            size: str = "tiny", seed: int = 3) -> SemantiCodec:
+def write_checkpoint_folder(
+    folder: Path, *, token_rate: int = 50, vocab: int = 4096, size: str = "tiny", seed: int = 3
+) -> SemantiCodec:
     """Save `random:seed` weights as encoder.ckpt + codebook_idx/…; return the codec they came from."""
     codec = SemantiCodec(token_rate, vocab, weights=f"random:{seed}", size=size, device="cpu")
     state = dict(codec.encoder.state_dict())
