@@ -1,17 +1,26 @@
-"""Encode throughput of one codec replica: 10.24 s segments per second at batch 1 versus batched.
+"""Encode throughput of one codec replica: seconds per 10.24 s segment at batch 1 versus batched.
 
-Prints figures, never passes or fails. Also: load time and peak memory of an encode-only replica,
-and (with --dtypes) token agreement of reduced precision against float32.
+Prints figures, never passes or fails. Every batch size (and every extra dtype) is measured in the
+same process, interleaved round by round, and reported as the median over --repeats rounds, so
+machine noise hits all variants alike. Also reports whether float32 tokens are identical across
+batch sizes, and each extra dtype's token agreement with float32 (semantic %, acoustic %).
 
-    python bench/encode_throughput.py --token-rate 50 --batches 1 4 8 --segments 8
+    python bench/encode_throughput.py --token-rate 50 --batches 1 8 --segments 8
+    python bench/encode_throughput.py --batches 1 2 8 --segments 8 --repeats 3 --dtypes bfloat16
     python bench/encode_throughput.py --device cuda --batches 1 16 64 --segments 64 --dtypes bfloat16 float16
+
+On the CPU the BiLSTM runs through oneDNN, whose float32 kernel for one sequence (batch 1) rounds
+differently from its kernel for several: batch-1 tokens can differ from batched ones, while all
+batch sizes ≥ 2 give the same bits. `--lstm-min-batch 2` runs batch 1 through the batched kernel too.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import resource
+import statistics
 import time
 
 import torch
@@ -29,7 +38,8 @@ def synth_segments(codec: SemantiCodec, count: int, seed: int = 0):
     seconds = count * SEGMENT_SAMPLES / 16000 - 0.5
     t = torch.arange(int(seconds * 16000)) / 16000
     wave = 0.3 * torch.sin(2 * torch.pi * (200 + 30 * torch.sin(t)) * t) + 0.05 * torch.randn(
-        len(t), generator=generator)
+        len(t), generator=generator
+    )
     segments = codec.split_segments(wave)
     return segments.samples[:count], segments.valid_frames[:count]
 
@@ -39,60 +49,141 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def encode_all(codec: SemantiCodec, encoder, features: torch.Tensor, batch: int) -> torch.Tensor:
+    """Tokens of all `features` rows, `batch` segments per encoder call."""
+    return torch.cat([encoder(features[start : start + batch]) for start in range(0, len(features), batch)])
+
+
+def agreement(tokens: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
+    return {
+        "semantic": round(float((tokens[..., 0] == reference[..., 0]).float().mean()), 4),
+        "acoustic": round(float((tokens[..., 1] == reference[..., 1]).float().mean()), 4),
+    }
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--token-rate", type=int, default=50)
     parser.add_argument("--vocab", type=int, default=16384)
     parser.add_argument("--size", default="full")
     parser.add_argument("--weights", default="random:0")
     parser.add_argument("--device", default=None)
-    parser.add_argument("--dtype", default="float32")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--segments", type=int, default=8, help="segments encoded per measurement")
-    parser.add_argument("--dtypes", nargs="*", default=[], help="also measure these dtypes' agreement")
+    parser.add_argument("--repeats", type=int, default=1, help="interleaved rounds (median reported)")
+    parser.add_argument("--dtypes", nargs="*", default=[], help="also time these dtypes and their agreement")
+    parser.add_argument(
+        "--dtype-batches",
+        type=int,
+        nargs="*",
+        default=None,
+        help="batch sizes for --dtypes (default: the same as --batches)",
+    )
+    parser.add_argument(
+        "--lstm-min-batch",
+        type=int,
+        default=1,
+        help="run the BiLSTM on at least this many rows (2: batch 1 uses the batched kernel)",
+    )
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
     started = time.perf_counter()
-    codec = SemantiCodec(args.token_rate, args.vocab, weights=args.weights, size=args.size,
-                         device=args.device, dtype=args.dtype)
+    codec = SemantiCodec(
+        args.token_rate, args.vocab, weights=args.weights, size=args.size, device=args.device
+    )
+    codec.encoder.lstm_min_batch = args.lstm_min_batch
     load_s = time.perf_counter() - started
     rss_after_load = peak_rss_gb()
     samples, valid = synth_segments(codec, args.segments)
-    results = {"device": str(codec.device), "dtype": args.dtype, "token_rate": args.token_rate,
-               "size": args.size, "threads": torch.get_num_threads(), "load_s": round(load_s, 2),
-               "peak_rss_gb_after_load": round(rss_after_load, 2), "runs": []}
-    reference = None
-    for batch in args.batches:
-        codec.max_batch_segments = batch
-        codec.encode_segments(samples[:batch], valid[:batch])  # warm-up
-        sync(codec.device)
-        started = time.perf_counter()
-        tokens = codec.encode_segments(samples, valid)
-        sync(codec.device)
-        wall = time.perf_counter() - started
-        reference = tokens if reference is None else reference
-        run = {"batch": batch, "segments": args.segments, "wall_s": round(wall, 3),
-               "segments_per_s": round(args.segments / wall, 3),
-               "x_real_time": round(args.segments * 10.24 / wall, 2),
-               "identical_to_first": bool(torch.equal(tokens, reference))}
-        results["runs"].append(run)
-        print(json.dumps(run), flush=True)
-    results["peak_rss_gb"] = round(peak_rss_gb(), 2)
+    features = codec.segment_features(samples, valid)
+    encoders = {"float32": codec.encoder}
+    for name in args.dtypes:
+        encoders[name] = copy.deepcopy(codec.encoder)
+        encoders[name].set_compute_dtype(getattr(torch, name))
+    plan = [("float32", batch) for batch in args.batches]
+    for name in args.dtypes:
+        plan += [(name, batch) for batch in (args.dtype_batches or args.batches)]
+    header = {
+        "device": str(codec.device),
+        "token_rate": args.token_rate,
+        "size": args.size,
+        "threads": torch.get_num_threads(),
+        "segments": args.segments,
+        "repeats": args.repeats,
+        "lstm_min_batch": args.lstm_min_batch,
+        "load_s": round(load_s, 2),
+        "peak_rss_gb_after_load": round(rss_after_load, 2),
+    }
+    print(json.dumps(header), flush=True)
+
+    # warm-up, one call per variant: a full batch on an accelerator (kernel plans); on the CPU two
+    # rows are enough to create oneDNN's primitives and cost far less than a full batch
+    for dtype, batch in plan:
+        encoders[dtype](features[: batch if codec.device.type != "cpu" else min(batch, 2)])
+    seconds: dict[tuple[str, int], list[float]] = {key: [] for key in plan}
+    tokens: dict[tuple[str, int], torch.Tensor] = {}
+    for round_index in range(args.repeats):
+        for key in plan:
+            sync(codec.device)
+            start = time.perf_counter()
+            out = encode_all(codec, encoders[key[0]], features, key[1])
+            sync(codec.device)
+            seconds[key].append(time.perf_counter() - start)
+            tokens.setdefault(key, out.cpu())
+            if not torch.equal(tokens[key], out.cpu()):
+                raise AssertionError(f"{key} gave different tokens in round {round_index}")
+            print(
+                json.dumps(
+                    {
+                        "round": round_index,
+                        "dtype": key[0],
+                        "batch": key[1],
+                        "s_per_segment": round(seconds[key][-1] / args.segments, 3),
+                    }
+                ),
+                flush=True,
+            )
+
+    base = statistics.median(seconds[("float32", args.batches[0])]) / args.segments
+    reference = tokens[("float32", args.batches[0])]
+    rows = []
+    for key in plan:
+        per_segment = statistics.median(seconds[key]) / args.segments
+        row = {
+            "dtype": key[0],
+            "batch": key[1],
+            "s_per_segment": round(per_segment, 3),
+            "segments_per_s": round(1 / per_segment, 3),
+            "x_real_time": round(10.24 / per_segment, 2),
+            f"speedup_vs_float32_batch_{args.batches[0]}": round(base / per_segment, 2),
+            "all_rounds_s": [round(s, 2) for s in seconds[key]],
+        }
+        if key[0] == "float32":
+            row[f"tokens_identical_to_batch_{args.batches[0]}"] = bool(torch.equal(tokens[key], reference))
+        else:
+            row["agreement_vs_float32"] = agreement(tokens[key], reference)
+        rows.append(row)
+    batched = [tokens[("float32", b)] for b in args.batches if max(b, args.lstm_min_batch) > 1]
+    summary = {
+        **header,
+        "rows": rows,
+        "float32_tokens_identical_across_batches": all(
+            torch.equal(t, reference) for t in (tokens[("float32", b)] for b in args.batches)
+        ),
+        "float32_tokens_identical_across_batches_ge_2": all(torch.equal(t, batched[0]) for t in batched),
+        "float32_batch_1_vs_batched_agreement": (
+            agreement(tokens[("float32", 1)], batched[0]) if 1 in args.batches and batched else None
+        ),
+        "peak_rss_gb": round(peak_rss_gb(), 2),
+    }
     if codec.device.type == "cuda":
-        results["cuda_peak_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
-    for dtype in args.dtypes:
-        low = SemantiCodec(args.token_rate, args.vocab, weights=args.weights, size=args.size,
-                           device=args.device, dtype=dtype, max_batch_segments=max(args.batches))
-        other = low.encode_segments(samples, valid)
-        results[f"agreement_{dtype}"] = {
-            "semantic": round(float((other[..., 0] == reference[..., 0]).float().mean()), 4),
-            "acoustic": round(float((other[..., 1] == reference[..., 1]).float().mean()), 4)}
-        del low
-    print(json.dumps(results, indent=1))
+        summary["cuda_peak_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    print(json.dumps(summary, indent=1))
 
 
 if __name__ == "__main__":

@@ -76,8 +76,9 @@ class AudioMAEEncoder(nn.Module):
         self.patch_embed = PatchEmbed(dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         # Fixed sin-cos table, stored in the checkpoint: loaded, never regenerated (spec §3).
-        self.pos_embed = nn.Parameter(torch.zeros(1, TIME_PATCHES * FREQ_PATCHES + 1, dim),
-                                      requires_grad=False)
+        self.pos_embed = nn.Parameter(
+            torch.zeros(1, TIME_PATCHES * FREQ_PATCHES + 1, dim), requires_grad=False
+        )
         self.blocks = nn.ModuleList(
             Block(dim, config.mae_heads, config.mae_mlp_dim) for _ in range(config.mae_depth)
         )
@@ -122,16 +123,28 @@ def unused_decoder_shapes(config: SemantiCodecConfig) -> dict[str, tuple[int, ..
     }
     for i in range(config.mae_decoder_depth):
         prefix = f"decoder_blocks.{i}."
-        shapes.update({
-            prefix + "norm1.weight": (ddim,), prefix + "norm1.bias": (ddim,),
-            prefix + "attn.qkv.weight": (3 * ddim, ddim), prefix + "attn.qkv.bias": (3 * ddim,),
-            prefix + "attn.proj.weight": (ddim, ddim), prefix + "attn.proj.bias": (ddim,),
-            prefix + "norm2.weight": (ddim,), prefix + "norm2.bias": (ddim,),
-            prefix + "mlp.fc1.weight": (mlp, ddim), prefix + "mlp.fc1.bias": (mlp,),
-            prefix + "mlp.fc2.weight": (ddim, mlp), prefix + "mlp.fc2.bias": (ddim,),
-        })
-    shapes.update({
-        "decoder_norm.weight": (ddim,), "decoder_norm.bias": (ddim,),
-        "decoder_pred.weight": (PATCH * PATCH, ddim), "decoder_pred.bias": (PATCH * PATCH,),
-    })
+        shapes.update(
+            {
+                prefix + "norm1.weight": (ddim,),
+                prefix + "norm1.bias": (ddim,),
+                prefix + "attn.qkv.weight": (3 * ddim, ddim),
+                prefix + "attn.qkv.bias": (3 * ddim,),
+                prefix + "attn.proj.weight": (ddim, ddim),
+                prefix + "attn.proj.bias": (ddim,),
+                prefix + "norm2.weight": (ddim,),
+                prefix + "norm2.bias": (ddim,),
+                prefix + "mlp.fc1.weight": (mlp, ddim),
+                prefix + "mlp.fc1.bias": (mlp,),
+                prefix + "mlp.fc2.weight": (ddim, mlp),
+                prefix + "mlp.fc2.bias": (ddim,),
+            }
+        )
+    shapes.update(
+        {
+            "decoder_norm.weight": (ddim,),
+            "decoder_norm.bias": (ddim,),
+            "decoder_pred.weight": (PATCH * PATCH, ddim),
+            "decoder_pred.bias": (PATCH * PATCH,),
+        }
+    )
     return {f"audiomae.model.{name}": shape for name, shape in shapes.items()}

@@ -26,8 +26,11 @@ ACOUSTIC_VOCAB = 8192
 TOKEN_RATES = (25, 50, 100)
 SEMANTIC_VOCABS = (4096, 8192, 16384, 32768)
 LSTM_LAYERS = {100: 4, 50: 3, 25: 2}
-CODEBOOK_FOLDER = {100: "combine_512_audioset_dominate", 50: "combine_256_audioset_dominate",
-                   25: "combine_128_audioset_dominate"}
+CODEBOOK_FOLDER = {
+    100: "combine_512_audioset_dominate",
+    50: "combine_256_audioset_dominate",
+    25: "combine_128_audioset_dominate",
+}
 
 
 @dataclass(frozen=True)
@@ -41,8 +44,7 @@ class SemantiCodecConfig:
             raise ValueError(f"token_rate must be one of {TOKEN_RATES}, got {self.token_rate!r}")
         if self.semantic_vocab_size not in SEMANTIC_VOCABS:
             raise ValueError(
-                f"semantic_vocab_size must be one of {SEMANTIC_VOCABS}, "
-                f"got {self.semantic_vocab_size!r}"
+                f"semantic_vocab_size must be one of {SEMANTIC_VOCABS}, got {self.semantic_vocab_size!r}"
             )
         if self.size not in ("full", "tiny"):
             raise ValueError(f"size must be 'full' or 'tiny', got {self.size!r}")
@@ -103,8 +105,9 @@ class SemantiCodecConfig:
     @property
     def codebook_relpath(self) -> str:
         """Where the k-means table lies, relative to a checkpoint folder (official layout)."""
-        return (f"codebook_idx/{CODEBOOK_FOLDER[self.token_rate]}/"
-                f"codebook_{self.semantic_vocab_size // 2}_0.npy")
+        return (
+            f"codebook_idx/{CODEBOOK_FOLDER[self.token_rate]}/codebook_{self.semantic_vocab_size // 2}_0.npy"
+        )
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)

@@ -72,18 +72,38 @@ class SemantiCodecEncoder(nn.Module):
             )
         self.config = config
         self.audiomae = AudioMAE(config)
-        self.encoder = nn.LSTM(2 * dim, config.lstm_hidden, num_layers=config.lstm_layers,
-                               bias=True, batch_first=True, bidirectional=True)
+        self.encoder = nn.LSTM(
+            2 * dim,
+            config.lstm_hidden,
+            num_layers=config.lstm_layers,
+            bias=True,
+            batch_first=True,
+            bidirectional=True,
+        )
         self.encoder_output_linear = nn.Linear(2 * config.lstm_hidden, dim, bias=False)
         self.quantizer = VectorQuantizer(ACOUSTIC_VOCAB, dim)
         self.semantic_quantizer = KMeansQuantizer(centroids)
         self.compute_dtype = torch.float32
+        # The BiLSTM runs on at least this many rows (a lone segment is repeated, its first copy
+        # kept). 1 (default) is the official behaviour. On the CPU, oneDNN's float32 LSTM rounds a
+        # single sequence differently from several (all batch sizes >= 2 agree bit for bit), so 2
+        # makes every segment's tokens independent of its batch, at no cost in time (the recurrence
+        # reads the same weights for 1 or 2 rows), but batch-1 tokens then differ from the official
+        # code's in the last bits: not a default.
+        self.lstm_min_batch = 1
 
     def set_compute_dtype(self, dtype: torch.dtype) -> None:
         """Run AudioMAE and the BiLSTM in `dtype`; features, quantisers and tables stay float32."""
         for module in (self.audiomae, self.encoder, self.encoder_output_linear):
             module.to(dtype)
         self.compute_dtype = dtype
+
+    def _run_lstm(self, rows: torch.Tensor) -> torch.Tensor:
+        count = rows.shape[0]
+        if 0 < count < self.lstm_min_batch:
+            repeats = -(-self.lstm_min_batch // count)
+            return self.encoder(rows.repeat(repeats, 1, 1))[0][:count]
+        return self.encoder(rows)[0]
 
     @torch.inference_mode()
     def forward(self, fbank: torch.Tensor, *, intermediates: bool = False):
@@ -96,14 +116,19 @@ class SemantiCodecEncoder(nn.Module):
         lstm_input = torch.cat([pooled, self.semantic_quantizer.lookup(semantic)], dim=-1)
         for index, count in enumerate(active):
             lstm_input[index, count:] = -1.0
-        lstm_output, _ = self.encoder(lstm_input.to(self.compute_dtype))
+        lstm_output = self._run_lstm(lstm_input.to(self.compute_dtype))
         residual = self.encoder_output_linear(lstm_output)
         acoustic = self.quantizer(residual)
         tokens = torch.stack([semantic, acoustic], dim=-1)
         if not intermediates:
             return tokens
         return tokens, {
-            "audiomae_features": patches.float(), "pooled_features": pooled,
-            "semantic_ids": semantic, "lstm_input": lstm_input, "lstm_output": lstm_output.float(),
-            "linear_output": residual.float(), "acoustic_ids": acoustic, "active_tokens": active,
+            "audiomae_features": patches.float(),
+            "pooled_features": pooled,
+            "semantic_ids": semantic,
+            "lstm_input": lstm_input,
+            "lstm_output": lstm_output.float(),
+            "linear_output": residual.float(),
+            "acoustic_ids": acoustic,
+            "active_tokens": active,
         }

@@ -63,8 +63,7 @@ def kaldi_fbank(waveforms: torch.Tensor) -> torch.Tensor:
     frames = frames - frames.mean(dim=-1, keepdim=True)
     previous = torch.cat([frames[..., :1], frames[..., :-1]], dim=-1)
     frames = frames - PREEMPHASIS * previous
-    window = torch.hann_window(WIN_SAMPLES, periodic=False, device=frames.device,
-                               dtype=frames.dtype)
+    window = torch.hann_window(WIN_SAMPLES, periodic=False, device=frames.device, dtype=frames.dtype)
     frames = torch.nn.functional.pad(frames * window, (0, FFT_SIZE - WIN_SAMPLES))
     power = torch.fft.rfft(frames).abs().pow(2.0)  # [B, F, 257]
     energies = torch.matmul(power, mel_banks(frames.device).T)

@@ -15,7 +15,7 @@ ROWS_PER_CHUNK = 4096
 
 def _chunks(flat: torch.Tensor):
     for start in range(0, flat.shape[0], ROWS_PER_CHUNK):
-        yield flat[start:start + ROWS_PER_CHUNK]
+        yield flat[start : start + ROWS_PER_CHUNK]
 
 
 class KMeansQuantizer(nn.Module):
@@ -35,8 +35,9 @@ class KMeansQuantizer(nn.Module):
         table = self.centroids
         table_norm = table.pow(2).sum(dim=1, keepdim=True).t()
         ids = [
-            torch.min(rows.pow(2).sum(dim=1, keepdim=True) + table_norm
-                      - 2 * torch.mm(rows, table.t()), dim=1).indices
+            torch.min(
+                rows.pow(2).sum(dim=1, keepdim=True) + table_norm - 2 * torch.mm(rows, table.t()), dim=1
+            ).indices
             for rows in _chunks(flat)
         ]
         return torch.cat(ids).reshape(features.shape[:-1])

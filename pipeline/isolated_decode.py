@@ -131,6 +131,7 @@ class IsolatedDecoder:
         self.last_start_s = 0.0  # how long the last child took to become ready
         self._fn: Callable[..., Any] | None = None
         self._proc: subprocess.Popen | None = None
+        self._peak_before = 0  # the child's peak RSS when the current item was sent
         self._to_child = self._from_child = -1
         self._oom_baseline: int | None = None
         self._lock = threading.Lock()
@@ -191,6 +192,9 @@ class IsolatedDecoder:
 
     def _decode_isolated(self, data: bytes, kwargs: dict[str, Any]) -> DecodedAudio:
         self._ensure_child()
+        # The child's peak RSS so far: a death whose peak did not grow during this item was no
+        # memory exhaustion, however large an earlier item made the peak.
+        self._peak_before = _peak_rss(self._proc.pid) if self._proc is not None else 0
         deadline = None if self.timeout_s is None else time.monotonic() + self.timeout_s
         try:
             header = pickle.dumps((len(data), kwargs), protocol=5)
@@ -296,7 +300,8 @@ class IsolatedDecoder:
             name = _signal_name(sig)
             if sig == signal.SIGKILL and oom_killed:
                 return OUT_OF_MEMORY, f"the decode process was killed by the OOM killer ({name}; {where})"
-            if cap and peak - self.idle_memory.get("rss_bytes", 0) >= _OOM_RSS_FRACTION * cap:
+            grew = peak > self._peak_before + 16 * 2**20
+            if cap and grew and peak - self.idle_memory.get("rss_bytes", 0) >= _OOM_RSS_FRACTION * cap:
                 return OUT_OF_MEMORY, f"the decode process died at its memory cap ({name}; {where})"
             return DECODE_CRASHED, f"the decode process was killed by {name} ({where})"
         code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else status
@@ -447,6 +452,18 @@ def _signal_name(sig: int) -> str:
         return signal.Signals(sig).name
     except ValueError:
         return f"signal {sig}"
+
+
+def _peak_rss(pid: int) -> int:
+    """VmHWM (peak resident memory) of a live process in bytes; 0 where /proc cannot tell."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 def _oom_kill_count() -> int | None:

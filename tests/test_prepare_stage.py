@@ -119,7 +119,7 @@ def test_a_job_with_poison_items_finishes_and_accounts_for_every_item(
     tmp_path: Path, ray_local, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     names = write_corpus(tmp_path / "in")
-    prepare_cls = functools.partial(PrepareUnit, decode_fn=poison.DECODE_FN, item_timeout_s=5.0)
+    prepare_cls = functools.partial(PrepareUnit, decode_fn=poison.DECODE_FN)
     build = tokenize.build_tokenize_dataset
 
     def build_with_poison(*args, **kwargs):  # the job's own prepare stage, decoding through poison
@@ -130,7 +130,12 @@ def test_a_job_with_poison_items_finishes_and_accounts_for_every_item(
     monkeypatch.setattr(tokenize, "build_tokenize_dataset", build_with_poison)
     out = str(tmp_path / "out")
     config = TokenizeConfig(
-        input=str(tmp_path / "in"), output=out, files_per_unit=len(names), progress_interval_s=60, **TINY
+        input=str(tmp_path / "in"),
+        output=out,
+        files_per_unit=len(names),
+        progress_interval_s=60,
+        item_timeout_s=5.0,
+        **TINY,
     )
     summary = tokenize.run_tokenize(config)
     fs = fsspec.filesystem("file")

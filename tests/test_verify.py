@@ -126,12 +126,13 @@ def test_input_check_reports_changed_deleted_and_new_items(tmp_path):
     changed, deleted = units[0].uris
     write_wav(src / changed.rsplit("/", 1)[-1], 0.3, 9)  # new content, new size
     (src / deleted.rsplit("/", 1)[-1]).unlink()
-    (src / units[1].uris[0].rsplit("/", 1)[-1]).unlink()  # unstamped unit: not checked
+    gone = units[1].uris[0]
+    (src / gone.rsplit("/", 1)[-1]).unlink()  # unstamped unit: deletions need no stamp
     write_wav(src / "new.wav", 0.2, 7)
     report = verify(out, input=str(src), files_per_unit=2)
     v = report.versions[0]
     assert not report.ok
-    assert v.changed_items == [changed] and v.deleted_items == [deleted]
+    assert v.changed_items == [changed] and v.deleted_items == sorted([deleted, gone])
     assert v.missing_items == ["new.wav"] and len(v.missing_units) == 1
     text = report.text()
-    assert "changed items: 1" in text and "deleted items: 1" in text
+    assert "changed items: 1" in text and "deleted items: 2" in text
