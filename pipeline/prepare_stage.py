@@ -33,7 +33,7 @@ import numpy as np
 from codec import CodecSpec, build_segmenter
 from pipeline.audio_decoding import AudioDecodeError
 from pipeline.isolated_decode import IsolatedDecoder, shared_decoder
-from pipeline.records import InputUnit, ItemError
+from pipeline.records import InputUnit, ItemError, SourceItem
 from pipeline.sources import ReadPolicy, read_unit
 
 SEGMENT, ERROR, UNIT = "segment", "error", "unit"
@@ -158,20 +158,22 @@ class PrepareUnit:
             )
         return self._decoder
 
+    def read_items(self, unit: InputUnit) -> Iterator[SourceItem]:
+        """The unit's items as this stage reads them (its storage options and read policy)."""
+        return read_unit(
+            unit,
+            storage_options=self.storage_options,
+            audio_column=self.audio_column,
+            uri_column=self.uri_column,
+            policy=self.read_policy,
+        )
+
     def __call__(self, row: dict[str, Any]) -> Iterator[dict[str, Any]]:
         if self._segmenter is None:
             self._segmenter = build_segmenter(self.spec)
         unit = InputUnit.from_json(row["unit"])
         count = 0
-        for index, item in enumerate(
-            read_unit(
-                unit,
-                storage_options=self.storage_options,
-                audio_column=self.audio_column,
-                uri_column=self.uri_column,
-                policy=self.read_policy,
-            )
-        ):
+        for index, item in enumerate(self.read_items(unit)):
             count = index + 1
             yield from self._item_rows(unit.unit_id, index, item)
         closing = empty_row()

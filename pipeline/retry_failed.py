@@ -30,7 +30,6 @@ from pipeline.config import ConfigError, TokenizeConfig
 from pipeline.output_layout import OutputLayout
 from pipeline.prepare_stage import UNIT, PrepareUnit, empty_row
 from pipeline.records import InputUnit
-from pipeline.sources import read_unit
 from pipeline.storage import open_filesystem, with_retries
 from pipeline.tokenize import RunSummary, execute_units, job_fingerprint, recorded_run, writer_lease
 from pipeline.verify import dataset_versions
@@ -51,14 +50,7 @@ class OnlyItemsPrepare(PrepareUnit):
         unit = InputUnit.from_json(row["unit"])
         wanted = {str(i) for i in (row.get("only") if row.get("only") is not None else ())}
         count = 0
-        for index, item in enumerate(
-            read_unit(
-                unit,
-                storage_options=self.storage_options,
-                audio_column=self.audio_column,
-                uri_column=self.uri_column,
-            )
-        ):
+        for index, item in enumerate(self.read_items(unit)):
             if item.item_id not in wanted:
                 continue
             count += 1
