@@ -8,10 +8,10 @@ row) for that item only:
 
 * ``decode_timeout``: no answer within ``timeout_s``; the child is killed and a new one started.
 * ``decode_crashed``: the child died (the signal or exit code is in the detail).
-* ``out_of_memory``: MemoryError in the child, or death with its memory at the cap or by the OOM
-  killer. The child runs under an address-space cap (RLIMIT_AS): ``max_memory_bytes`` more than the
-  idle child (after importing the decode libraries, ``warm_imports``), so a decompression bomb fails
-  there and not in the Ray worker.
+* ``out_of_memory``: MemoryError in the child, or death by the kernel's OOM killer. The child runs
+  under an address-space cap (RLIMIT_AS): ``max_memory_bytes`` more than the idle child (after
+  importing the decode libraries, ``warm_imports``), so a decompression bomb fails there and not in
+  the Ray worker. A native crash under the cap is ``decode_crashed``; its detail gives the peak RSS.
 * bad data: the child's own AudioDecodeError passes through unchanged.
 
 The child is a fresh interpreter (``sys.executable``), never a fork of the threaded Ray worker.
@@ -62,7 +62,6 @@ DECODE_TIMEOUT, DECODE_CRASHED, OUT_OF_MEMORY = "decode_timeout", "decode_crashe
 _LEN = struct.Struct("<Q")
 _CHUNK = 1 << 20
 _EXIT_OOM = 86  # the child's exit code when it could not even report a MemoryError
-_OOM_RSS_FRACTION = 0.75  # died with peak RSS this fraction of the cap above idle: out of memory
 # Defaults for the child (the parent's own settings win; OMP threads stay as Ray set them: soxr uses
 # them). Fewer BLAS threads and malloc arenas: a smaller address space under the memory cap.
 _CHILD_ENV_DEFAULTS = {"OPENBLAS_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "2"}
@@ -131,7 +130,6 @@ class IsolatedDecoder:
         self.last_start_s = 0.0  # how long the last child took to become ready
         self._fn: Callable[..., Any] | None = None
         self._proc: subprocess.Popen | None = None
-        self._peak_before = 0  # the child's peak RSS when the current item was sent
         self._to_child = self._from_child = -1
         self._oom_baseline: int | None = None
         self._lock = threading.Lock()
@@ -192,9 +190,7 @@ class IsolatedDecoder:
 
     def _decode_isolated(self, data: bytes, kwargs: dict[str, Any]) -> DecodedAudio:
         self._ensure_child()
-        # The child's peak RSS so far: a death whose peak did not grow during this item was no
-        # memory exhaustion, however large an earlier item made the peak.
-        self._peak_before = _peak_rss(self._proc.pid) if self._proc is not None else 0
+        self._oom_baseline = _oom_kill_count()  # per item: another process's OOM kill is not ours
         deadline = None if self.timeout_s is None else time.monotonic() + self.timeout_s
         try:
             header = pickle.dumps((len(data), kwargs), protocol=5)
@@ -300,9 +296,9 @@ class IsolatedDecoder:
             name = _signal_name(sig)
             if sig == signal.SIGKILL and oom_killed:
                 return OUT_OF_MEMORY, f"the decode process was killed by the OOM killer ({name}; {where})"
-            grew = peak > self._peak_before + 16 * 2**20
-            if cap and grew and peak - self.idle_memory.get("rss_bytes", 0) >= _OOM_RSS_FRACTION * cap:
-                return OUT_OF_MEMORY, f"the decode process died at its memory cap ({name}; {where})"
+            # Other signals are crashes. A native allocation failing under the cap may also end
+            # this way: the peak RSS in the detail tells (a heuristic on it misread earlier items'
+            # peaks as exhaustion, so the reason only says out_of_memory on positive evidence).
             return DECODE_CRASHED, f"the decode process was killed by {name} ({where})"
         code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else status
         if code == _EXIT_OOM:
@@ -452,18 +448,6 @@ def _signal_name(sig: int) -> str:
         return signal.Signals(sig).name
     except ValueError:
         return f"signal {sig}"
-
-
-def _peak_rss(pid: int) -> int:
-    """VmHWM (peak resident memory) of a live process in bytes; 0 where /proc cannot tell."""
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
 
 
 def _oom_kill_count() -> int | None:
