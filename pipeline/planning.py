@@ -29,7 +29,8 @@ from pipeline.output_layout import OutputLayout
 from pipeline.records import InputUnit, SourceItem
 from pipeline.sources import read_unit
 from pipeline.storage import open_filesystem, with_retries
-from pipeline.tokenize import job_fingerprint, plan_remaining, worker_storage_options
+from pipeline.tokenize import job_fingerprint, worker_storage_options
+from pipeline.work_plan import plan_remaining
 
 __all__ = ["DEFAULT_X_REAL_TIME", "THROUGHPUT_NOTE", "HeaderInfo", "PlanReport", "plan_job", "probe_header"]
 

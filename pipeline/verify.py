@@ -57,6 +57,7 @@ from pipeline.storage import (
     redact_uri,
     with_retries,
 )
+from pipeline.work_plan import plan_against_output
 
 __all__ = ["VerifyReport", "VersionReport", "dataset_versions", "verify"]
 
@@ -430,7 +431,6 @@ def _check_plan(
     glob: str | None,
 ) -> None:
     """Plan the input as `run_tokenize` would (same exclusions) and report what is not committed."""
-    from pipeline.tokenize import plan_against_output
 
     config = latest_run_config(fs, layout)
     if not config:
