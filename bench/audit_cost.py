@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from pipeline.audit import AuditConfig, run_audit
+from pipeline.audit.job import AuditConfig, run_audit
 from pipeline.config import TokenizeConfig
-from pipeline.tokenize import run_tokenize
+from pipeline.tokenize.job import run_tokenize
 from tests.corpus import speech_like
 
 

@@ -349,7 +349,8 @@ def write_corpus(folder: Path, files: int, seconds: float) -> None:
 def pipeline_child(args) -> None:
     """Runs in a child process: one tokenize run with one GPU actor; prints one JSON line."""
     from pipeline.config import TokenizeConfig
-    from pipeline.tokenize import init_ray, run_tokenize
+    from pipeline.runtime.ray_setup import init_ray
+    from pipeline.tokenize.job import run_tokenize
 
     work = Path(args.pipeline_child)
     write_corpus(work / "in", args.pipeline_files, args.pipeline_seconds)

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from codec import build_codec
-from pipeline.audio_decoding import decode_audio
 from pipeline.config import TokenizeConfig
+from pipeline.io.audio_decoding import decode_audio
 
 
 def write_corpus(folder: Path, files: int, seconds: float, seed: int = 0) -> list[Path]:
@@ -64,7 +64,8 @@ def config_for(args, input_dir: Path, output: Path) -> TokenizeConfig:
 def throughput(args) -> None:
     import ray
 
-    from pipeline.tokenize import init_ray, run_tokenize
+    from pipeline.runtime.ray_setup import init_ray
+    from pipeline.tokenize.job import run_tokenize
 
     work = Path(tempfile.mkdtemp(prefix="semtok-bench-"))
     paths = write_corpus(work / "in", args.files, args.seconds)
@@ -155,7 +156,8 @@ def memory_child(args) -> None:
 
     import ray
 
-    from pipeline.tokenize import init_ray, run_tokenize
+    from pipeline.runtime.ray_setup import init_ray
+    from pipeline.tokenize.job import run_tokenize
 
     work = Path(tempfile.mkdtemp(prefix="semtok-mem-"))
     write_corpus(work / "in", args.files, args.seconds)

@@ -21,7 +21,7 @@ import soundfile as sf
 
 _CHILD = """
 import json, resource, sys, time
-from pipeline.audio_decoding import decode_audio
+from pipeline.io.audio_decoding import decode_audio
 data = open(sys.argv[1], "rb").read()
 decode_audio(data[:4096 * 4], resampler=sys.argv[2], max_decoded_bytes=None)  # imports, filter cache
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

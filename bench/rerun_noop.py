@@ -23,12 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.commit import commit_unit
 from pipeline.config import TokenizeConfig
-from pipeline.output_layout import OutputLayout
-from pipeline.sources import plan_units
-from pipeline.storage import open_filesystem
-from pipeline.tokenize import RunSummary, job_fingerprint, run_tokenize
+from pipeline.dataset.commit import commit_unit
+from pipeline.dataset.layout import OutputLayout
+from pipeline.io.sources import plan_units
+from pipeline.io.storage import open_filesystem
+from pipeline.tokenize.fingerprint import job_fingerprint
+from pipeline.tokenize.job import RunSummary, run_tokenize
 
 TINY = {"codec_size": "tiny", "weights": "random:0", "token_rate": 50, "semantic_vocab_size": 16384}
 

@@ -24,7 +24,7 @@ from pipeline.config import (
     read_config_file,
     unknown_field_message,
 )
-from pipeline.interrupt import Interrupted, install_handlers
+from pipeline.runtime.interrupt import Interrupted, install_handlers
 
 PROG = "semtok"
 _COMMON_SCHEMES = ("file", "s3", "gs", "gcs", "az", "abfs", "http", "https", "hf", "memory")
@@ -55,7 +55,7 @@ def _choices(name: str) -> tuple[Any, ...]:
 
 
 def _audit_choices(name: str) -> tuple[Any, ...]:
-    from pipeline.audit import AuditConfig
+    from pipeline.audit.job import AuditConfig
     from pipeline.config import field_choices
 
     return field_choices(AuditConfig, name)
@@ -290,7 +290,7 @@ def _opt(args: argparse.Namespace, name: str, default: Any = None) -> Any:
 def _run_plan(args: argparse.Namespace) -> int:
     import json
 
-    from pipeline.planning import DEFAULT_X_REAL_TIME, plan_job
+    from pipeline.ops.estimate import DEFAULT_X_REAL_TIME, plan_job
 
     fields = TokenizeConfig.field_names()
     flags = {k: v for k, v in vars(args).items() if k in fields and v is not None}
@@ -315,7 +315,7 @@ def _run_plan(args: argparse.Namespace) -> int:
 def _run_status(args: argparse.Namespace) -> int:
     import json
 
-    from pipeline.status import output_status
+    from pipeline.ops.status import output_status
 
     _check_urls(args.output, what=("OUTPUT",))
     status = output_status(args.output, version=args.version)
@@ -326,7 +326,7 @@ def _run_status(args: argparse.Namespace) -> int:
 def _run_verify(args: argparse.Namespace) -> int:
     import json
 
-    from pipeline.verify import verify
+    from pipeline.ops.verify import verify
 
     _check_urls(args.output, args.input, what=("OUTPUT", "--input"))
     if args.input:
@@ -345,7 +345,7 @@ def _run_verify(args: argparse.Namespace) -> int:
 
 
 def _run_retry(args: argparse.Namespace) -> int:
-    from pipeline.retry_failed import retry_failed
+    from pipeline.tokenize.retry import retry_failed
 
     _check_urls(args.output, what=("OUTPUT",))
     overrides = {
@@ -368,7 +368,7 @@ def _run_retry(args: argparse.Namespace) -> int:
 
 
 def _run_audit(args: argparse.Namespace) -> int:
-    from pipeline.audit import AuditConfig, run_audit
+    from pipeline.audit.job import AuditConfig, run_audit
 
     fields = [f.name for f in dataclasses.fields(AuditConfig)]
     flags = {k: v for k, v in vars(args).items() if k in fields and v is not None}
@@ -387,7 +387,7 @@ def _run_audit(args: argparse.Namespace) -> int:
 def _run_audit_diff(args: argparse.Namespace) -> int:
     import json
 
-    from pipeline.audit_diff import diff_audits, load_audit, write_diff_report
+    from pipeline.audit.diff import diff_audits, load_audit, write_diff_report
 
     _check_urls(args.a, args.b, args.out, what=("A", "B", "--out"))
     a, b = load_audit(args.a), load_audit(args.b)
@@ -503,7 +503,7 @@ def _check_urls(*urls: str | None, what: Sequence[str]) -> None:
 
 
 def _check_input_exists(config: TokenizeConfig) -> None:
-    from pipeline.storage import open_filesystem
+    from pipeline.io.storage import open_filesystem
 
     fs, path = open_filesystem(config.input, config.storage_options)
     if not fs.exists(path.rstrip("/") or path):
@@ -522,10 +522,10 @@ def _recorded_specs(
     """The codec of each dataset version under `output` as its latest tokenize record says (with
     `weights` replacing the recorded source). Anything unreadable gives no spec: the command
     itself reports it."""
-    from pipeline.commit import latest_tokenize_record
-    from pipeline.output_layout import OutputLayout
-    from pipeline.storage import open_filesystem
-    from pipeline.verify import dataset_versions
+    from pipeline.dataset.layout import OutputLayout
+    from pipeline.dataset.run_records import latest_tokenize_record
+    from pipeline.dataset.versions import dataset_versions
+    from pipeline.io.storage import open_filesystem
 
     specs = []
     try:
@@ -607,13 +607,17 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "tokenize":
-        from pipeline.tokenize import run_tokenize
+        from pipeline.tokenize.job import run_tokenize
 
         config = tokenize_config(args)
         _check_urls(config.input, config.output, what=("INPUT", "--out"))
         _check_input_exists(config)
         _check_weights(config.codec_spec())
         run_tokenize(config)
+        if config.audit_requested:
+            from pipeline.audit.job import audit_after_tokenize
+
+            audit_after_tokenize(config)
         return 0
     if args.command == "verify":
         return _run_verify(args)
@@ -637,7 +641,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from codec.checkpoint import WeightsError
-    from pipeline.output_lock import OutputBusy
+    from pipeline.dataset.lease import OutputBusy
 
     restore = install_handlers()
     verbose = False

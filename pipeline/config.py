@@ -246,7 +246,7 @@ class TokenizeConfig:
         data["formats"] = list(self.formats)
         data["allow_manifest_schemes"] = list(self.allow_manifest_schemes)
         if redact:
-            from pipeline.storage import redact_options
+            from pipeline.io.storage import redact_options
 
             data["storage_options"] = redact_options(self.storage_options)
         return data

@@ -14,7 +14,7 @@ import signal
 import time
 from typing import Any
 
-from pipeline.audio_decoding import decode_audio
+from pipeline.io.audio_decoding import decode_audio
 from pipeline.records import DecodedAudio
 
 DECODE_FN = "tests.poison:decode_or_die"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.assemble import UnitAssembler
-from pipeline.prepare_stage import ERROR, SEGMENT, UNIT, empty_row
 from pipeline.records import InputUnit
+from pipeline.tokenize.assemble import UnitAssembler
+from pipeline.tokenize.prepare_stage import ERROR, SEGMENT, UNIT, empty_row
 
 UNIT_JSON = InputUnit("u1", "files", ("file:///a.wav", "file:///b.wav")).to_json()
 

@@ -19,7 +19,7 @@ import torch
 
 from codec import SemantiCodec
 from codec.resample import resample
-from pipeline.audio_decoding import (
+from pipeline.io.audio_decoding import (
     MAX_ABS_SAMPLE,
     REASONS,
     RESAMPLERS,
@@ -277,7 +277,7 @@ def test_flac_claims_are_checked_before_and_while_decoding():
 _CHILD = textwrap.dedent("""
     import json, resource, sys
     import numpy, soundfile, soxr, av
-    from pipeline.audio_decoding import AudioDecodeError, decode_audio
+    from pipeline.io.audio_decoding import AudioDecodeError, decode_audio
     vm = int(open("/proc/self/status").read().split("VmSize:")[1].split()[0]) * 1024
     limit = vm + int(sys.argv[1])
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
@@ -333,7 +333,7 @@ def test_lying_headers_fail_cleanly_with_1_5_gb_of_address_space(tmp_path):
 
 
 def test_every_reason_is_documented():
-    import pipeline.audio_decoding as module
+    import pipeline.io.audio_decoding as module
 
     assert set(REASONS) == {
         "empty_audio",

@@ -23,8 +23,8 @@ from itertools import pairwise
 import numpy as np
 import pytest
 
-from pipeline import audio_metrics as am
-from pipeline.audio_metrics import SAMPLE_RATE, NotApplicable
+from pipeline.audit.job import quality_metrics as am
+from pipeline.audit.quality_metrics import SAMPLE_RATE, NotApplicable
 
 SR = SAMPLE_RATE
 CLIP_S = 6.0

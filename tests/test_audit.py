@@ -18,13 +18,13 @@ import pytest
 import soundfile as sf
 
 from jobs.cli import main as cli
-from pipeline.audit import AuditConfig, AuditResult, run_audit
-from pipeline.audit_diff import diff_audits, load_audit
-from pipeline.commit import load_tokens
+from pipeline.audit.diff import diff_audits, load_audit
+from pipeline.audit.job import AuditConfig, AuditResult, run_audit
 from pipeline.config import ConfigError, TokenizeConfig
-from pipeline.output_layout import OutputLayout
-from pipeline.storage import open_filesystem
-from pipeline.tokenize import run_tokenize
+from pipeline.dataset.layout import OutputLayout
+from pipeline.dataset.manifest import load_tokens
+from pipeline.io.storage import open_filesystem
+from pipeline.tokenize.job import run_tokenize
 from tests.browser import check_page, chromium_path
 from tests.corpus import speech_like
 
@@ -363,8 +363,8 @@ def test_audit_reads_and_writes_s3(ray_local, s3_server, tmp_path) -> None:
 
 def test_scan_as_ray_tasks_equals_the_scan_on_the_driver(tokenized, monkeypatch) -> None:
     """Large outputs are scanned by Ray tasks of SCAN_UNITS_PER_TASK units; the merge must be exact."""
-    import pipeline.audit as audit
-    from pipeline.commit import read_manifest
+    import pipeline.audit.job as audit
+    from pipeline.dataset.manifest import read_manifest
 
     fs, _ = open_filesystem(tokenized.output)
     layout = OutputLayout(tokenized.output, tokenized.version)
@@ -390,7 +390,7 @@ def test_scan_as_ray_tasks_equals_the_scan_on_the_driver(tokenized, monkeypatch)
 
 
 def test_decoder_pool_fits_the_cluster() -> None:
-    from pipeline.audit import plan_decoders
+    from pipeline.audit.job import plan_decoders
 
     config = AuditConfig(output="unused")
     cpu = plan_decoders(config, {"CPU": 2.0})

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.audit_diff import AuditDiff, compare, diff_audits, load_audit, write_diff_report
+from pipeline.audit.diff import AuditDiff, compare, diff_audits, load_audit, write_diff_report
 
 N = 30
 METRICS = ["visqol", "log_mel_distance", "loudness_diff_db"]

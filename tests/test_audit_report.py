@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from pipeline.audit_report import (
+from pipeline.audit.plots import read_png_size
+from pipeline.audit.reference_figures import ReferenceFigure, load_reference_figures
+from pipeline.audit.report import (
     HTML_NAME,
     JSON_NAME,
     SAMPLE_RATE,
@@ -25,9 +27,7 @@ from pipeline.audit_report import (
     wav_bytes,
     write_report,
 )
-from pipeline.reference_figures import ReferenceFigure, load_reference_figures
-from pipeline.report_plots import read_png_size
-from pipeline.token_stats import TokenStats
+from pipeline.audit.token_stats import TokenStats
 
 EVIL = "<script>alert(1)</script>\"'"
 METRICS = ["visqol", "pesq_wb", "log_mel_distance", "loudness_diff_db"]

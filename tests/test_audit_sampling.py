@@ -7,8 +7,8 @@ from collections import Counter
 
 import pytest
 
-from pipeline.audio_metrics import DOMAINS
-from pipeline.audit_sampling import (
+from pipeline.audit.quality_metrics import DOMAINS
+from pipeline.audit.sampling import (
     TOP_LEVEL,
     Candidate,
     allocate,

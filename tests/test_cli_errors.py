@@ -16,7 +16,7 @@ import pytest
 
 from jobs import cli
 from jobs.demo_corpus import write_demo_corpus
-from pipeline.interrupt import Interrupted
+from pipeline.runtime.interrupt import Interrupted
 from tests.tiny_checkpoint import write_checkpoint_folder
 
 REPO = Path(__file__).resolve().parents[1]

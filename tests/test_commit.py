@@ -15,10 +15,10 @@ import numpy as np
 import pyarrow.dataset as pads
 import pytest
 
-from pipeline.commit import (
-    add_webdataset_twin,
-    cleanup_tmp,
-    commit_unit,
+from pipeline.dataset.card import render_dataset_card, write_dataset_card
+from pipeline.dataset.commit import add_webdataset_twin, cleanup_tmp, commit_unit
+from pipeline.dataset.layout import OutputLayout, fingerprint_digest
+from pipeline.dataset.manifest import (
     committed_source_uris,
     committed_unit_ids,
     entry_formats,
@@ -27,13 +27,9 @@ from pipeline.commit import (
     load_tokens,
     read_manifest,
     read_manifest_report,
-    read_run_records,
-    read_run_records_report,
     units_lacking,
-    write_run_record,
 )
-from pipeline.dataset_card import render_dataset_card, write_dataset_card
-from pipeline.output_layout import OutputLayout, fingerprint_digest
+from pipeline.dataset.run_records import read_run_records, read_run_records_report, write_run_record
 
 FP = {
     "codec": "semanticodec",
@@ -382,7 +378,7 @@ def test_damaged_manifest_entries_are_reported_not_raised(store, layout, caplog)
     assert "JSON" in found.damaged["_manifest/u2.json"]
     assert "names unit 'u1'" in found.damaged["_manifest/u3.json"]
     assert "sha256" in found.damaged["_manifest/u4.json"]
-    with caplog.at_level("WARNING", logger="pipeline.commit"):
+    with caplog.at_level("WARNING", logger="pipeline.dataset.commit"):
         assert list(read_manifest(fs, layout)) == ["u1"]  # damaged units count as not committed
     assert "4 damaged manifest entries" in caplog.text
     assert committed_unit_ids(fs, layout) == {"u1"}

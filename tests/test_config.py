@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from pipeline import config as config_module
-from pipeline.audit import AuditConfig
+from pipeline.audit.job import AuditConfig
 from pipeline.config import ConfigError, TokenizeConfig, tokenize_config_schema
 
 REPO = Path(__file__).resolve().parents[1]

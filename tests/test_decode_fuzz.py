@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from pipeline.audio_decoding import REASONS, AudioDecodeError, decode_audio
+from pipeline.io.audio_decoding import REASONS, AudioDecodeError, decode_audio
 from tests.corpus import encode_av, multichannel, speech_like
 
 ITEM_SECONDS = 5.0  # bound on one call

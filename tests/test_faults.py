@@ -21,13 +21,15 @@ import fsspec
 import numpy as np
 import pytest
 
-from pipeline.commit import commit_unit, load_errors, load_tokens
 from pipeline.config import TokenizeConfig
-from pipeline.output_layout import OutputLayout
-from pipeline.sources import plan_units
-from pipeline.storage import is_transient, open_filesystem
-from pipeline.tokenize import job_fingerprint, run_tokenize
-from pipeline.verify import verify
+from pipeline.dataset.commit import commit_unit
+from pipeline.dataset.layout import OutputLayout
+from pipeline.dataset.manifest import load_errors, load_tokens
+from pipeline.io.sources import plan_units
+from pipeline.io.storage import is_transient, open_filesystem
+from pipeline.ops.verify import verify
+from pipeline.tokenize.fingerprint import job_fingerprint
+from pipeline.tokenize.job import run_tokenize
 from tests.corpus import speech_like, wav_bytes
 
 REPO = Path(__file__).resolve().parents[1]

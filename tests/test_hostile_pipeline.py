@@ -18,13 +18,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.commit import load_errors, load_tokens, read_manifest
 from pipeline.config import ConfigError, TokenizeConfig
-from pipeline.output_layout import OutputLayout
-from pipeline.output_lock import OutputBusy, acquire_lease
-from pipeline.storage import open_filesystem
-from pipeline.tokenize import job_fingerprint, run_tokenize
-from pipeline.verify import verify
+from pipeline.dataset.layout import OutputLayout
+from pipeline.dataset.lease import OutputBusy, acquire_lease
+from pipeline.dataset.manifest import load_errors, load_tokens, read_manifest
+from pipeline.io.storage import open_filesystem
+from pipeline.ops.verify import verify
+from pipeline.tokenize.fingerprint import job_fingerprint
+from pipeline.tokenize.job import run_tokenize
 from tests.corpus import encode_sf, speech_like, wav_bytes
 
 TINY = {"codec_size": "tiny", "weights": "random:0", "token_rate": 50, "semantic_vocab_size": 16384}

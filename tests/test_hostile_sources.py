@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.io.sources import ReadPolicy, check_manifest_ref, plan_units, read_unit, unique_safe_id
 from pipeline.records import InputUnit
-from pipeline.sources import ReadPolicy, check_manifest_ref, plan_units, read_unit, unique_safe_id
 from tests.corpus import speech_like, wav_bytes
 
 
@@ -197,7 +197,7 @@ def test_manifest_items_on_unreachable_hosts_end_as_error_rows(tmp_path: Path, c
 def test_a_read_that_never_returns_is_given_up(tmp_path: Path) -> None:
     """A FIFO opened by path elsewhere would block; here the reader itself is stuck (an NFS-like
     hang simulated by a FIFO passed as a file URI to the generic object reader)."""
-    from pipeline.sources import ItemReadError, _call_with_timeout
+    from pipeline.io.sources import ItemReadError, _call_with_timeout
 
     started = time.monotonic()
     with pytest.raises(ItemReadError) as raised:

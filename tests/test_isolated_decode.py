@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.audio_decoding import AudioDecodeError, decode_audio
-from pipeline.isolated_decode import IsolatedDecoder, resolve_function, shared_decoder
+from pipeline.io.audio_decoding import AudioDecodeError, decode_audio
+from pipeline.io.isolated_decode import IsolatedDecoder, resolve_function, shared_decoder
 from tests import poison
 from tests.corpus import speech_like, wav_bytes
 
@@ -139,7 +139,7 @@ def test_close_leaves_no_process_and_the_decoder_can_start_again(decoder) -> Non
 
 def test_the_child_exits_when_its_parent_is_killed() -> None:
     code = (
-        "import os, signal, sys; from pipeline.isolated_decode import IsolatedDecoder; "
+        "import os, signal, sys; from pipeline.io.isolated_decode import IsolatedDecoder; "
         "d = IsolatedDecoder(); d.start(); print(d.pid, flush=True); os.kill(os.getpid(), signal.SIGKILL)"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -167,11 +167,11 @@ def test_one_shared_decoder_per_process_and_settings() -> None:
 
 
 def test_decode_function_paths() -> None:
-    assert resolve_function("pipeline.audio_decoding:decode_audio") is decode_audio
-    assert resolve_function("pipeline.audio_decoding.decode_audio") is decode_audio
+    assert resolve_function("pipeline.io.audio_decoding:decode_audio") is decode_audio
+    assert resolve_function("pipeline.io.audio_decoding.decode_audio") is decode_audio
     with pytest.raises(ValueError):
         resolve_function("decode_audio")
-    bad = IsolatedDecoder(decode_fn="pipeline.audio_decoding:no_such_function")
+    bad = IsolatedDecoder(decode_fn="pipeline.io.audio_decoding:no_such_function")
     with pytest.raises(RuntimeError, match="no_such_function"):
         bad.decode(GOOD)
     assert bad.pid is None

@@ -27,10 +27,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.commit import load_errors, load_tokens, read_run_records
 from pipeline.config import TokenizeConfig
-from pipeline.output_layout import OutputLayout
-from pipeline.tokenize import job_fingerprint
+from pipeline.dataset.layout import OutputLayout
+from pipeline.dataset.manifest import load_errors, load_tokens
+from pipeline.dataset.run_records import read_run_records
+from pipeline.tokenize.fingerprint import job_fingerprint
 from tests.conftest import free_port, s3_writer
 from tests.corpus import build_corpus
 

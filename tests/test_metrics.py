@@ -8,10 +8,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-from pipeline import metrics_names as names
 from pipeline.config import TokenizeConfig
-from pipeline.metrics import DATASET_TAG
-from pipeline.tokenize import run_tokenize
+from pipeline.runtime import telemetry_names as names
+from pipeline.runtime.telemetry import DATASET_TAG
+from pipeline.tokenize.job import run_tokenize
 from tests.corpus import speech_like, wav_bytes
 
 

@@ -11,11 +11,12 @@ import pytest
 import soundfile
 
 from codec import SemantiCodec
-from pipeline.commit import load_tokens
 from pipeline.config import TokenizeConfig
-from pipeline.output_layout import OutputLayout
-from pipeline.storage import open_filesystem
-from pipeline.tokenize import job_fingerprint, run_tokenize
+from pipeline.dataset.layout import OutputLayout
+from pipeline.dataset.manifest import load_tokens
+from pipeline.io.storage import open_filesystem
+from pipeline.tokenize.fingerprint import job_fingerprint
+from pipeline.tokenize.job import run_tokenize
 from tests.corpus import speech_like
 
 RATES = (8000, 22050, 44100, 48000, 96000)

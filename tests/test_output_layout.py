@@ -7,7 +7,7 @@ import os
 import fsspec
 import pytest
 
-from pipeline.output_layout import (
+from pipeline.dataset.layout import (
     OutputLayout,
     check_safe_id,
     dataset_version,

@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from pipeline.commit import cleanup_tmp
-from pipeline.output_layout import OutputLayout, new_attempt_id
-from pipeline.output_lock import (
+from pipeline.dataset.commit import cleanup_tmp
+from pipeline.dataset.layout import OutputLayout, new_attempt_id
+from pipeline.dataset.lease import (
     LeaseLost,
     OutputBusy,
     acquire_lease,
@@ -56,7 +56,7 @@ def test_stale_lease_is_taken_over_with_a_warning(store, layout, caplog):
     dead = acquire_lease(fs, layout, "run-dead", ttl_s=0.5, heartbeat=False)
     time.sleep(0.8)  # no renewal for longer than its ttl
     assert not dead.held
-    with caplog.at_level(logging.WARNING, logger="pipeline.output_lock"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.dataset.lease"):
         alive = acquire_lease(fs, layout, "run-alive", heartbeat=False)
     try:
         assert alive.took_over_from is not None and alive.took_over_from.run_id == "run-dead"

@@ -11,7 +11,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.parquet_writer import (
+from pipeline.dataset.parquet_writer import (
     FINGERPRINT_KEY,
     errors_table,
     parquet_bytes,

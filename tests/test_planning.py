@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 
 from jobs.cli import main
-from pipeline.audio_decoding import AudioDecodeError, decode_audio
-from pipeline.commit import read_manifest
 from pipeline.config import TokenizeConfig
-from pipeline.output_layout import OutputLayout
-from pipeline.planning import DEFAULT_X_REAL_TIME, PlanReport, plan_job, probe_header
-from pipeline.storage import open_filesystem
-from pipeline.tokenize import RunSummary, run_tokenize
+from pipeline.dataset.layout import OutputLayout
+from pipeline.dataset.manifest import read_manifest
+from pipeline.io.audio_decoding import AudioDecodeError, decode_audio
+from pipeline.io.storage import open_filesystem
+from pipeline.ops.estimate import DEFAULT_X_REAL_TIME, PlanReport, plan_job, probe_header
+from pipeline.tokenize.job import RunSummary, run_tokenize
 from tests.conftest import local_writer, s3_writer
 from tests.corpus import (
     CorpusSpec,

@@ -12,12 +12,12 @@ from pathlib import Path
 import fsspec
 import pytest
 
-from pipeline import tokenize
-from pipeline.commit import load_errors, load_tokens
 from pipeline.config import TokenizeConfig
-from pipeline.output_layout import OutputLayout
-from pipeline.prepare_stage import ERROR, SEGMENT, UNIT, WORKER_CRASHED, ItemLedger, PrepareUnit
+from pipeline.dataset.layout import OutputLayout
+from pipeline.dataset.manifest import load_errors, load_tokens
 from pipeline.records import InputUnit
+from pipeline.tokenize.job import job as tokenize
+from pipeline.tokenize.prepare_stage import ERROR, SEGMENT, UNIT, WORKER_CRASHED, ItemLedger, PrepareUnit
 from tests import poison
 from tests.corpus import speech_like, wav_bytes
 

@@ -10,7 +10,7 @@ import zlib
 import numpy as np
 import pytest
 
-from pipeline.report_plots import (
+from pipeline.audit.plots import (
     IMPROVED_COLOUR,
     MAX_POLYLINE_POINTS,
     NEUTRAL_COLOUR,

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from pipeline.audio_decoding import AudioDecodeError, decode_audio
+from pipeline.io.audio_decoding import AudioDecodeError, decode_audio
+from pipeline.io.sources import is_unsafe_name, plan_units, read_unit, safe_relpath
 from pipeline.records import InputUnit, SourceItem
-from pipeline.sources import is_unsafe_name, plan_units, read_unit, safe_relpath
 from tests.conftest import local_writer, s3_writer
 from tests.corpus import (
     OK,
@@ -337,7 +337,7 @@ def test_storage_outage_fails_the_unit_instead_of_recording_items_as_errors():
     unit = InputUnit(unit_id="files-x", kind="files", uris=("s3://bucket/a.wav",), root="s3://bucket")
     with pytest.raises(Exception) as raised:
         list(read_unit(unit, storage_options=options))
-    from pipeline.storage import is_transient
+    from pipeline.io.storage import is_transient
 
     assert is_transient(raised.value)
 

@@ -10,8 +10,8 @@ import pytest
 
 from jobs.cli import main
 from pipeline.config import TokenizeConfig
-from pipeline.status import RunStatus, output_status
-from pipeline.tokenize import run_tokenize
+from pipeline.ops.status import RunStatus, output_status
+from pipeline.tokenize.job import run_tokenize
 from tests.corpus import speech_like, wav_bytes
 
 TINY = {"codec_size": "tiny", "weights": "random:0", "files_per_unit": 2, "progress_interval_s": 60}
@@ -72,9 +72,10 @@ def test_status_lists_damaged_entries_and_records_and_the_live_writer(tmp_path: 
     import fsspec
     import numpy as np
 
-    from pipeline.commit import commit_unit, write_run_record
-    from pipeline.output_layout import OutputLayout
-    from pipeline.output_lock import acquire_lease
+    from pipeline.dataset.commit import commit_unit
+    from pipeline.dataset.layout import OutputLayout
+    from pipeline.dataset.lease import acquire_lease
+    from pipeline.dataset.run_records import write_run_record
 
     fp = {"codec": "semanticodec", "token_rate": 50, "semantic_vocab_size": 16384, "test": "status"}
     fs = fsspec.filesystem("file")

@@ -9,7 +9,7 @@ import uuid
 import pytest
 import s3fs
 
-from pipeline.storage import (
+from pipeline.io.storage import (
     current_stamp,
     full_uri,
     is_transient,

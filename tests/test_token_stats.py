@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline.token_stats import TokenStats, codebook_summary, read_token_stats
+from pipeline.audit.token_stats import TokenStats, codebook_summary, read_token_stats
 
 VOCABS = (8, 16)
 
@@ -125,7 +125,7 @@ def test_reader_matches_add_loop_and_chunked_tables():
 
 
 def test_grouped_reader_path_for_many_groups(monkeypatch):
-    import pipeline.token_stats as ts
+    import pipeline.audit.token_stats as ts
 
     rows = _random_rows(12, seed=3)
     combined = read_token_stats(_table(rows), VOCABS, group_column="id")

@@ -22,12 +22,12 @@ import pytest
 import torch
 
 from codec import build_codec
-from pipeline.audio_decoding import decode_audio
-from pipeline.commit import load_errors, load_tokens, read_manifest
 from pipeline.config import ConfigError, TokenizeConfig
-from pipeline.output_layout import OutputLayout
-from pipeline.storage import open_filesystem, read_bytes
-from pipeline.tokenize import plan_resources, run_tokenize
+from pipeline.dataset.layout import OutputLayout
+from pipeline.dataset.manifest import load_errors, load_tokens, read_manifest
+from pipeline.io.audio_decoding import decode_audio
+from pipeline.io.storage import open_filesystem, read_bytes
+from pipeline.tokenize.job import plan_resources, run_tokenize
 from tests.conftest import local_writer, s3_writer
 from tests.corpus import CorpusSpec, build_corpus, build_manifest, build_parquet_files, build_tar_shards
 

@@ -11,11 +11,12 @@ from pathlib import Path
 import fsspec
 import numpy as np
 
-from pipeline.commit import commit_unit, write_run_record
-from pipeline.output_layout import OutputLayout
-from pipeline.sources import plan_units
-from pipeline.storage import source_stamp
-from pipeline.verify import verify
+from pipeline.dataset.commit import commit_unit
+from pipeline.dataset.layout import OutputLayout
+from pipeline.dataset.run_records import write_run_record
+from pipeline.io.sources import plan_units
+from pipeline.io.storage import source_stamp
+from pipeline.ops.verify import verify
 from tests.corpus import speech_like, wav_bytes
 
 REPO = Path(__file__).resolve().parents[1]

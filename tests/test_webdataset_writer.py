@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from pipeline.webdataset_writer import item_key, shard_bytes, write_shard
+from pipeline.dataset.webdataset_writer import item_key, shard_bytes, write_shard
 
 FP = {
     "codec": "semanticodec",

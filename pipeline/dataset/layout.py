@@ -29,7 +29,7 @@ RUNS_DIR = "runs"
 TMP_DIR = "_tmp"
 AUDITS_DIR = "audits"  # quality audits: one folder each (report, JSON, media)
 README = "README.md"
-LOCK_NAME = "_lock.json"  # the writer lease of a version (pipeline.output_lock)
+LOCK_NAME = "_lock.json"  # the writer lease of a version (pipeline.dataset.lease)
 
 
 def check_safe_id(value: str, what: str = "id") -> str:

@@ -38,28 +38,29 @@ from typing import Any
 import fsspec
 import pyarrow.parquet as pq
 
-from pipeline.commit import READ_THREADS, read_manifest_report, read_run_records
-from pipeline.output_layout import (
+from pipeline.dataset.layout import (
     ERRORS_DIR,
     MANIFEST_DIR,
-    RUNS_DIR,
     TMP_DIR,
     TOKENS_DIR,
     WDS_DIR,
     OutputLayout,
 )
-from pipeline.output_lock import read_lease
-from pipeline.records import InputUnit
-from pipeline.sources import file_item_id
-from pipeline.storage import (
+from pipeline.dataset.lease import read_lease
+from pipeline.dataset.manifest import READ_THREADS, read_manifest_report
+from pipeline.dataset.run_records import read_run_records
+from pipeline.dataset.versions import dataset_versions
+from pipeline.io.sources import file_item_id
+from pipeline.io.storage import (
     open_filesystem,
     redact_text,
     redact_uri,
     with_retries,
 )
-from pipeline.work_plan import plan_against_output
+from pipeline.records import InputUnit
+from pipeline.tokenize.work_plan import plan_against_output
 
-__all__ = ["VerifyReport", "VersionReport", "dataset_versions", "verify"]
+__all__ = ["VerifyReport", "VersionReport", "verify"]
 
 # Show at most this many examples per problem kind in the text report (JSON has them all).
 EXAMPLES = 5
@@ -163,33 +164,6 @@ class VerifyReport:
                 lines += [f"      {d['path']}: {d['problem']}" for d in v.damaged_entries[:EXAMPLES]]
             lines += [f"    note: {note}" for note in v.notes]
         return "\n".join(lines)
-
-
-def dataset_versions(fs: fsspec.AbstractFileSystem, root: str, only: str | None = None) -> list[str]:
-    """Version folders under an output root (those holding a manifest or run records), or just
-    `only` — which must exist: operations on a misspelled version fail loudly."""
-    if only is not None:
-        found = dataset_versions(fs, root)
-        if only not in found:
-            raise FileNotFoundError(
-                f"no dataset version {only!r} under {root} (found: {', '.join(found) or 'none'})"
-            )
-        return [only]
-    try:
-        with_retries(lambda: fs.invalidate_cache(root))
-        entries = with_retries(lambda: fs.ls(root, detail=True))
-    except FileNotFoundError:
-        return []
-    versions = []
-    for entry in entries:
-        if entry.get("type") != "directory":
-            continue
-        name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
-        if with_retries(
-            lambda n=entry["name"]: fs.exists(f"{n}/{MANIFEST_DIR}") or fs.exists(f"{n}/{RUNS_DIR}")
-        ):
-            versions.append(name)
-    return sorted(versions)
 
 
 def verify(

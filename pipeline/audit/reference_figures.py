@@ -24,7 +24,7 @@ from typing import Any
 
 import fsspec
 
-from pipeline.audio_metrics import DOMAINS, METRICS
+from pipeline.audit.quality_metrics import DOMAINS, METRICS
 
 OFFICIAL_PLOT = (
     "SemantiCodec, official README plot 'ViSQOL Avg vs. Accuracy' "

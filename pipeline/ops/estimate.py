@@ -23,14 +23,15 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from codec import num_tokens
-from pipeline.audio_decoding import _PYAV_FIRST_EXTS, TARGET_SR
 from pipeline.config import ConfigError, TokenizeConfig
-from pipeline.output_layout import OutputLayout
+from pipeline.dataset.layout import OutputLayout
+from pipeline.io.audio_decoding import _PYAV_FIRST_EXTS, TARGET_SR
+from pipeline.io.sources import read_unit
+from pipeline.io.storage import open_filesystem, with_retries
 from pipeline.records import InputUnit, SourceItem
-from pipeline.sources import read_unit
-from pipeline.storage import open_filesystem, with_retries
-from pipeline.tokenize import job_fingerprint, worker_storage_options
-from pipeline.work_plan import plan_remaining
+from pipeline.runtime.ray_setup import worker_storage_options
+from pipeline.tokenize.fingerprint import job_fingerprint
+from pipeline.tokenize.work_plan import plan_remaining
 
 __all__ = ["DEFAULT_X_REAL_TIME", "THROUGHPUT_NOTE", "HeaderInfo", "PlanReport", "plan_job", "probe_header"]
 

@@ -11,9 +11,9 @@ from typing import Any
 
 import fsspec
 
-from pipeline.commit import read_manifest
-from pipeline.output_layout import OutputLayout, canonical_json, dataset_version, publish
-from pipeline.storage import redact_text
+from pipeline.dataset.layout import OutputLayout, canonical_json, dataset_version, publish
+from pipeline.dataset.manifest import read_manifest
+from pipeline.io.storage import redact_text
 
 RANDOM_WARNING = (
     "> **WARNING: these tokens were made with RANDOMLY INITIALISED codec weights "
@@ -152,8 +152,8 @@ for sample in wds.WebDataset("{version}/wds/UNIT.tar").decode():
 Only committed units, read through the manifest:
 ```python
 import fsspec
-from pipeline.commit import load_tokens
-from pipeline.output_layout import OutputLayout
+from pipeline.dataset.commit import load_tokens
+from pipeline.dataset.layout import OutputLayout
 table = load_tokens(fsspec.filesystem("file"), OutputLayout("OUTPUT", "{version}"))
 ```
 """

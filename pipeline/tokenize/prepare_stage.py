@@ -5,7 +5,7 @@ with the context the codec needs), `error` rows (an item that failed to read or 
 reason) and one closing `unit` row that says how many items the unit had. Long files are cut here,
 so no block downstream carries a whole long file; the driver joins segments back per item.
 
-Decoding runs in a child process (`pipeline.isolated_decode`, one per worker, reused): a file that
+Decoding runs in a child process (`pipeline.io.isolated_decode`, one per worker, reused): a file that
 crashes or hangs the decoder, or needs more memory than allowed, becomes an error row (stage
 "decode", reason "decode_crashed" / "decode_timeout" / "out_of_memory") and the unit goes on.
 Ray Data retries a task whose worker died without bound, so a crash must never reach the worker.
@@ -31,10 +31,10 @@ from typing import Any
 import numpy as np
 
 from codec import CodecSpec, build_segmenter
-from pipeline.audio_decoding import AudioDecodeError
-from pipeline.isolated_decode import IsolatedDecoder, shared_decoder
+from pipeline.io.audio_decoding import AudioDecodeError
+from pipeline.io.isolated_decode import IsolatedDecoder, shared_decoder
+from pipeline.io.sources import ReadPolicy, read_unit
 from pipeline.records import InputUnit, ItemError, SourceItem
-from pipeline.sources import ReadPolicy, read_unit
 
 SEGMENT, ERROR, UNIT = "segment", "error", "unit"
 WORKER_CRASHED = "worker_crashed"

@@ -17,8 +17,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.output_layout import canonical_json, publish
-from pipeline.storage import redact_text, redact_uri
+from pipeline.dataset.layout import canonical_json, publish
+from pipeline.io.storage import redact_text, redact_uri
 
 FINGERPRINT_KEY = b"semtok"
 UINT16_LIMIT = 1 << 16

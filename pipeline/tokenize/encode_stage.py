@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from codec import CodecSpec, build_codec
-from pipeline.metrics import EncodeMetrics
-from pipeline.prepare_stage import ERROR, SEGMENT
+from pipeline.runtime.telemetry import EncodeMetrics
+from pipeline.tokenize.prepare_stage import ERROR, SEGMENT
 
 log = logging.getLogger(__name__)
 

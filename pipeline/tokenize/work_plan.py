@@ -11,12 +11,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.commit import ManifestRead, read_manifest_report
 from pipeline.config import ConfigError, TokenizeConfig
-from pipeline.output_layout import OutputLayout
+from pipeline.dataset.layout import OutputLayout
+from pipeline.dataset.manifest import ManifestRead, read_manifest_report
+from pipeline.io.sources import plan_units
+from pipeline.io.storage import open_filesystem, protocol_of, redact_uri, with_retries
 from pipeline.records import InputUnit
-from pipeline.sources import plan_units
-from pipeline.storage import open_filesystem, protocol_of, redact_uri, with_retries
 
 
 @dataclass

@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from pipeline.audio_metrics import HIGHER_IS_BETTER, SAMPLE_RATE, ZERO_IS_BEST
-from pipeline.output_layout import publish
-from pipeline.report_plots import Reference, histogram_svg, rank_frequency_svg, spectrogram_png
-from pipeline.storage import open_filesystem, with_retries
-from pipeline.token_stats import CODEBOOKS
+from pipeline.audit.plots import Reference, histogram_svg, rank_frequency_svg, spectrogram_png
+from pipeline.audit.quality_metrics import HIGHER_IS_BETTER, SAMPLE_RATE, ZERO_IS_BEST
+from pipeline.audit.token_stats import CODEBOOKS
+from pipeline.dataset.layout import publish
+from pipeline.io.storage import open_filesystem, with_retries
 
 HTML_NAME = "index.html"
 JSON_NAME = "audit.json"

@@ -49,10 +49,10 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from pipeline.audio_decoding import AudioDecodeError
+from pipeline.io.audio_decoding import AudioDecodeError
 from pipeline.records import DecodedAudio
 
-DEFAULT_DECODE_FN = "pipeline.audio_decoding:decode_audio"
+DEFAULT_DECODE_FN = "pipeline.io.audio_decoding:decode_audio"
 DEFAULT_TIMEOUT_S = 300.0
 DEFAULT_MAX_MEMORY_BYTES = 8 * 2**30
 START_TIMEOUT_S = 120.0  # a fresh interpreter plus numpy/soundfile/av imports, on a loaded node
@@ -71,7 +71,7 @@ _CHILD_ENV_DEFAULTS = {"OPENBLAS_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "2"}
 DEFAULT_WARM_IMPORTS = ("av", "torch", "codec.resample")
 _BOOT = (
     "import sys, json; c = json.loads(sys.argv[1]); sys.path[:] = c['sys_path']; "
-    "from pipeline.isolated_decode import _child_main; _child_main(c)"
+    "from pipeline.io.isolated_decode import _child_main; _child_main(c)"
 )
 
 

@@ -46,8 +46,8 @@ from typing import Any
 import fsspec
 from fsspec.implementations.memory import MemoryFileSystem
 
-from pipeline.output_layout import OutputLayout, check_safe_id, is_local
-from pipeline.storage import redact_text, redact_uri
+from pipeline.dataset.layout import OutputLayout, check_safe_id, is_local
+from pipeline.io.storage import redact_text, redact_uri
 
 log = logging.getLogger(__name__)
 

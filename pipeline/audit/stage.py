@@ -19,10 +19,10 @@ import numpy as np
 import torch
 
 from codec import CodecSpec, build_codec
-from pipeline.audio_decoding import AudioDecodeError, decode_audio
-from pipeline.audio_metrics import DEFAULT_METRICS, score_pair, scores_to_json
+from pipeline.audit.quality_metrics import DEFAULT_METRICS, score_pair, scores_to_json
+from pipeline.io.audio_decoding import AudioDecodeError, decode_audio
+from pipeline.io.sources import read_unit
 from pipeline.records import InputUnit
-from pipeline.sources import read_unit
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.prepare_stage import ERROR, SEGMENT, UNIT
 from pipeline.records import InputUnit
+from pipeline.tokenize.prepare_stage import ERROR, SEGMENT, UNIT
 
 
 @dataclass

@@ -30,9 +30,10 @@ import pyarrow.parquet as pq
 from pydantic import Field
 
 from codec import CodecSpec, build_segmenter, check_decode_options
-from pipeline.audio_metrics import DEFAULT_METRICS, DOMAINS, METRICS, SAMPLE_RATE, goodness
-from pipeline.audit_report import AuditMedia, ExampleAudio, write_report
-from pipeline.audit_sampling import (
+from pipeline.audit.quality_metrics import DEFAULT_METRICS, DOMAINS, METRICS, SAMPLE_RATE, goodness
+from pipeline.audit.reference_figures import load_reference_figures
+from pipeline.audit.report import AuditMedia, ExampleAudio, write_report
+from pipeline.audit.sampling import (
     Candidate,
     decode_seed,
     domain_of,
@@ -41,8 +42,8 @@ from pipeline.audit_sampling import (
     sample_size,
     source_of,
 )
-from pipeline.audit_stage import AuditItem, DecodeActor, ReadOriginals, score_batch
-from pipeline.commit import latest_tokenize_record, read_manifest
+from pipeline.audit.stage import AuditItem, DecodeActor, ReadOriginals, score_batch
+from pipeline.audit.token_stats import TokenStats, read_token_stats
 from pipeline.config import (
     ConfigError,
     Device,
@@ -53,13 +54,14 @@ from pipeline.config import (
     TokenizeConfig,
     validated_dataclass,
 )
-from pipeline.output_layout import OutputLayout
-from pipeline.parquet_writer import ERRORS_SCHEMA
-from pipeline.reference_figures import load_reference_figures
-from pipeline.storage import open_filesystem, with_retries
-from pipeline.token_stats import TokenStats, read_token_stats
-from pipeline.tokenize import init_ray, job_fingerprint, utc_now_iso, worker_storage_options
-from pipeline.verify import dataset_versions
+from pipeline.dataset.layout import OutputLayout
+from pipeline.dataset.manifest import read_manifest
+from pipeline.dataset.parquet_writer import ERRORS_SCHEMA
+from pipeline.dataset.run_records import latest_tokenize_record, utc_now_iso
+from pipeline.dataset.versions import dataset_versions
+from pipeline.io.storage import open_filesystem, with_retries
+from pipeline.runtime.ray_setup import init_ray, worker_storage_options
+from pipeline.tokenize.fingerprint import job_fingerprint
 
 DEFAULT_SAMPLE = 20
 READ_THREADS = 16
@@ -120,7 +122,7 @@ class AuditConfig:
             raise bad("rank_metric", "must be one of the metrics computed")
 
     def to_dict(self) -> dict[str, Any]:
-        from pipeline.storage import redact_options
+        from pipeline.io.storage import redact_options
 
         data = dataclasses.asdict(self)
         data["metrics"] = list(self.metrics)
@@ -638,3 +640,25 @@ def _item_record(row: Mapping[str, Any]) -> dict[str, Any]:
             else None
         ),
     }
+
+
+def audit_after_tokenize(config: TokenizeConfig, *, stream: TextIO = sys.stderr) -> None:
+    """`semtok tokenize --audit-sample N`: audit the version that tokenize run just wrote, on the same Ray."""
+    layout = OutputLayout.for_fingerprint(config.output, job_fingerprint(config))
+    options: dict[str, Any] = {"steps": config.audit_steps} if config.audit_steps is not None else {}
+    if config.audit_domain is not None:
+        options["default_domain"] = config.audit_domain
+    run_audit(
+        AuditConfig(
+            output=config.output,
+            version=layout.version,
+            sample=config.audit_sample,
+            fraction=config.audit_fraction,
+            seed=config.audit_seed,
+            ray_address=config.ray_address,
+            device=config.device,
+            storage_options=dict(config.storage_options),
+            **options,
+        ),
+        stream=stream,
+    )

@@ -14,11 +14,12 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from pipeline.commit import read_manifest_report, read_run_records_report
-from pipeline.output_layout import OutputLayout
-from pipeline.output_lock import read_lease
-from pipeline.storage import open_filesystem, redact_uri, with_retries
-from pipeline.verify import dataset_versions
+from pipeline.dataset.layout import OutputLayout
+from pipeline.dataset.lease import read_lease
+from pipeline.dataset.manifest import read_manifest_report
+from pipeline.dataset.run_records import read_run_records_report
+from pipeline.dataset.versions import dataset_versions
+from pipeline.io.storage import open_filesystem, redact_uri, with_retries
 
 __all__ = ["OutputStatus", "RunStatus", "VersionStatus", "output_status"]
 

@@ -24,15 +24,17 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from codec import build_segmenter
-from pipeline.assemble import FinishedUnit
-from pipeline.commit import latest_tokenize_record, read_manifest
 from pipeline.config import ConfigError, TokenizeConfig
-from pipeline.output_layout import OutputLayout
-from pipeline.prepare_stage import UNIT, PrepareUnit, empty_row
+from pipeline.dataset.layout import OutputLayout
+from pipeline.dataset.manifest import read_manifest
+from pipeline.dataset.run_records import latest_tokenize_record
+from pipeline.dataset.versions import dataset_versions
+from pipeline.io.storage import open_filesystem, with_retries
 from pipeline.records import InputUnit
-from pipeline.storage import open_filesystem, with_retries
-from pipeline.tokenize import RunSummary, execute_units, job_fingerprint, recorded_run, writer_lease
-from pipeline.verify import dataset_versions
+from pipeline.tokenize.assemble import FinishedUnit
+from pipeline.tokenize.fingerprint import job_fingerprint
+from pipeline.tokenize.job import RunSummary, execute_units, recorded_run, writer_lease
+from pipeline.tokenize.prepare_stage import UNIT, PrepareUnit, empty_row
 
 __all__ = ["OnlyItemsPrepare", "retry_failed"]
 

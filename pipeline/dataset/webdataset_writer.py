@@ -19,9 +19,9 @@ from typing import Any
 import fsspec
 import numpy as np
 
-from pipeline.output_layout import dataset_version, publish
-from pipeline.parquet_writer import UINT16_LIMIT, metadata_json
-from pipeline.storage import redact_uri
+from pipeline.dataset.layout import dataset_version, publish
+from pipeline.dataset.parquet_writer import UINT16_LIMIT, metadata_json
+from pipeline.io.storage import redact_uri
 
 KEY_PREFIX_CHARS = 48
 KEY_HASH_CHARS = 16

@@ -8,7 +8,6 @@ storage latency never stalls the stream), and writes the run record and dataset 
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import logging
 import math
 import os
@@ -21,33 +20,28 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from codec import describe_codec
-from pipeline.assemble import FinishedUnit, UnitAssembler
-from pipeline.commit import (
-    add_webdataset_twin,
-    cleanup_tmp,
-    commit_unit,
-    write_run_record,
-)
 from pipeline.config import ConfigError, TokenizeConfig
-from pipeline.dataset_card import write_dataset_card
-from pipeline.encode_stage import EncodeActor
-from pipeline.interrupt import Interrupted, reinstall_handlers
-from pipeline.metrics import JobMetrics
-from pipeline.output_layout import OutputLayout
-from pipeline.output_lock import OutputLease, acquire_lease
-from pipeline.prepare_stage import PrepareUnit
-from pipeline.records import InputUnit
-from pipeline.sources import ReadPolicy
-from pipeline.storage import (
+from pipeline.dataset.card import write_dataset_card
+from pipeline.dataset.commit import add_webdataset_twin, cleanup_tmp, commit_unit
+from pipeline.dataset.layout import OutputLayout
+from pipeline.dataset.lease import OutputLease, acquire_lease
+from pipeline.dataset.run_records import utc_now_iso, write_run_record
+from pipeline.io.sources import ReadPolicy
+from pipeline.io.storage import (
     open_filesystem,
-    protocol_of,
     redact_text,
     redact_uri,
-    s3_options_from_env,
     with_retries,
 )
-from pipeline.work_plan import WorkPlan, plan_remaining
+from pipeline.records import InputUnit
+from pipeline.runtime.interrupt import Interrupted
+from pipeline.runtime.ray_setup import init_ray, worker_storage_options
+from pipeline.runtime.telemetry import JobMetrics
+from pipeline.tokenize.assemble import FinishedUnit, UnitAssembler
+from pipeline.tokenize.encode_stage import EncodeActor
+from pipeline.tokenize.fingerprint import job_fingerprint
+from pipeline.tokenize.prepare_stage import PrepareUnit
+from pipeline.tokenize.work_plan import WorkPlan, plan_remaining
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +59,6 @@ class Resources:
     cpus_per_encoder: float
     gpus_per_encoder: float
     batch_segments: int
-
-
-def utc_now_iso() -> str:
-    """Wall-clock time for run records (ISO 8601, UTC): `semtok status` shows when runs ran."""
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 @dataclass
@@ -112,26 +101,6 @@ class RunSummary:
         )
 
 
-def init_ray(address: str | None) -> None:
-    """Connect to `address` (or RAY_ADDRESS); without one, start a local Ray on loopback."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=True)
-    else:
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-        ray.init(
-            include_dashboard=False,
-            _node_ip_address="127.0.0.1",
-            log_to_driver=True,
-            runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith("SEMTOK_")}},
-        )
-    reinstall_handlers()  # ray.init replaces SIGTERM's handler: a stop must still be recorded
-
-
 def plan_resources(config: TokenizeConfig, cluster: dict[str, float]) -> Resources:
     """Encoder pool from config or from the cluster; a clear error instead of a hang."""
     gpus = float(cluster.get("GPU", 0))
@@ -164,12 +133,6 @@ def plan_resources(config: TokenizeConfig, cluster: dict[str, float]) -> Resourc
             f"{config.read_cpus:g} exceeds the cluster's {cpus:g} CPUs (it would hang)"
         )
     return Resources("cpu", count, per, 0.0, config.encode_batch_segments or 8)
-
-
-def worker_storage_options(url: str, options: dict[str, Any]) -> dict[str, Any]:
-    """Storage options resolved on the driver (AWS env vars included), for workers whose
-    environment may not carry the driver's credentials. Travels as a task argument, never logged."""
-    return s3_options_from_env(options) if protocol_of(url) in ("s3", "s3a") else dict(options)
 
 
 def prepare_options(config: TokenizeConfig, run_id: str = "") -> dict[str, Any]:
@@ -280,15 +243,6 @@ class _Progress:
         )
 
 
-def job_fingerprint(config: TokenizeConfig) -> dict[str, Any]:
-    """What the tokens depend on; its digest names the dataset version (one place computes it)."""
-    return {
-        **describe_codec(config.codec_spec()),
-        "channel_policy": config.channel_policy,
-        "resampler": config.resampler,
-    }
-
-
 def run_tokenize(config: TokenizeConfig, *, stream: TextIO = sys.stderr) -> RunSummary:
     """Tokenize `config.input` into `config.output`; skips units already committed there.
 
@@ -341,8 +295,6 @@ def run_tokenize(config: TokenizeConfig, *, stream: TextIO = sys.stderr) -> RunS
     print(f"[semtok] done: {summary.line()}", file=stream, flush=True)
     print(f"[semtok] run record: {redact_uri(layout.run_path(run_id))}", file=stream, flush=True)
     _check_error_budget(config, summary)
-    if config.audit_requested:
-        _audit_after(config, layout, stream)
     return summary
 
 
@@ -413,7 +365,7 @@ def missing_twins(
 def writer_lease(
     fs: Any, layout: OutputLayout, run_id: str, command: str, stream: TextIO
 ) -> Iterator[OutputLease]:
-    """Hold the output version's writer lease (see pipeline/output_lock.py) around a run's writes."""
+    """Hold the output version's writer lease (see pipeline/dataset/lease.py) around a run's writes."""
     lease = acquire_lease(fs, layout, run_id, command=command)
     if lease.took_over_from is not None:
         print(
@@ -474,29 +426,6 @@ def recorded_run(
             if status == "completed":
                 raise
             log.warning("could not write the run record: %s", type(record_error).__name__)
-
-
-def _audit_after(config: TokenizeConfig, layout: OutputLayout, stream: TextIO) -> None:
-    """`semtok tokenize --audit-sample N`: audit the version just written, on the same Ray."""
-    from pipeline.audit import AuditConfig, run_audit  # the audit imports this module
-
-    options: dict[str, Any] = {"steps": config.audit_steps} if config.audit_steps is not None else {}
-    if config.audit_domain is not None:
-        options["default_domain"] = config.audit_domain
-    run_audit(
-        AuditConfig(
-            output=config.output,
-            version=layout.version,
-            sample=config.audit_sample,
-            fraction=config.audit_fraction,
-            seed=config.audit_seed,
-            ray_address=config.ray_address,
-            device=config.device,
-            storage_options=dict(config.storage_options),
-            **options,
-        ),
-        stream=stream,
-    )
 
 
 def execute_units(

@@ -71,8 +71,7 @@ from typing import Any, TypeVar
 import fsspec
 from fsspec.core import split_protocol
 
-from pipeline.records import InputUnit, ItemError, SourceItem
-from pipeline.storage import (
+from pipeline.io.storage import (
     full_uri,
     is_transient,
     open_filesystem,
@@ -81,6 +80,7 @@ from pipeline.storage import (
     source_stamp,
     with_retries,
 )
+from pipeline.records import InputUnit, ItemError, SourceItem
 
 log = logging.getLogger(__name__)
 

@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.audio_metrics import HIGHER_IS_BETTER, ZERO_IS_BEST
-from pipeline.audit_report import JSON_NAME, METRIC_LABELS
-from pipeline.output_layout import publish
-from pipeline.report_plots import histogram_svg, shift_svg
-from pipeline.storage import open_filesystem, with_retries
+from pipeline.audit.plots import histogram_svg, shift_svg
+from pipeline.audit.quality_metrics import HIGHER_IS_BETTER, ZERO_IS_BEST
+from pipeline.audit.report import JSON_NAME, METRIC_LABELS
+from pipeline.dataset.layout import publish
+from pipeline.io.storage import open_filesystem, with_retries
 
 Z_95 = 1.959964
 

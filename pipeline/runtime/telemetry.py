@@ -1,4 +1,4 @@
-"""Prometheus metrics of a tokenize job, through Ray's metrics API (names: pipeline/metrics_names.py).
+"""Prometheus metrics of a tokenize job, through Ray's metrics API (names: telemetry_names.py).
 
 The driver counts what it commits (audio seconds, items done and failed by reason, units); each
 encode actor reports its batch time, batch fill ratio and that it is alive. Ray's metrics agent on
@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from pipeline import metrics_names as names
+from pipeline.runtime import telemetry_names as names
 
 log = logging.getLogger(__name__)
 DATASET_TAG = "dataset"

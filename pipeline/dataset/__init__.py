@@ -1,0 +1,2 @@
+"""A semtok output: layout, Parquet/WebDataset writers, manifest, commits, writer lease, versions,
+dataset card."""

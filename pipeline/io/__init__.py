@@ -1,0 +1,1 @@
+"""Reading inputs: storage (fsspec), input sources by kind, audio decoding and its isolated child process."""

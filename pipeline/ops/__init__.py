@@ -1,0 +1,1 @@
+"""Operations on an output: verify, status, estimate (`semtok plan`)."""

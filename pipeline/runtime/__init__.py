@@ -1,0 +1,1 @@
+"""Running on Ray: cluster setup, signals, Prometheus telemetry."""
