@@ -129,3 +129,42 @@ def tiny_wav_bytes() -> bytes:
 def tiny_audio() -> np.ndarray:
     """The float32 signal behind tiny_wav_bytes (before PCM16 quantization)."""
     return speech_like(0.25, 16000, seed=1)
+
+
+@pytest.fixture(scope="session")
+def tokenized_output(tmp_path_factory: pytest.TempPathFactory, ray_local):  # noqa: ANN001, ARG001
+    """A small finished semtok output (tiny random codec, local disk) for tests of its readers.
+
+    14 items of 0.5–14 s (one over a segment) in 5 units of 3 files, plus one undecodable file, so
+    the output holds tokens, an error row and both formats. Returns (output root, version url,
+    {item id: duration in s}). Read it, never write into it: it is shared by the session."""
+    from types import SimpleNamespace
+
+    from pipeline.config import TokenizeConfig
+    from pipeline.dataset.layout import OutputLayout
+    from pipeline.tokenize.fingerprint import job_fingerprint
+    from pipeline.tokenize.job import run_tokenize
+    from tests.helpers import TINY
+
+    source = tmp_path_factory.mktemp("tokenized-in")
+    durations = {}
+    for index in range(14):
+        seconds = 0.5 + index if index < 13 else 14.0
+        sr = (16000, 22050, 44100)[index % 3]
+        name = f"clip{index:02d}"
+        (source / f"{name}.wav").write_bytes(wav_bytes(speech_like(seconds, sr, seed=index), sr))
+        durations[name] = seconds
+    (source / "broken.wav").write_bytes(b"RIFF not really audio")
+    out = tmp_path_factory.mktemp("tokenized-out")
+    config = TokenizeConfig(
+        input=str(source),
+        output=str(out),
+        files_per_unit=3,
+        formats=("parquet", "webdataset"),
+        progress_interval_s=60,
+        **TINY,
+    )
+    summary = run_tokenize(config)
+    assert summary.items_ok == 14 and summary.items_failed == 1
+    layout = OutputLayout.for_fingerprint(str(out), job_fingerprint(config))
+    return SimpleNamespace(root=str(out), version_url=layout.version_url, durations=durations, config=config)
