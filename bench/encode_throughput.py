@@ -1,17 +1,21 @@
 """Encode throughput of one codec replica: seconds per 10.24 s segment at batch 1 versus batched.
 
-Prints figures, never passes or fails. Every batch size (and every extra dtype) is measured in the
-same process, interleaved round by round, and reported as the median over --repeats rounds, so
-machine noise hits all variants alike. Also reports whether float32 tokens are identical across
-batch sizes, and each extra dtype's token agreement with float32 (semantic %, acoustic %).
+Prints figures, never passes or fails. Every batch size (and every extra dtype and encoder batching
+mode) is measured in the same process, interleaved round by round, and reported as the median over
+--repeats rounds, so machine noise hits all variants alike. Also reports whether float32 tokens are
+identical across batch sizes, and each extra dtype's token agreement with float32 (semantic %,
+acoustic %).
 
     python bench/encode_throughput.py --token-rate 50 --batches 1 8 --segments 8
+    python bench/encode_throughput.py --batches 1 2 8 --segments 8 --repeats 3 \
+        --batching official batched
     python bench/encode_throughput.py --batches 1 2 8 --segments 8 --repeats 3 --dtypes bfloat16
     python bench/encode_throughput.py --device cuda --batches 1 16 64 --segments 64 --dtypes bfloat16 float16
 
-On the CPU the BiLSTM runs through oneDNN, whose float32 kernel for one sequence (batch 1) rounds
-differently from its kernel for several: batch-1 tokens can differ from batched ones, while all
-batch sizes ≥ 2 give the same bits. `--lstm-min-batch 2` runs batch 1 through the batched kernel too.
+The official code encodes one segment at a time. "official" (the default) keeps those bits in any
+batch, so its float32 tokens must be identical at every batch size; "batched" runs the whole batch
+through every op (its tokens may differ from batch 1's at near-ties: reported as
+`float32_batched_vs_official_agreement`). See codec/encoder.py.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import torch
 
 from codec import SemantiCodec
 from codec.config import SEGMENT_SAMPLES
+from codec.encoder import BATCHING
 
 
 def peak_rss_gb() -> float:
@@ -49,8 +54,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def encode_all(codec: SemantiCodec, encoder, features: torch.Tensor, batch: int) -> torch.Tensor:
+def encode_all(encoder, features: torch.Tensor, batch: int, batching: str) -> torch.Tensor:
     """Tokens of all `features` rows, `batch` segments per encoder call."""
+    encoder.batching = batching
     return torch.cat([encoder(features[start : start + batch]) for start in range(0, len(features), batch)])
 
 
@@ -82,10 +88,11 @@ def main() -> None:
         help="batch sizes for --dtypes (default: the same as --batches)",
     )
     parser.add_argument(
-        "--lstm-min-batch",
-        type=int,
-        default=1,
-        help="run the BiLSTM on at least this many rows (2: batch 1 uses the batched kernel)",
+        "--batching",
+        nargs="+",
+        default=["official"],
+        choices=BATCHING,
+        help="encoder batching modes to time in float32 (official: the official bits in any batch)",
     )
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
@@ -96,7 +103,6 @@ def main() -> None:
     codec = SemantiCodec(
         args.token_rate, args.vocab, weights=args.weights, size=args.size, device=args.device
     )
-    codec.encoder.lstm_min_batch = args.lstm_min_batch
     load_s = time.perf_counter() - started
     rss_after_load = peak_rss_gb()
     samples, valid = synth_segments(codec, args.segments)
@@ -105,9 +111,10 @@ def main() -> None:
     for name in args.dtypes:
         encoders[name] = copy.deepcopy(codec.encoder)
         encoders[name].set_compute_dtype(getattr(torch, name))
-    plan = [("float32", batch) for batch in args.batches]
+    first = args.batching[0]
+    plan = [("float32", batch, mode) for mode in args.batching for batch in args.batches]
     for name in args.dtypes:
-        plan += [(name, batch) for batch in (args.dtype_batches or args.batches)]
+        plan += [(name, batch, first) for batch in (args.dtype_batches or args.batches)]
     header = {
         "device": str(codec.device),
         "token_rate": args.token_rate,
@@ -115,7 +122,7 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "segments": args.segments,
         "repeats": args.repeats,
-        "lstm_min_batch": args.lstm_min_batch,
+        "batching": args.batching,
         "load_s": round(load_s, 2),
         "peak_rss_gb_after_load": round(rss_after_load, 2),
     }
@@ -123,15 +130,23 @@ def main() -> None:
 
     # warm-up, one call per variant: a full batch on an accelerator (kernel plans); on the CPU two
     # rows are enough to create oneDNN's primitives and cost far less than a full batch
-    for dtype, batch in plan:
-        encoders[dtype](features[: batch if codec.device.type != "cpu" else min(batch, 2)])
-    seconds: dict[tuple[str, int], list[float]] = {key: [] for key in plan}
-    tokens: dict[tuple[str, int], torch.Tensor] = {}
+    # (and, for "official", the one-time check per batch size that batching keeps the batch-1 bits)
+    for dtype, batch, mode in plan:
+        encoder = encoders[dtype]
+        encoder.batching = mode
+        encoder(features[: batch if codec.device.type != "cpu" else min(batch, 2)])
+        if mode == "official" and batch > 1:
+            started = time.perf_counter()
+            keeps = encoder.batch_one_lstm.matches(batch, device=codec.device, dtype=encoder.compute_dtype)
+            check = {"batch": batch, "dtype": dtype, "batched_lstm_keeps_batch_1_bits": keeps}
+            print(json.dumps({**check, "check_s": round(time.perf_counter() - started, 2)}), flush=True)
+    seconds: dict[tuple[str, int, str], list[float]] = {key: [] for key in plan}
+    tokens: dict[tuple[str, int, str], torch.Tensor] = {}
     for round_index in range(args.repeats):
         for key in plan:
             sync(codec.device)
             start = time.perf_counter()
-            out = encode_all(codec, encoders[key[0]], features, key[1])
+            out = encode_all(encoders[key[0]], features, key[1], key[2])
             sync(codec.device)
             seconds[key].append(time.perf_counter() - start)
             tokens.setdefault(key, out.cpu())
@@ -143,24 +158,26 @@ def main() -> None:
                         "round": round_index,
                         "dtype": key[0],
                         "batch": key[1],
+                        "batching": key[2],
                         "s_per_segment": round(seconds[key][-1] / args.segments, 3),
                     }
                 ),
                 flush=True,
             )
 
-    base = statistics.median(seconds[("float32", args.batches[0])]) / args.segments
-    reference = tokens[("float32", args.batches[0])]
+    base = statistics.median(seconds[("float32", args.batches[0], first)]) / args.segments
+    reference = tokens[("float32", args.batches[0], first)]
     rows = []
     for key in plan:
         per_segment = statistics.median(seconds[key]) / args.segments
         row = {
             "dtype": key[0],
             "batch": key[1],
+            "batching": key[2],
             "s_per_segment": round(per_segment, 3),
             "segments_per_s": round(1 / per_segment, 3),
             "x_real_time": round(10.24 / per_segment, 2),
-            f"speedup_vs_float32_batch_{args.batches[0]}": round(base / per_segment, 2),
+            f"speedup_vs_float32_{first}_batch_{args.batches[0]}": round(base / per_segment, 2),
             "all_rounds_s": [round(s, 2) for s in seconds[key]],
         }
         if key[0] == "float32":
@@ -168,19 +185,16 @@ def main() -> None:
         else:
             row["agreement_vs_float32"] = agreement(tokens[key], reference)
         rows.append(row)
-    batched = [tokens[("float32", b)] for b in args.batches if max(b, args.lstm_min_batch) > 1]
-    summary = {
-        **header,
-        "rows": rows,
-        "float32_tokens_identical_across_batches": all(
-            torch.equal(t, reference) for t in (tokens[("float32", b)] for b in args.batches)
-        ),
-        "float32_tokens_identical_across_batches_ge_2": all(torch.equal(t, batched[0]) for t in batched),
-        "float32_batch_1_vs_batched_agreement": (
-            agreement(tokens[("float32", 1)], batched[0]) if 1 in args.batches and batched else None
-        ),
-        "peak_rss_gb": round(peak_rss_gb(), 2),
-    }
+    summary = {**header, "rows": rows}
+    for mode in args.batching:
+        runs = [tokens[("float32", b, mode)] for b in args.batches]
+        identical = all(torch.equal(t, runs[0]) for t in runs)
+        summary[f"float32_{mode}_tokens_identical_across_batches"] = identical
+    if "official" in args.batching and "batched" in args.batching:
+        official = tokens[("float32", args.batches[0], "official")]
+        batched = [tokens[("float32", b, "batched")] for b in args.batches]
+        summary["float32_batched_vs_official_agreement"] = [agreement(t, official) for t in batched]
+    summary["peak_rss_gb"] = round(peak_rss_gb(), 2)
     if codec.device.type == "cuda":
         summary["cuda_peak_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     print(json.dumps(summary, indent=1))

@@ -5,6 +5,12 @@ wall second. Prints figures, never passes or fails.
 
     python bench/pipeline_throughput.py throughput --files 6 --seconds 20 --size full
     python bench/pipeline_throughput.py memory --files 40 --scale 10     # tiny codec, peak RSS
+    python bench/pipeline_throughput.py driver --units 200 --items-per-unit 100   # no Ray, no codec
+
+`driver` measures the driver's own share (pipeline/tokenize/job.py: `UnitAssembler` + `commit_finished`
+on `commit_threads` threads, exactly what `execute_units` does per batch) on synthesized encoder
+output batches, with no Ray and no codec: items, units and segments per second, and per second of
+driver CPU (all threads), which is how many of them one driver core absorbs.
 
 `memory` runs the pipeline on N and scale×N files, each in a fresh process with a fresh local Ray,
 and reports the peak private memory (RssAnon) of the driver and of every Ray worker process, and
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -227,11 +234,135 @@ def memory(args) -> None:
         print(json.dumps(rows[-1]), flush=True)
 
 
+def _encoded_batches(args) -> list[dict[str, np.ndarray]]:
+    """What `iter_batches` hands the driver: encoder output rows (prepare rows minus samples, plus
+    tokens), `--batch` segments per batch, each unit's rows in a run, closed by its `unit` row."""
+    from pipeline.records import InputUnit
+    from pipeline.tokenize.prepare_stage import SEGMENT, UNIT, empty_row
+
+    frames_per_segment = 256  # 10.24 s at 25 frames/s
+    segments_per_item = max(1, math.ceil(args.seconds / 10.24))
+    frames = int(args.seconds * 25)
+    tokens = np.arange(frames_per_segment * 2, dtype=np.uint16).tobytes()
+    rows = []
+    for u in range(args.units):
+        unit_id = f"files-{u:016x}"
+        uris = [f"s3://corpus/d{u:05d}/clip{i:04d}.wav" for i in range(args.items_per_unit)]
+        stamps = ("size:1;etag:x",) * len(uris)
+        unit = InputUnit(unit_id, "files", tuple(uris), root="s3://corpus", stamps=stamps)
+        for i, uri in enumerate(uris):
+            for seg in range(segments_per_item):
+                row = empty_row()
+                row.update(
+                    row_kind=SEGMENT,
+                    unit_id=unit_id,
+                    item_index=i,
+                    item_id=uri.split("corpus/", 1)[1],
+                    source_uri=uri,
+                    metadata=json.dumps({"speaker": i % 7}) if seg == 0 else "",
+                    seg_index=seg,
+                    n_segments=segments_per_item,
+                    num_tokens=frames,
+                    duration_s=args.seconds,
+                    tokens=tokens,
+                )
+                del row["samples"]
+                rows.append(row)
+        closing = empty_row()
+        closing.update(row_kind=UNIT, unit_id=unit_id, n_items=len(uris), unit=unit.to_json())
+        del closing["samples"]
+        rows.append(closing)
+    batches = []
+    for start in range(0, len(rows), args.batch):
+        chunk = rows[start : start + args.batch]
+        batches.append({k: np.array([r[k] for r in chunk], dtype=object) for k in chunk[0]})
+    return batches
+
+
+def driver(args) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipeline.dataset.layout import OutputLayout
+    from pipeline.io.storage import open_filesystem
+    from pipeline.tokenize.assemble import UnitAssembler
+    from pipeline.tokenize.job import commit_finished
+
+    fingerprint = {"codec": "semanticodec", "token_rate": 50, "semantic_vocab_size": 16384, "bench": "driver"}
+    batches = _encoded_batches(args)
+    segments = sum(len(b["row_kind"]) for b in batches) - args.units
+    items = args.units * args.items_per_unit
+    formats = tuple(args.formats.split(","))
+    server, options, work = None, {}, Path(tempfile.mkdtemp(prefix="semtok-driver-"))
+    out = str(work / "out")
+    if args.s3:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ holds the server helper
+        from tests.s3_server import SeaweedS3
+
+        server = SeaweedS3(data_dir=work / "weed")
+        server.start()
+        out, options = server.make_bucket("bench-driver"), server.storage_options
+    try:
+        results = {}
+        for phase in ("assemble", "assemble+commit"):
+            fs, _ = open_filesystem(out, options)
+            layout = OutputLayout.for_fingerprint(f"{out}/{phase.replace('+', '-')}", fingerprint)
+            assembler = UnitAssembler()
+            wall, cpu = time.perf_counter(), time.process_time()
+            with ThreadPoolExecutor(max_workers=args.commit_threads) as pool:
+                pending = []
+                for batch in batches:
+                    for finished in assembler.add(batch):
+                        if phase == "assemble+commit":
+                            pending.append(
+                                pool.submit(
+                                    commit_finished,
+                                    fs,
+                                    layout,
+                                    finished,
+                                    fingerprint=fingerprint,
+                                    formats=formats,
+                                    run_id="bench",
+                                )
+                            )
+                for future in pending:
+                    future.result()
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            assert assembler.pending == 0
+            results[phase] = {
+                "wall_s": round(wall, 2),
+                "cpu_s": round(cpu, 2),
+                "items_per_s": round(items / wall),
+                "units_per_s": round(args.units / wall, 1),
+                "segments_per_s": round(segments / wall),
+                "items_per_cpu_s": round(items / cpu),
+                "segments_per_cpu_s": round(segments / cpu),
+            }
+        print(
+            json.dumps(
+                {
+                    "units": args.units,
+                    "items_per_unit": args.items_per_unit,
+                    "seconds_per_item": args.seconds,
+                    "segments": segments,
+                    "batch": args.batch,
+                    "formats": list(formats),
+                    "commit_threads": args.commit_threads,
+                    "store": "s3 (SeaweedFS, loopback)" if args.s3 else "local disk",
+                    **results,
+                },
+                indent=1,
+            )
+        )
+    finally:
+        if server is not None:
+            server.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("mode", choices=["throughput", "memory", "memory-child"])
+    parser.add_argument("mode", choices=["throughput", "memory", "memory-child", "driver"])
     parser.add_argument("--files", type=int, default=6)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--scale", type=int, default=10)
@@ -241,9 +372,15 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=16384)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--files-per-unit", type=int, default=16)
+    parser.add_argument("--units", type=int, default=200, help="driver: units")
+    parser.add_argument("--items-per-unit", type=int, default=100, help="driver: items per unit")
+    parser.add_argument("--formats", default="parquet", help="driver: e.g. parquet,webdataset")
+    parser.add_argument("--commit-threads", type=int, default=8, help="driver: commit threads")
+    parser.add_argument("--s3", action="store_true", help="driver: commit to a local SeaweedFS")
     args = parser.parse_args()
     args.size = args.size or ("full" if args.mode == "throughput" else "tiny")
-    {"throughput": throughput, "memory": memory, "memory-child": memory_child}[args.mode](args)
+    modes = {"throughput": throughput, "memory": memory, "memory-child": memory_child, "driver": driver}
+    modes[args.mode](args)
 
 
 if __name__ == "__main__":

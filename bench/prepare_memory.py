@@ -1,25 +1,209 @@
-"""Peak memory of decode_audio per resampler: each case in a fresh process (ru_maxrss growth).
+"""Peak memory of the prepare stage on hour-long files, streamed vs whole; and of one decode_audio call.
 
-    python bench/prepare_memory.py --seconds 600 --rate 44100 --channels 2
+    python bench/prepare_memory.py prepare --hours 1 3 --paths streamed whole --format flac
+    python bench/prepare_memory.py decode --seconds 600 --rate 44100 --channels 2
 
-Writes a PCM16 WAV of that shape, then reports for each resampler the decoded float32 size, the
-peak RSS growth of one decode_audio call and its wall time. The growth over the decoded size is the
-working-memory multiple to plan max_decoded_bytes against worker memory.
+`prepare`: synthesizes each file once (44.1 kHz stereo by default, under --workdir on local disk),
+then per (hours, path) starts a fresh process that plays a Ray prepare worker: it runs `PrepareUnit`
+(tiny codec; the real reader, the isolated decode process, the segmenter) over a one-file unit and
+drops each row as it comes, as Ray Data's block builder would pass it on. This driver samples the
+worker's and its decode process's /proc status every 20 ms: peak RSS (the kernel's VmHWM) and peak
+anonymous memory (sampled RssAnon, what cannot be reclaimed; RSS also counts the spill file's pages
+while they are mapped). "streamed" is the default job config (items of 10 min or more go through a
+spill file); "whole" is streaming off and no decode budget (every item in memory). Flat memory is
+the same streamed peak at 1 h and 3 h. The worker also holds the item's encoded bytes, which the
+reader (pipeline/io/sources.py) reads whole: reported as `item` so it can be told apart.
+
+`decode`: one decode_audio call per resampler in a fresh process, peak RSS growth over the decoded
+float32 size: the working-memory multiple of the in-memory path, to plan max_decoded_bytes.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
-_CHILD = """
+REPO = Path(__file__).resolve().parents[1]
+
+_WORKER = """
+import json, sys, time
+from pipeline.config import TokenizeConfig
+from pipeline.records import InputUnit
+from pipeline.tokenize.prepare_stage import PrepareUnit
+cfg = json.loads(sys.argv[1])
+spec = TokenizeConfig(input="x", output="y", codec_size="tiny", weights="random:0").codec_spec()
+streamed = cfg["path"] == "streamed"
+prepare = PrepareUnit(
+    spec,
+    item_timeout_s=7200.0,
+    max_decode_memory_bytes=None,
+    stream_min_seconds=600.0 if streamed else None,
+    decode_options={"max_decoded_bytes": None if not streamed else 2 * 2**30},
+    spill_dir=cfg["spill_dir"],
+)
+decoder = prepare.decoder()
+decoder.start()
+for _ in prepare({"unit": InputUnit("w", "files", (cfg["warm"],), root=cfg["root"]).to_json()}):
+    pass  # imports, caches: the baseline is a worker that has done an item
+print(json.dumps({"child": decoder.pid}), flush=True)
+sys.stdin.readline()  # the driver has its baselines
+unit = InputUnit("u0", "files", (cfg["file"],), root=cfg["root"])
+started = time.perf_counter()
+rows = errors = 0
+for row in prepare({"unit": unit.to_json()}):
+    rows += 1
+    errors += row["row_kind"] == "error"
+    del row
+wall = time.perf_counter() - started
+child_hwm = 0
+for line in open(f"/proc/{decoder.pid}/status"):
+    if line.startswith("VmHWM:"):
+        child_hwm = int(line.split()[1]) * 1024
+print(json.dumps({"segments": prepare.stats.segments, "streamed": prepare.stats.streamed, "errors": errors,
+                  "wall_s": wall, "child_hwm": child_hwm}), flush=True)
+"""
+
+
+def _status(pid: int) -> dict[str, int]:
+    """VmRSS / RssAnon / RssFile / VmHWM of a process, in bytes ({} once it is gone)."""
+    found = {}
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key in ("VmRSS", "RssAnon", "RssFile", "VmHWM"):
+                    found[key] = int(value.split()[0]) * 1024
+    except OSError:
+        pass
+    return found
+
+
+class _Sampler(threading.Thread):
+    """Peaks of each watched process's memory, polled every `interval` seconds."""
+
+    def __init__(self, pids: dict[str, int], interval: float = 0.02) -> None:
+        super().__init__(daemon=True)
+        self.pids, self.interval = pids, interval
+        self.peaks = {name: {"RssAnon": 0, "VmRSS": 0, "RssFile": 0, "VmHWM": 0} for name in pids}
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            for name, pid in self.pids.items():
+                for key, value in _status(pid).items():
+                    self.peaks[name][key] = max(self.peaks[name][key], value)
+            time.sleep(self.interval)
+
+
+def synthesize(path: Path, seconds: float, rate: int, channels: int, fmt: str) -> None:
+    """A voiced-buzz-plus-noise signal (compresses like speech, not like white noise), 10 s blocks."""
+    block = rate * 10
+    rng = np.random.default_rng(0)
+    tmp = path.with_suffix(path.suffix + ".part")
+    subtype = "PCM_16"
+    with sf.SoundFile(tmp, "w", rate, channels, format=fmt.upper(), subtype=subtype) as f:
+        done = 0
+        total = int(seconds * rate)
+        while done < total:
+            n = min(block, total - done)
+            t = (done + np.arange(n)) / rate
+            voiced = sum(np.sin(2 * np.pi * 140.0 * k * t) / k for k in range(1, 8))
+            env = 0.5 + 0.5 * np.sin(2 * np.pi * 3.0 * t) ** 2
+            cols = [0.2 * voiced * env + 0.01 * rng.standard_normal(n) for _ in range(channels)]
+            f.write(np.stack(cols, axis=1).astype(np.float32))
+            done += n
+    tmp.rename(path)
+
+
+def run_prepare(file: Path, path_kind: str, spill_dir: Path) -> dict:
+    warm = file.parent / "warm.wav"
+    if not warm.exists():
+        synthesize(warm, 2.0, 44100, 2, "wav")
+    config = {
+        "file": str(file),
+        "warm": str(warm),
+        "root": str(file.parent),
+        "path": path_kind,
+        "spill_dir": str(spill_dir),
+    }
+    worker = subprocess.Popen(
+        [sys.executable, "-c", _WORKER, json.dumps(config)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    assert worker.stdout is not None and worker.stdin is not None
+    child = json.loads(worker.stdout.readline())["child"]
+    base = {"worker": _status(worker.pid), "decoder": _status(child)}
+    sampler = _Sampler({"worker": worker.pid, "decoder": child})
+    sampler.start()
+    worker.stdin.write("\n")
+    worker.stdin.flush()
+    result = json.loads(worker.stdout.readline())
+    sampler.stop.set()
+    sampler.join()
+    worker.stdin.close()
+    worker.wait(timeout=60)
+    peaks = sampler.peaks
+    peaks["worker"]["VmHWM"] = max(peaks["worker"]["VmHWM"], _status(worker.pid).get("VmHWM", 0))
+    peaks["decoder"]["VmHWM"] = max(peaks["decoder"]["VmHWM"], result["child_hwm"])
+    return {"base": base, "peaks": peaks, **result}
+
+
+def prepare_main(args: argparse.Namespace) -> None:
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    spill = workdir / "spill"
+    mib = 2**20
+    print(
+        "peaks over the whole item; growth = peak anonymous - idle anonymous; "
+        "item = the encoded file, held by the worker's reader"
+    )
+    head = f"{'file':>22} {'path':>8} |"
+    columns = "worker: RSS peak  anon idle/peak (growth)  item | decoder: RSS peak  anon idle/peak"
+    print(f"{head} {columns}  | segments wall")
+    for hours in args.hours:
+        file = workdir / f"{hours:g}h-{args.rate}-{args.channels}ch.{args.format}"
+        if not file.exists():
+            started = time.perf_counter()
+            synthesize(file, hours * 3600, args.rate, args.channels, args.format)
+            took = time.perf_counter() - started
+            print(
+                f"  (synthesized {file.name}: {file.stat().st_size / mib:.0f} MiB, {took:.0f} s)", flush=True
+            )
+        item = file.stat().st_size
+        for path_kind in args.paths:
+            r = run_prepare(file, path_kind, spill)
+            w, d = r["peaks"]["worker"], r["peaks"]["decoder"]
+            wb, db = r["base"]["worker"].get("RssAnon", 0), r["base"]["decoder"].get("RssAnon", 0)
+            print(
+                f"{file.name:>22} {path_kind:>8} | worker: {w['VmHWM'] / mib:>5.0f} MiB  "
+                f"{wb / mib:>4.0f}/{w['RssAnon'] / mib:>5.0f} MiB ({(w['RssAnon'] - wb) / mib:>5.0f})  "
+                f"{item / mib:>4.0f} | decoder: {d['VmHWM'] / mib:>5.0f} MiB  "
+                f"{db / mib:>4.0f}/{d['RssAnon'] / mib:>5.0f} MiB | {r['segments']:>8} {r['wall_s']:>4.0f} s"
+                + (f"  ERRORS {r['errors']}" if r["errors"] else ""),
+                flush=True,
+            )
+            if args.json:
+                record = {"file": file.name, "path": path_kind, "item_bytes": item, **r}
+                with open(args.json, "a") as fh:
+                    fh.write(json.dumps(record) + "\n")
+    leftover = list(spill.iterdir()) if spill.exists() else []
+    print(f"spill files left: {len(leftover)}")
+
+
+_DECODE_CHILD = """
 import json, resource, sys, time
 from pipeline.io.audio_decoding import decode_audio
 data = open(sys.argv[1], "rb").read()
@@ -33,12 +217,7 @@ print(json.dumps({"samples": len(out.samples), "rss_growth_mib": growth / 1024, 
 """
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=300.0)
-    parser.add_argument("--rate", type=int, default=44100)
-    parser.add_argument("--channels", type=int, default=2)
-    args = parser.parse_args()
+def decode_main(args: argparse.Namespace) -> None:
     frames = int(args.seconds * args.rate)
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -54,17 +233,36 @@ def main() -> None:
         )
         for resampler in ("official", "soxr-hq"):
             done = subprocess.run(
-                [sys.executable, "-c", _CHILD, str(path), resampler],
+                [sys.executable, "-c", _DECODE_CHILD, str(path), resampler],
                 capture_output=True,
                 text=True,
                 check=True,
-                cwd=Path(__file__).parents[1],
+                cwd=REPO,
             )
             result = json.loads(done.stdout.strip().splitlines()[-1])
             print(
                 f"  {resampler:9s} peak RSS +{result['rss_growth_mib']:.0f} MiB "
                 f"({result['rss_growth_mib'] / decoded_mib:.1f}x decoded), {result['wall_s']:.2f} s"
             )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    prep = sub.add_parser("prepare", help="a prepare worker on hour-long files, streamed vs whole")
+    prep.add_argument("--hours", type=float, nargs="+", default=[1.0, 3.0])
+    prep.add_argument("--paths", nargs="+", choices=["streamed", "whole"], default=["streamed", "whole"])
+    prep.add_argument("--rate", type=int, default=44100)
+    prep.add_argument("--channels", type=int, default=2)
+    prep.add_argument("--format", choices=["flac", "wav"], default="flac")
+    prep.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "semtok-bench-memory"))
+    prep.add_argument("--json", help="append one JSON line per run to this file")
+    dec = sub.add_parser("decode", help="one decode_audio call per resampler (in-memory path)")
+    dec.add_argument("--seconds", type=float, default=300.0)
+    dec.add_argument("--rate", type=int, default=44100)
+    dec.add_argument("--channels", type=int, default=2)
+    args = parser.parse_args()
+    (prepare_main if args.command == "prepare" else decode_main)(args)
 
 
 if __name__ == "__main__":

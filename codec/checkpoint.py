@@ -25,6 +25,7 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -48,6 +49,13 @@ class WeightFiles:
     codebook: Path
     encoder: Path | None = None
     decoder: Path | None = None
+
+    def part(self, name: Literal["encoder", "decoder"]) -> Path:
+        """The file of `name`; resolving without that part and then asking for it is a bug."""
+        path = self.encoder if name == "encoder" else self.decoder
+        if path is None:
+            raise ValueError(f"{name} weights of {self.source} were not resolved")
+        return path
 
 
 def is_random_source(source: str) -> bool:
@@ -414,18 +422,16 @@ def check_semanticodec_weights(
         )
     with torch.device("meta"):
         encoder = SemantiCodecEncoder(config, torch.empty(shape))
-    assert files.encoder is not None
     _check_module(
         encoder,
-        files.encoder,
+        files.part("encoder"),
         ignored=_encoder_ignored_keys(config),
         scalar_ok=frozenset({"quantizer._codebook.initted"}),
     )
     if "decoder" in parts:
-        assert files.decoder is not None
         conditions = ConditionBuilder(
             encoder.quantizer, encoder.semantic_quantizer, config.tokens_per_segment
         )
         with torch.device("meta"):
             decoder = SemantiCodecDecoder(config, conditions)
-        _check_module(decoder, files.decoder, ignored=unused_decoder_keys(decoder))
+        _check_module(decoder, files.part("decoder"), ignored=unused_decoder_keys(decoder))

@@ -94,6 +94,12 @@ class FirstStage(VAEDecoder):
 class SemantiCodecDecoder(nn.Module):
     """Latent diffusion + VAE + vocoder; `conditions` supplies the token lookup tables."""
 
+    # registered buffers (filled from the checkpoint; USED_SCHEDULE names the first three)
+    alphas_cumprod: torch.Tensor
+    sqrt_alphas_cumprod: torch.Tensor
+    sqrt_one_minus_alphas_cumprod: torch.Tensor
+    scale_factor: torch.Tensor
+
     def __init__(self, config: SemantiCodecConfig, conditions: ConditionBuilder) -> None:
         super().__init__()
         self.codec_config = config

@@ -5,10 +5,31 @@ Acoustic path: BiLSTM over [feature ‖ centroid] (trailing padding rows set to 
 layer, nearest VQ code. Every segment is independent, so any number of segments from any clips are
 encoded as one batch. Module names mirror the official checkpoint (`audiomae.model.*`, `encoder.*`,
 `encoder_output_linear.weight`, `quantizer._codebook.embed`).
+
+Batching and the official bits. The official code encodes one segment at a time (its `forward` walks a
+[1, 1024·S, 128] fbank in 1024-frame windows), so every op sees one segment's shapes. Two kinds of op
+round a row differently inside a batch on the CPU (measured with the full-size golden weights):
+- dense layers through MKL: the output linear layer (6144→1536) at 2 threads gives other last bits
+  for 8 segments (2048 rows) than for one (256 rows); the library picks its kernel by shape and
+  thread count. AudioMAE and the quantisers' products happened to agree, with no such promise;
+- the BiLSTM through oneDNN: for one sequence it computes the input projection of all steps at once
+  and adds the recurrent product per step; for several it fuses both products into one sum per step
+  when the input width equals the hidden width (the first layer here: 2·D = hidden).
+The differences are last-bit (≤ ~1.5e-6) but a near-tie VQ decision can flip. So with
+`batching="official"` (default) every op runs on one segment at a time, as in the official code,
+except the BiLSTM (most of the time, where batching pays): `BatchOneLSTM` gives a batch of sequences
+the single-sequence rounding. With one zero input feature more (and a zero weight column) the widths
+differ, oneDNN never fuses, and every row gets the bits it gets alone. That rests on oneDNN's
+internals, so each batch size is first checked on the real weights (a few steps, alone vs together);
+where the check fails (another ISA, library or device) rows run one at a time: exact, slower.
+`batching="batched"` runs the whole batch through every op: fastest where the official rounding cannot
+be batched (e.g. a GPU where the check fails), but tokens may differ from the official ones, and with
+the batch's composition, at near-ties.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
@@ -19,6 +40,15 @@ from .config import ACOUSTIC_VOCAB, FREQ_PATCHES, TIME_PATCHES, SemantiCodecConf
 from .quantizers import KMeansQuantizer, VectorQuantizer
 
 INACTIVE_STD = 1e-7
+# How a batch of segments runs through the encoder (`SemantiCodecEncoder.batching`, module docstring):
+# "official": each segment gets the bits the official code gives it, in any batch;
+# "batched": the whole batch through every op (a lone segment's BiLSTM runs as two rows, so on the CPU
+#   its BiLSTM bits are those it gets in any batch).
+BATCHING = ("official", "batched")
+# Steps of the random sequences that check, per batch size, that batching keeps the bits.
+PROBE_STEPS = 8
+
+log = logging.getLogger(__name__)
 
 
 def pool_patches(features: torch.Tensor, stack_factor: int) -> torch.Tensor:
@@ -84,13 +114,9 @@ class SemantiCodecEncoder(nn.Module):
         self.quantizer = VectorQuantizer(ACOUSTIC_VOCAB, dim)
         self.semantic_quantizer = KMeansQuantizer(centroids)
         self.compute_dtype = torch.float32
-        # The BiLSTM runs on at least this many rows (a lone segment is repeated, its first copy
-        # kept). 1 (default) is the official behaviour. On the CPU, oneDNN's float32 LSTM rounds a
-        # single sequence differently from several (all batch sizes >= 2 agree bit for bit), so 2
-        # makes every segment's tokens independent of its batch, at no cost in time (the recurrence
-        # reads the same weights for 1 or 2 rows), but batch-1 tokens then differ from the official
-        # code's in the last bits: not a default.
-        self.lstm_min_batch = 1
+        self.batching = "official"  # see BATCHING
+        # a plain attribute, not a submodule: the checkpoint's keys stay those of the official model
+        self.__dict__["batch_one_lstm"] = BatchOneLSTM(self.encoder)
 
     def set_compute_dtype(self, dtype: torch.dtype) -> None:
         """Run AudioMAE and the BiLSTM in `dtype`; features, quantisers and tables stay float32."""
@@ -98,27 +124,35 @@ class SemantiCodecEncoder(nn.Module):
             module.to(dtype)
         self.compute_dtype = dtype
 
+    def _each(self, module, rows: torch.Tensor) -> torch.Tensor:
+        """`module` over `rows` with the official shapes (one segment per call), or batched."""
+        if self.batching == "batched" or rows.shape[0] <= 1:
+            return module(rows)
+        return torch.cat([module(rows[i : i + 1]) for i in range(rows.shape[0])])
+
     def _run_lstm(self, rows: torch.Tensor) -> torch.Tensor:
-        count = rows.shape[0]
-        if 0 < count < self.lstm_min_batch:
-            repeats = -(-self.lstm_min_batch // count)
-            return self.encoder(rows.repeat(repeats, 1, 1))[0][:count]
+        if self.batching == "official":
+            return self.batch_one_lstm(rows)
+        if rows.shape[0] == 1:
+            return self.encoder(rows.repeat(2, 1, 1))[0][:1]
         return self.encoder(rows)[0]
 
     @torch.inference_mode()
     def forward(self, fbank: torch.Tensor, *, intermediates: bool = False):
         """Normalised fbank segments [S, 1024, 128] → tokens int64 [S, tokens_per_segment, 2]."""
+        if self.batching not in BATCHING:
+            raise ValueError(f"batching must be one of {BATCHING}, got {self.batching!r}")
         config = self.config
         active = active_token_counts(fbank, config.tokens_per_segment)
-        patches = self.audiomae(fbank.to(self.compute_dtype))
+        patches = self._each(self.audiomae, fbank.to(self.compute_dtype))
         pooled = pool_patches(patches, config.stack_factor).float()
-        semantic = self.semantic_quantizer(pooled)
+        semantic = self._each(self.semantic_quantizer, pooled)
         lstm_input = torch.cat([pooled, self.semantic_quantizer.lookup(semantic)], dim=-1)
         for index, count in enumerate(active):
             lstm_input[index, count:] = -1.0
         lstm_output = self._run_lstm(lstm_input.to(self.compute_dtype))
-        residual = self.encoder_output_linear(lstm_output)
-        acoustic = self.quantizer(residual)
+        residual = self._each(self.encoder_output_linear, lstm_output)
+        acoustic = self._each(self.quantizer, residual)
         tokens = torch.stack([semantic, acoustic], dim=-1)
         if not intermediates:
             return tokens
@@ -132,3 +166,89 @@ class SemantiCodecEncoder(nn.Module):
             "acoustic_ids": acoustic,
             "active_tokens": active,
         }
+
+
+class BatchOneLSTM:
+    """Runs a batch-first BiLSTM over many sequences with the bits each gets alone (batch 1).
+
+    A lone sequence goes through the module itself: that is the official call. Several go through a
+    twin LSTM whose first layer takes one zero feature more (so oneDNN never fuses its two products,
+    see the module docstring) if `matches(count)` showed, on the real weights, that this twin gives
+    every row the bits it gets alone; otherwise one at a time. The twin shares every weight with the
+    module: its wider first-layer matrices hold the module's own as views, so no memory is doubled.
+    """
+
+    def __init__(self, lstm: nn.LSTM) -> None:
+        if not (lstm.batch_first and lstm.bias) or lstm.proj_size:
+            raise ValueError("BatchOneLSTM needs a batch-first LSTM with biases and no projection")
+        self.lstm = lstm
+        self._twin: nn.LSTM | None = None
+        self._twin_key: tuple | None = None
+        self._matches: dict[tuple, bool] = {}
+
+    def __call__(self, rows: torch.Tensor) -> torch.Tensor:
+        count = rows.shape[0]
+        if count <= 1:
+            return self.lstm(rows)[0]
+        if self.matches(count, device=rows.device, dtype=rows.dtype):
+            return self._twin_forward(rows)
+        return torch.cat([self.lstm(rows[i : i + 1])[0] for i in range(count)])
+
+    def matches(self, count: int, *, device: torch.device, dtype: torch.dtype) -> bool:
+        """Whether the twin gives `count` rows their batch-1 bits here (checked once per setting)."""
+        threads = torch.get_num_threads() if device.type == "cpu" else 0
+        key = (count, str(device), dtype, threads, torch.backends.mkldnn.enabled)
+        if key not in self._matches:
+            # a private generator: the global one must not move (the official decode draws from it)
+            generator = torch.Generator().manual_seed(count)
+            probe = torch.randn(count, PROBE_STEPS, self.lstm.input_size, generator=generator)
+            probe = probe.to(device, dtype)
+            alone = torch.cat([self.lstm(probe[i : i + 1])[0] for i in range(count)])
+            ok = bool(torch.equal(self._twin_forward(probe), alone))
+            if not ok:
+                log.warning(
+                    "batched BiLSTM rows do not keep their batch-1 bits on %s (%s, %d rows, %d threads): "
+                    "running them one at a time to keep the official tokens (slower)",
+                    device,
+                    dtype,
+                    count,
+                    threads,
+                )
+            self._matches[key] = ok
+        return self._matches[key]
+
+    def _twin_forward(self, rows: torch.Tensor) -> torch.Tensor:
+        wide = torch.cat([rows, rows.new_zeros(*rows.shape[:2], 1)], dim=-1)
+        return self._twin_module()(wide)[0]
+
+    def _twin_module(self) -> nn.LSTM:
+        """The twin, rebuilt whenever the module's weights were replaced (load, `.to()`)."""
+        if self._twin is not None and self._weights_key() == self._twin_key:
+            return self._twin
+        lstm = self.lstm
+        with torch.device("meta"):  # shapes only; every weight is set below
+            twin = nn.LSTM(
+                lstm.input_size + 1,
+                lstm.hidden_size,
+                num_layers=lstm.num_layers,
+                bias=True,
+                batch_first=True,
+                bidirectional=lstm.bidirectional,
+            )
+        # normal tensors even when first called under inference_mode: the module keeps using them
+        with torch.inference_mode(False), torch.no_grad():
+            for name in lstm._flat_weights_names:
+                weight = getattr(lstm, name)
+                if name.startswith("weight_ih_l0"):
+                    wider = weight.new_zeros(weight.shape[0], weight.shape[1] + 1)
+                    wider[:, :-1] = weight
+                    weight.data = wider[:, :-1]  # the module now reads the twin's storage
+                    weight = nn.Parameter(wider, requires_grad=False)
+                setattr(twin, name, weight)
+        self._twin = twin.eval()
+        self._twin_key = self._weights_key()
+        return self._twin
+
+    def _weights_key(self) -> tuple:
+        weights = [getattr(self.lstm, name) for name in self.lstm._flat_weights_names]
+        return tuple((w.data_ptr(), w.dtype, str(w.device)) for w in weights)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import overload
 
 import torch
 
@@ -24,6 +25,10 @@ NORM_MEAN = -4.2677393
 NORM_STD = 4.5689974
 
 
+@overload
+def _mel(freq: torch.Tensor) -> torch.Tensor: ...
+@overload
+def _mel(freq: float) -> float: ...
 def _mel(freq: torch.Tensor | float) -> torch.Tensor | float:
     if isinstance(freq, torch.Tensor):
         return 1127.0 * (1.0 + freq / 700.0).log()

@@ -34,10 +34,18 @@ class Codec(Protocol):
 
     name: str
     sample_rate: int  # input sample rate the codec expects (Hz)
-    frame_rate: float  # token frames ([.., 2] pairs) per second
-    vocab_sizes: tuple[int, ...]  # one per token stream
     segment_input_samples: int  # length of one row of `Segments.samples`
     device: torch.device
+
+    @property
+    def frame_rate(self) -> float:
+        """Token frames ([.., 2] pairs) per second."""
+        ...
+
+    @property
+    def vocab_sizes(self) -> tuple[int, ...]:
+        """One vocabulary size per token stream."""
+        ...
 
     def num_tokens(self, num_samples: int) -> int:
         """Token frames for a clip of `num_samples` samples at `sample_rate`."""
@@ -62,9 +70,10 @@ class Codec(Protocol):
         ...
 
     def decode_batch(
-        self, tokens: torch.Tensor, token_lengths: torch.Tensor, **options: Any
+        self, tokens: torch.Tensor, token_lengths: torch.Tensor, *args: Any, **options: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Waveforms for many token sequences: ([B, N_max] float32, [B] lengths)."""
+        """Waveforms for many token sequences: ([B, N_max] float32, [B] lengths). The options are the
+        codec's own (checked before any model loads by the registry's `check_decode_options`)."""
         ...
 
     def fingerprint(self) -> dict[str, Any]:

@@ -21,13 +21,15 @@ def _chunks(flat: torch.Tensor):
 class KMeansQuantizer(nn.Module):
     """Semantic tokens: index of the nearest k-means centroid (a plain table, not in any state dict)."""
 
+    centroids: torch.Tensor  # registered buffer (follows .to(device))
+
     def __init__(self, centroids: torch.Tensor) -> None:
         super().__init__()
         self.register_buffer("centroids", centroids.float().contiguous(), persistent=False)
 
     @property
     def vocab_size(self) -> int:
-        return self.centroids.shape[0]
+        return int(self.centroids.shape[0])
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """features [..., D] → ids [...]."""
@@ -48,6 +50,8 @@ class KMeansQuantizer(nn.Module):
 
 class _Codebook(nn.Module):
     """Holds `embed` [1, codes, D] under the official key `quantizer._codebook.embed`."""
+
+    embed: torch.Tensor  # registered buffer
 
     def __init__(self, codes: int, dim: int) -> None:
         super().__init__()

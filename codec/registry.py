@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -17,7 +17,20 @@ from .checkpoint import WeightsError, check_semanticodec_weights
 from .interface import Codec, Segments
 from .semanticodec import SemantiCodec
 
-CODECS: dict[str, type] = {"semanticodec": SemantiCodec}
+
+class CodecClass(Protocol):
+    """What a registered codec class offers as classmethods (before any replica exists)."""
+
+    def from_options(self, options: dict[str, Any], *, device: str | torch.device | None = None) -> Codec: ...
+
+    def describe(self, options: dict[str, Any]) -> dict[str, Any]: ...
+
+    def segmenter(self, options: dict[str, Any]) -> Callable[[torch.Tensor], Segments]: ...
+
+    def check_decode_options(self, options: dict[str, Any]) -> None: ...
+
+
+CODECS: dict[str, CodecClass] = {"semanticodec": SemantiCodec}
 # codec name -> check(options, components): raises WeightsError when a replica could not load them
 WEIGHT_CHECKS: dict[str, Callable[..., None]] = {"semanticodec": check_semanticodec_weights}
 
@@ -27,7 +40,7 @@ class CodecSpec:
     name: str = "semanticodec"
     options: dict[str, Any] = field(default_factory=dict)
 
-    def codec_class(self) -> type:
+    def codec_class(self) -> CodecClass:
         try:
             return CODECS[self.name]
         except KeyError:

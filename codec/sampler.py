@@ -116,10 +116,12 @@ class NoiseSource:
             x_t, step_noise = self.explicit
             idx = torch.as_tensor(list(windows), dtype=torch.long)
             return x_t[idx].float(), step_noise[idx].float().transpose(0, 1)
+        generators = self.generators
+        assert generators is not None  # __init__: exactly one of generators / explicit is given
         x_t = torch.empty(len(windows), *LATENT_SHAPE)
         step_noise = torch.empty(steps, len(windows), *LATENT_SHAPE)
         for slot, window in enumerate(windows):  # the official per-window order
-            generator = self.generators[window]
+            generator = generators[window]
             x_t[slot] = torch.randn(1, *LATENT_SHAPE, generator=generator)[0]
             for step in range(steps):
                 step_noise[step, slot] = torch.randn(1, *LATENT_SHAPE, generator=generator)[0]

@@ -10,7 +10,8 @@ and accelerator workers encode full batches of segments from many clips.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,7 @@ from .decoder import (
     unused_decoder_keys,
     window_length,
 )
-from .encoder import SemantiCodecEncoder
+from .encoder import BATCHING, SemantiCodecEncoder
 from .fbank import kaldi_fbank, normalize_fbank
 from .interface import Segments
 from .random_weights import random_centroids, random_decoder_state_dict, random_state_dict
@@ -107,6 +108,72 @@ def split_segments(waveform: torch.Tensor | np.ndarray, token_rate: int) -> Segm
     return Segments(samples=samples, valid_frames=valid, num_tokens=C.num_tokens(length, token_rate))
 
 
+class SegmentPlan:
+    """`split_segments` of a clip too long to hold in memory: the same segments, bit for bit, in batches.
+
+    The caller keeps the clip, zero-padded to `padded_length` samples, where windows of it can be read
+    (a local file). The DC offset must be the official one, the float32 mean of the whole padded clip:
+    `dc_offset` takes it with the very reduction `split_segments` runs, over a memory-mapped array of
+    the clip (file-backed pages, not anonymous memory). A streamed float32/float64 sum would not
+    match it bit for bit (torch's reduction order depends on the length and the thread count).
+    Subtracting it and cutting windows are per-sample steps, so `segments` may run on any piece.
+    """
+
+    def __init__(self, length: int, token_rate: int) -> None:
+        if length < 0:
+            raise ValueError(f"length must be >= 0, got {length}")
+        self.length = int(length)
+        self.count = C.num_segments(self.length)
+        self.padded_length = self.count * C.SEGMENT_SAMPLES
+        self.num_tokens = C.num_tokens(self.length, token_rate)
+
+    def dc_offset(self, padded: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """The official DC offset: `padded` is the whole clip, zeros after `length`, `padded_length` long."""
+        with warnings.catch_warnings():  # a read-only memory map: torch only reads it here
+            warnings.simplefilter("ignore", UserWarning)
+            wave = torch.as_tensor(padded)
+        if wave.dtype != torch.float32 or wave.reshape(-1).shape[0] != self.padded_length:
+            raise ValueError(
+                f"expected {self.padded_length} float32 samples, got {wave.dtype} {tuple(wave.shape)}"
+            )
+        return wave.reshape(1, -1).mean()  # split_segments: padded [1, N] .mean()
+
+    def window(self, start: int, stop: int) -> tuple[int, int]:
+        """The range [lo, hi) of the padded clip that segments start..stop-1 read (hi <= padded_length)."""
+        if not 0 <= start < stop <= self.count:
+            raise ValueError(f"segments {start}..{stop} outside 0..{self.count}")
+        lo = start * C.SEGMENT_SAMPLES
+        return lo, min(self.padded_length, (stop - 1) * C.SEGMENT_SAMPLES + C.SEGMENT_INPUT_SAMPLES)
+
+    def segments(
+        self, window: torch.Tensor | np.ndarray, start: int, stop: int, dc: torch.Tensor
+    ) -> Segments:
+        """Segments start..stop-1 from the samples `window(start, stop)` names."""
+        lo, hi = self.window(start, stop)
+        piece = torch.as_tensor(window, dtype=torch.float32).reshape(-1)
+        if piece.shape[0] != hi - lo:
+            raise ValueError(
+                f"window of segments {start}..{stop} has {hi - lo} samples, got {piece.shape[0]}"
+            )
+        piece = piece - dc
+        # The look-ahead past the padded clip is zeros, not DC-removed zeros (split_segments pads after).
+        need = (stop - start - 1) * C.SEGMENT_SAMPLES + C.SEGMENT_INPUT_SAMPLES
+        piece = torch.nn.functional.pad(piece, (0, need - piece.shape[0]))
+        samples = piece.unfold(0, C.SEGMENT_INPUT_SAMPLES, C.SEGMENT_SAMPLES).clone()
+        valid = torch.full((stop - start,), C.FRAMES_PER_SEGMENT, dtype=torch.int64)
+        if stop == self.count:
+            valid[-1] = C.FRAMES_PER_SEGMENT - 2
+        return Segments(samples=samples, valid_frames=valid, num_tokens=self.num_tokens)
+
+    def batches(self, padded: torch.Tensor | np.ndarray, size: int) -> Iterator[Segments]:
+        """All segments, `size` at a time, read from an array-like of the padded clip (e.g. a memmap)."""
+        dc = self.dc_offset(padded)
+        for start in range(0, self.count, size):
+            stop = min(self.count, start + size)
+            lo, hi = self.window(start, stop)
+            yield self.segments(np.array(padded[lo:hi], dtype=np.float32), start, stop, dc)
+
+
 def weights_digest(
     weights: str,
     config: SemantiCodecConfig,
@@ -118,12 +185,19 @@ def weights_digest(
     if is_random_source(weights):
         return f"{weights}:{config.size}:r{config.token_rate}"
     files = files or resolve_weights(weights, config, parts=("encoder",), cache_dir=cache_dir)
-    return f"{file_digest(files.encoder, cache_dir)[:16]}-{file_digest(files.codebook, cache_dir)[:16]}"
+    encoder = file_digest(files.part("encoder"), cache_dir)
+    return f"{encoder[:16]}-{file_digest(files.codebook, cache_dir)[:16]}"
 
 
-def fingerprint(config: SemantiCodecConfig, weights: str, digest: str, dtype: str) -> dict[str, Any]:
-    """The identity of the tokens a SemantiCodec replica makes (recorded with every output)."""
-    return {
+def fingerprint(
+    config: SemantiCodecConfig, weights: str, digest: str, dtype: str, encode_batching: str = "official"
+) -> dict[str, Any]:
+    """The identity of the tokens a SemantiCodec replica makes (recorded with every output).
+
+    `encode_batching` is named only when it is not the official default, so outputs made before the
+    option existed keep their identity (and their dataset version).
+    """
+    identity = {
         "codec": SemantiCodec.name,
         "codec_version": codec_version(),
         "tokens_version": TOKENS_VERSION,
@@ -138,6 +212,15 @@ def fingerprint(config: SemantiCodecConfig, weights: str, digest: str, dtype: st
         "random_weights": is_random_source(weights),
         "dtype": dtype,
     }
+    if encode_batching != "official":
+        identity["encode_batching"] = encode_batching
+    return identity
+
+
+def _checked_encode_batching(value: str) -> str:
+    if value not in BATCHING:
+        raise ValueError(f"encode_batching must be one of {BATCHING}, got {value!r}")
+    return value
 
 
 class DecoderLoadError(RuntimeError):
@@ -154,6 +237,11 @@ class SemantiCodec:
     - `("encoder",)`: never; decoding raises RuntimeError.
     Decoding needs the encoder's VQ codebook and k-means table, so the encoder part is always built
     (its weights are memory-mapped, so unused LSTM weights cost no RAM).
+
+    `encode_batching="official"` (default): every segment gets the official tokens bit for bit in any
+    batch (the official code encodes one segment at a time; see codec/encoder.py for how batches keep
+    those bits). `"batched"`: the whole batch through every op, for devices where the official
+    rounding cannot be batched; tokens may then differ from the official ones at near-ties.
     """
 
     name = "semanticodec"
@@ -172,6 +260,7 @@ class SemantiCodec:
         max_batch_segments: int = 16,
         cache_dir: str | Path | None = None,
         components: Sequence[str] | None = None,
+        encode_batching: str = "official",
     ) -> None:
         self.config = SemantiCodecConfig(token_rate, semantic_vocab_size, size)
         # None: the decoder is loaded on the first decode (see the class docstring).
@@ -188,6 +277,7 @@ class SemantiCodec:
             weights = "hub"
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        self.encode_batching = _checked_encode_batching(encode_batching)
         self.weights = weights
         self.device = pick_device(device)
         self.dtype = dtype
@@ -199,6 +289,7 @@ class SemantiCodec:
         self.encoder, self.weights_digest = self._build_encoder(self.cache_dir)
         self.encoder.to(self.device).eval()
         self.encoder.set_compute_dtype(DTYPES[dtype])
+        self.encoder.batching = encode_batching
         self.decoder: SemantiCodecDecoder | None = None
         if "decoder" in self.components:
             self.decoder = self._build_decoder(self.cache_dir).to(self.device).eval()
@@ -244,8 +335,8 @@ class SemantiCodec:
         encoder.semantic_quantizer.centroids = centroids
         load_into(
             encoder,
-            read_state_dict(files.encoder),
-            where=str(files.encoder),
+            read_state_dict(files.part("encoder")),
+            where=str(files.part("encoder")),
             ignored=_encoder_ignored_keys(config),
             scalar_ok=frozenset({"quantizer._codebook.initted"}),
         )
@@ -266,8 +357,8 @@ class SemantiCodec:
         files = resolve_weights(self.weights, self.config, parts=("decoder",), cache_dir=cache_dir)
         load_into(
             decoder,
-            read_state_dict(files.decoder),
-            where=str(files.decoder),
+            read_state_dict(files.part("decoder")),
+            where=str(files.part("decoder")),
             ignored=unused_decoder_keys(decoder),
         )
         return decoder
@@ -282,6 +373,7 @@ class SemantiCodec:
         "max_batch_segments",
         "cache_dir",
         "components",
+        "encode_batching",
     )
 
     @classmethod
@@ -302,15 +394,27 @@ class SemantiCodec:
             raise ValueError("no official weights exist for size='tiny': pass weights='random:SEED'")
         cache = Path(opts["cache_dir"]) if opts.get("cache_dir") else None
         return fingerprint(
-            config, weights, weights_digest(weights, config, cache), opts.get("dtype", "float32")
+            config,
+            weights,
+            weights_digest(weights, config, cache),
+            opts.get("dtype", "float32"),
+            _checked_encode_batching(opts.get("encode_batching", "official")),
         )
 
     @classmethod
-    def segmenter(cls, options: dict[str, Any]):
+    def segmenter(cls, options: dict[str, Any]) -> Callable[[torch.Tensor], Segments]:
         """A weight-free function waveform → `Segments`, for CPU workers."""
         token_rate = cls._checked(options).get("token_rate", 50)
         SemantiCodecConfig(token_rate)  # validates
         return lambda waveform: split_segments(waveform, token_rate)
+
+    @classmethod
+    def segment_plan(cls, options: dict[str, Any]) -> Callable[[int], SegmentPlan]:
+        """A weight-free function clip length → `SegmentPlan`, for CPU workers cutting long clips
+        kept out of memory (the same segments `segmenter` makes)."""
+        token_rate = cls._checked(options).get("token_rate", 50)
+        SemantiCodecConfig(token_rate)  # validates
+        return lambda length: SegmentPlan(length, token_rate)
 
     @classmethod
     def check_decode_options(cls, options: dict[str, Any]) -> None:
@@ -495,7 +599,7 @@ class SemantiCodec:
         return NoiseSource(generators=[generators[o] for o in owners])
 
     def fingerprint(self) -> dict[str, Any]:
-        return fingerprint(self.config, self.weights, self.weights_digest, self.dtype)
+        return fingerprint(self.config, self.weights, self.weights_digest, self.dtype, self.encode_batching)
 
     # -- the official package's API -------------------------------------------------------------
     def load_audio(self, path: str | Path) -> torch.Tensor:

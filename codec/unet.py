@@ -189,8 +189,14 @@ class SpatialTransformer(nn.Module):
         return self.proj_out(h) + x
 
 
-class Stage(nn.Sequential):
-    """One entry of input_blocks/middle_block/output_blocks: routes emb and context to its layers."""
+class Stage(nn.ModuleList):
+    """One entry of input_blocks/middle_block/output_blocks: routes emb and context to its layers.
+
+    A ModuleList (same `<index>.` state-dict keys as the official nn.Sequential), so its three-argument
+    forward overrides nothing."""
+
+    def __init__(self, *layers: nn.Module) -> None:
+        super().__init__(layers)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         for layer in self:

@@ -8,6 +8,7 @@ with the right shapes and then drop them (as the encoder side drops the MAE deco
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -99,8 +100,7 @@ class _Level(nn.Module):
     def __init__(self, blocks: list[ResnetBlock], upsample: Upsample | None) -> None:
         super().__init__()
         self.block = nn.ModuleList(blocks)
-        if upsample is not None:
-            self.upsample = upsample
+        self.upsample = upsample  # None stays a plain attribute: no `upsample.*` keys at level 0
 
 
 class MelDecoder(nn.Module):
@@ -127,10 +127,11 @@ class MelDecoder(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.mid(self.conv_in(z))
         for level in reversed(range(len(self.up))):
-            for block in self.up[level].block:
+            stage = cast(_Level, self.up[level])  # __init__ fills `up` with _Level only
+            for block in stage.block:
                 h = block(h)
-            if hasattr(self.up[level], "upsample"):
-                h = self.up[level].upsample(h)
+            if stage.upsample is not None:
+                h = stage.upsample(h)
         return self.conv_out(F.silu(self.norm_out(h)))
 
 

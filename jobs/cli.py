@@ -86,6 +86,12 @@ def _job_flags(p: argparse.ArgumentParser) -> None:
         choices=_choices("resampler"),
         help="resampler to 16 kHz (default official: the official reader's)",
     )
+    p.add_argument(
+        "--encode-batching",
+        choices=_choices("encode_batching"),
+        help="default official: the official tokens bit for bit in any batch; batched: the whole "
+        "batch through every op (faster where that rounding cannot be batched; tokens may differ)",
+    )
 
 
 def _tokenize_parser(sub: argparse._SubParsersAction) -> None:
@@ -283,6 +289,54 @@ def _status_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
+def _export_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="write an output as lhotse Shar, a Hugging Face dataset, or a flat token stream",
+        description="Export the committed tokens of OUTPUT (one dataset version) into DIR: "
+        "--to shar (lhotse Shar cuts with a `codes` array), hf (Parquet shards + dataset card), "
+        "bin (tokens.bin + tokens.idx + vocab.json). Resumable: rerun the same command after an "
+        "interruption; a rerun of a finished export does nothing.",
+    )
+    p.add_argument("output", help="output root URL (the folder holding dataset versions) or a version folder")
+    p.add_argument("--to", dest="to", required=True, choices=_export_choices("to"), help="export format")
+    p.add_argument("dest", metavar="DIR", help="export folder (local or fsspec URL): empty, or this export's")
+    p.add_argument("--version", help="dataset version (needed when OUTPUT holds several)")
+    p.add_argument(
+        "--allow-random-weights",
+        action="store_true",
+        help="export an output made with random codec weights (meaningless tokens; for tests)",
+    )
+    p.add_argument(
+        "--order",
+        choices=_export_choices("order"),
+        help="--to bin: a frame's two tokens interleaved (default) or all semantic then all acoustic",
+    )
+    p.add_argument("--threads", type=int, help="units exported at once (default 4)")
+    p.add_argument("--storage-options", help="fsspec options of OUTPUT (and DIR) as a JSON object")
+    p.add_argument("--dest-storage-options", help="fsspec options of DIR as JSON (default: the above)")
+
+
+def _export_choices(name: str) -> tuple[Any, ...]:
+    from pipeline.config import field_choices
+    from pipeline.export.job import ExportConfig
+
+    return field_choices(ExportConfig, name)
+
+
+def _compact_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compact",
+        help="fold an output's manifest entries into one index file (faster reruns and reads)",
+        description="Fold the per-unit manifest entries of every dataset version under OUTPUT (or "
+        "--version) into a consolidated index, so reruns, verify, status and loaders read one "
+        "file instead of one per unit. Takes the writer lease (exit 75 while a run writes); safe "
+        "to interrupt and to repeat. Tokenize runs do this by themselves once enough entries exist.",
+    )
+    p.add_argument("output", help="output root URL (the folder holding dataset versions)")
+    p.add_argument("--version", help="compact only this dataset version")
+
+
 def _opt(args: argparse.Namespace, name: str, default: Any = None) -> Any:
     return getattr(args, name, default)
 
@@ -320,6 +374,15 @@ def _run_status(args: argparse.Namespace) -> int:
     _check_urls(args.output, what=("OUTPUT",))
     status = output_status(args.output, version=args.version)
     print(json.dumps(status.to_dict(), indent=1, sort_keys=True) if args.json else status.text())
+    return 0
+
+
+def _run_compact(args: argparse.Namespace) -> int:
+    from pipeline.dataset.compaction import compact_output
+
+    _check_urls(args.output, what=("OUTPUT",))
+    for result in compact_output(args.output, version=args.version):
+        print(f"compact {result.line()}")
     return 0
 
 
@@ -396,6 +459,48 @@ def _run_audit_diff(args: argparse.Namespace) -> int:
     if args.out:
         print(write_diff_report(diff, a, b, args.out), file=sys.stderr)
     return 1 if args.fail_on_regression and diff.regressions else 0
+
+
+def _json_options(text: str | None, flag: str) -> dict[str, Any] | None:
+    import json
+
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise CliError(f"{flag}: not valid JSON ({error.msg} at column {error.colno})") from None
+    if not isinstance(value, dict):
+        raise CliError(f"{flag}: expected a JSON object of fsspec options, got {type(value).__name__}")
+    return value
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from pipeline.export.job import ExportConfig, ExportError, run_export
+
+    _check_urls(args.output, args.dest, what=("OUTPUT", "DIR"))
+    if args.order is not None and args.to != "bin":
+        raise CliError(f"--order applies to --to bin only, not --to {args.to}")
+    flags = {
+        "version": args.version,
+        "order": args.order,
+        "threads": args.threads,
+        "storage_options": _json_options(args.storage_options, "--storage-options"),
+        "dest_storage_options": _json_options(args.dest_storage_options, "--dest-storage-options"),
+    }
+    config = ExportConfig(
+        output=args.output,
+        to=args.to,
+        dest=args.dest,
+        allow_random_weights=args.allow_random_weights,
+        **{k: v for k, v in flags.items() if v is not None},
+    )
+    try:
+        result = run_export(config)
+    except ExportError as error:
+        raise CliError(str(error)) from None
+    print(result.text())
+    return 0
 
 
 # -- config from file, --set and flags ----------------------------------------------------------
@@ -590,8 +695,10 @@ def _build_parser() -> argparse.ArgumentParser:
     _retry_parser(sub)
     _plan_parser(sub)
     _status_parser(sub)
+    _compact_parser(sub)
     _audit_parser(sub)
     _audit_diff_parser(sub)
+    _export_parser(sub)
     demo = sub.add_parser("demo-corpus", help="write a few synthetic clips (and a broken file) to try on")
     demo.add_argument("folder")
     for command in sub.choices.values():  # how each dest was spelled, for error messages
@@ -627,10 +734,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _run_plan(args)
     if args.command == "status":
         return _run_status(args)
+    if args.command == "compact":
+        return _run_compact(args)
     if args.command == "audit":
         return _run_audit(args)
     if args.command == "audit-diff":
         return _run_audit_diff(args)
+    if args.command == "export":
+        return _run_export(args)
     if args.command == "demo-corpus":
         from jobs.demo_corpus import write_demo_corpus
 

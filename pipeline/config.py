@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 
 import pydantic
 from pydantic import ConfigDict, Field
+from typing_extensions import dataclass_transform
 
 from codec import CodecSpec
 
@@ -30,15 +31,12 @@ TokenRate = Literal[25, 50, 100]
 SemanticVocabSize = Literal[4096, 8192, 16384, 32768]
 CodecSize = Literal["full", "tiny"]
 DType = Literal["float32", "bfloat16", "float16"]
+EncodeBatching = Literal["official", "batched"]
 Domain = Literal["speech", "music", "sound"]
 
 PositiveInt = Annotated[int, Field(ge=1)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
-
-INPUT_KINDS: tuple[str, ...] = typing.get_args(InputKind)
-FORMATS: tuple[str, ...] = typing.get_args(OutputFormat)
-DEVICES: tuple[str, ...] = typing.get_args(Device)
 
 # Shared by every validated config class: unknown fields are errors, YAML values are coerced
 # where lossless (a list becomes a tuple, 1 becomes 1.0), NaN and infinity are refused.
@@ -49,13 +47,20 @@ class ConfigError(ValueError):
     """A config value that cannot work; the message names the field."""
 
 
-def validated_dataclass(cls: type) -> type:
+_Config = typing.TypeVar("_Config")
+
+
+# dataclass_transform: type checkers see the decorated class as the dataclass it is (typed __init__,
+# dataclasses.asdict/fields); typing_extensions for Python 3.10 (pydantic depends on it).
+@dataclass_transform(field_specifiers=(dataclasses.field, Field))
+def validated_dataclass(cls: type[_Config]) -> type[_Config]:
     """`pydantic.dataclasses.dataclass` whose validation errors are one-line `ConfigError`s.
 
     The class stays a standard dataclass (`dataclasses.asdict/fields/replace` work) and is checked
     on every construction, `dataclasses.replace` included.
     """
-    model = pydantic.dataclasses.dataclass(config=MODEL_CONFIG)(cls)
+    # the same class, made a (validating) dataclass in place
+    model = typing.cast(type[_Config], pydantic.dataclasses.dataclass(config=MODEL_CONFIG)(cls))
     init = model.__init__
 
     @functools.wraps(init)
@@ -65,7 +70,7 @@ def validated_dataclass(cls: type) -> type:
         except pydantic.ValidationError as error:
             raise ConfigError(describe_validation_error(model, error, kwargs)) from None
 
-    model.__init__ = __init__
+    model.__init__ = __init__  # type: ignore[method-assign]  # wraps the generated __init__ on purpose
     return model
 
 
@@ -184,6 +189,11 @@ class TokenizeConfig:
     # address space a decode may use in its child process beyond the idle child (None: no cap)
     max_decode_memory_bytes: PositiveInt | None = 8 * 2**30
     max_item_attempts: PositiveInt = 3  # deaths of a worker on one item before it becomes an error row
+    # items this long or longer stream to a local float32 spill file instead of memory (flat worker
+    # memory, same tokens; their budget is max_spill_bytes, not max_decoded_bytes). None: never
+    stream_min_seconds: Annotated[float, Field(ge=0)] | None = 600.0
+    max_spill_bytes: PositiveInt = 2 * 2**30  # one streamed item's spill file (16 kHz float32: 9.3 h)
+    spill_dir: str | None = None  # local folder for spill files (None: <system temp>/semtok-spill)
     # codec
     codec: str = "semanticodec"
     weights: str | None = None
@@ -191,6 +201,10 @@ class TokenizeConfig:
     semantic_vocab_size: SemanticVocabSize = 16384
     codec_size: CodecSize = "full"
     dtype: DType = "float32"
+    # "official": each segment keeps the official (one segment at a time) rounding in any batch, so
+    # tokens are the official ones bit for bit; "batched": the whole batch through every op, faster
+    # where that rounding cannot be batched (e.g. some GPUs); tokens may differ at near-ties
+    encode_batching: EncodeBatching = "official"
     # execution
     ray_address: str | None = None
     device: Device = "auto"
@@ -238,6 +252,8 @@ class TokenizeConfig:
                 "weights": self.weights,
                 "size": self.codec_size,
                 "dtype": self.dtype,
+                # named only when not the default: other codecs need not know the option
+                **({"encode_batching": self.encode_batching} if self.encode_batching != "official" else {}),
             },
         )
 

@@ -12,8 +12,6 @@ from typing import Any
 
 import numpy as np
 
-STAGES = ("plan", "read", "decode", "encode", "write")
-
 
 @dataclass(frozen=True)
 class ItemError:

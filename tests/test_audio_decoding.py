@@ -24,8 +24,9 @@ from pipeline.io.audio_decoding import (
     REASONS,
     RESAMPLERS,
     AudioDecodeError,
-    _decode_pyav,
     _Limits,
+    _Output,
+    _read_pyav,
     decode_audio,
 )
 from tests.conftest import local_writer
@@ -253,7 +254,9 @@ def test_lying_wav_header_decodes_only_its_body():
         out = decode_audio(LYING_WAV, name_hint=name_hint)
         assert out.source_channels == 8 and out.source_sample_rate == 384_000
         assert len(out.samples) == 4096 * 16000 // 384_000 + 1
-    frames, sr, channels = _decode_pyav(LYING_WAV, limits)  # 8 channels: no planar-frame crash
+    output = _Output(limits, None, "first", "official")
+    _read_pyav(LYING_WAV, limits, output)  # 8 channels: no planar-frame crash
+    frames, sr, channels = output.decoded()
     assert frames.shape == (4096, 8) and (sr, channels) == (384_000, 8)
     assert _reason(LYING_WAV, max_decoded_bytes=4096 * 8 * 4 - 1) == "too_large"
 
@@ -343,6 +346,7 @@ def test_every_reason_is_documented():
         "too_large",
         "non_finite",
         "out_of_range",
+        "spill_failed",
     }
     for reason in REASONS:
         assert f"\n{reason} " in module.__doc__

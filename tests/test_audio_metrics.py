@@ -23,7 +23,7 @@ from itertools import pairwise
 import numpy as np
 import pytest
 
-from pipeline.audit.job import quality_metrics as am
+from pipeline.audit import quality_metrics as am
 from pipeline.audit.quality_metrics import SAMPLE_RATE, NotApplicable
 
 SR = SAMPLE_RATE

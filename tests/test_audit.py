@@ -27,8 +27,9 @@ from pipeline.io.storage import open_filesystem
 from pipeline.tokenize.job import run_tokenize
 from tests.browser import check_page, chromium_path
 from tests.corpus import speech_like
+from tests.helpers import TINY_CODEC as TINY
+from tests.helpers import TINY_FLAGS
 
-TINY = {"codec_size": "tiny", "weights": "random:0"}
 STEPS = 4  # a valid DDIM step count (3 is not, in the official uniform rule): fast on the tiny codec
 SOURCES = {"libri": "speech", "jamendo": "music", "freesound": "sound"}
 
@@ -296,10 +297,7 @@ def test_tokenize_can_audit_what_it_wrote(ray_local, tmp_path) -> None:
             str(manifest),
             "--out",
             str(tmp_path / "out"),
-            "--codec-size",
-            "tiny",
-            "--weights",
-            "random:0",
+            *TINY_FLAGS,
             "--audit-sample",
             "2",
             "--audit-steps",

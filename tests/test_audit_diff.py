@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from pipeline.audit.diff import AuditDiff, compare, diff_audits, load_audit, write_diff_report
 
@@ -189,6 +192,34 @@ def test_no_shared_items_is_an_unpaired_comparison(rng):
     assert _overall(same, "visqol").paired_items == 0
 
 
+def test_small_samples_get_student_t_intervals():
+    """Three paired items whose mean change is 2.4 standard errors: the normal 1.96 interval would
+    call it an improvement; Student t with 2 degrees of freedom (4.30) says it is within noise."""
+    a = _audit({"visqol": np.array([3.0, 3.0, 3.0])})
+    b = _audit({"visqol": np.array([3.2, 3.5, 4.0])})
+    shift = _overall(diff_audits(a, b), "visqol")
+    differences = np.array([0.2, 0.5, 1.0])
+    se = differences.std(ddof=1) / np.sqrt(3)
+    assert 1.96 < differences.mean() / se < stats.t.ppf(0.975, 2)
+    assert shift.paired_items == 3
+    assert shift.low < 0 < shift.high and shift.verdict == "unchanged"
+    half = stats.t.ppf(0.975, df=2) * se
+    assert (shift.low, shift.high) == pytest.approx((differences.mean() - half, differences.mean() + half))
+
+
+def test_unpaired_interval_is_welch():
+    a_values, b_values = np.array([3.0, 3.1, 2.9, 3.05]), np.array([3.6, 3.2, 4.1])
+    a = _audit({"visqol": a_values}, prefix="a")
+    b = _audit({"visqol": b_values}, prefix="b")
+    shift = _overall(diff_audits(a, b), "visqol")
+    assert shift.paired_items == 0
+    va, vb = a_values.var(ddof=1) / a_values.size, b_values.var(ddof=1) / b_values.size
+    df = (va + vb) ** 2 / (va**2 / (a_values.size - 1) + vb**2 / (b_values.size - 1))  # Welch–Satterthwaite
+    half = stats.t.ppf(0.975, df) * np.sqrt(va + vb)
+    delta = b_values.mean() - a_values.mean()
+    assert (shift.low, shift.high) == pytest.approx((delta - half, delta + half))
+
+
 def test_single_items_have_no_interval():
     a = _audit({"visqol": np.array([3.0])})
     b = _audit({"visqol": np.array([4.0])})
@@ -243,8 +274,10 @@ def test_text_and_to_dict(rng):
     assert {s["verdict"] for s in data["shifts"]} >= {"regressed", "unchanged"}
 
 
-def _srcs(page: str) -> list[str]:
-    return re.findall(r'src="([^"]*)"', page)
+def _charts(page: str) -> dict[str, str]:
+    """data-plot name -> the SVG inside the page."""
+    found = re.findall(r'data-plot="([^"]*)" src="data:image/svg\+xml;base64,([^"]*)"', page)
+    return {name: base64.b64decode(data).decode("utf-8") for name, data in found}
 
 
 def test_write_diff_report(rng, tmp_path: Path):
@@ -258,17 +291,21 @@ def test_write_diff_report(rng, tmp_path: Path):
     page = (out / "index.html").read_text()
     data = json.loads((out / "diff.json").read_text())
     assert data == json.loads(json.dumps(diff.to_dict()))
-    sources = _srcs(page)
-    assert "plots/shifts.svg" in sources
-    assert {f"plots/metric-{m}.svg" for m in METRICS} <= set(sources)
-    for src in sources:
-        target = out / src
-        assert target.is_file(), src
-        assert "<svg" in target.read_text()[:300], src
+    # the charts are inside the page (no side file needed to view it), and also files under plots/
+    assert re.findall(r'src="([^"]*)"', page) and all(
+        src.startswith("data:image/svg+xml;base64,") for src in re.findall(r'src="([^"]*)"', page)
+    )
+    charts = _charts(page)
+    assert set(charts) == {"plots/shifts.svg"} | {f"plots/metric-{m}.svg" for m in METRICS}
+    for name, svg in charts.items():
+        assert ET.fromstring(svg).tag == "{http://www.w3.org/2000/svg}svg", name
+        assert (out / name).read_text() == svg, name
     assert f"{len(diff.regressions)} regression(s)" in page
     assert "RANDOM weights" in page
     assert "&lt;A &amp; co&gt;" in page and "<A & co>" not in page
-    assert page.count("<tr class=regressed>") == len(diff.regressions)
+    assert page.count('<tr class="regressed">') == len(diff.regressions)
+    shift_svg_texts = ["".join(t.itertext()) for t in ET.fromstring(charts["plots/shifts.svg"]).iter()]
+    assert "visqol · overall" in shift_svg_texts
 
 
 def test_load_audit(tmp_path: Path, rng):

@@ -1,19 +1,21 @@
-"""The audit report: statistics, WAV encoding, an escaped self-contained page, reference figures."""
+"""The audit report: statistics, WAV encoding, an escaped page with its charts inside, reference figures."""
 
 from __future__ import annotations
 
+import base64
 import copy
 import io
 import json
 import math
 import re
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+from PIL import Image
 
-from pipeline.audit.plots import read_png_size
 from pipeline.audit.reference_figures import ReferenceFigure, load_reference_figures
 from pipeline.audit.report import (
     HTML_NAME,
@@ -30,6 +32,7 @@ from pipeline.audit.report import (
 from pipeline.audit.token_stats import TokenStats
 
 EVIL = "<script>alert(1)</script>\"'"
+EVIL_ESCAPED = "&lt;script&gt;alert(1)&lt;/script&gt;&#34;&#39;"  # as the autoescaping template writes it
 METRICS = ["visqol", "pesq_wb", "log_mel_distance", "loudness_diff_db"]
 
 
@@ -168,7 +171,7 @@ def _rendered(document: dict) -> str:
     document["summary"] = summarize(document["items"], document["config"]["metrics"])
     document["examples"] = {"worst": [], "random": [], "files": {}}
     document["plots"] = []
-    return render_html(document)
+    return render_html(document, charts={})  # text only: the charts have their own tests
 
 
 # --- metric_stats / summarize --------------------------------------------------------------------
@@ -278,7 +281,7 @@ def test_render_html_escapes_user_text():
     page = _rendered(document)
     assert "<script>" not in page
     assert "alert(1)</script>" not in page
-    assert "&lt;script&gt;alert(1)&lt;/script&gt;&quot;&#x27;" in page
+    assert EVIL_ESCAPED in page
     assert "&lt;b&gt;boom&lt;/b&gt;" in page
     # every item that could not be audited is listed
     assert "libri/a/broken.flac" in page and "bad_tokens" in page
@@ -298,7 +301,7 @@ def test_render_html_escapes_example_ids_and_sources():
     document["plots"] = []
     page = render_html(document)
     assert "<script>" not in page
-    assert page.count("&lt;script&gt;alert(1)&lt;/script&gt;&quot;&#x27;") >= 3  # example, tables
+    assert page.count(EVIL_ESCAPED) >= 3  # example, tables
     for path in files.values():
         assert f'src="{path}"' in page
 
@@ -343,21 +346,28 @@ def test_write_report(tmp_path: Path):
     page = (root / HTML_NAME).read_text()
     stored = json.loads((root / JSON_NAME).read_text())
 
-    # every link on the page resolves inside the report folder
+    # every file the page links resolves inside the report folder; the charts are inside the page
     sources = re.findall(r'src="([^"]*)"', page)
-    assert sources
-    for src in sources:
+    files = [s for s in sources if not s.startswith("data:")]
+    assert files
+    for src in files:
         assert not src.startswith(("/", "http")), src
         assert (root / src).is_file(), src
-    wavs = [s for s in sources if s.endswith(".wav")]
-    pngs = [s for s in sources if s.endswith(".png")]
-    svgs = [s for s in sources if s.endswith(".svg")]
+    wavs = [s for s in files if s.endswith(".wav")]
+    pngs = [s for s in files if s.endswith(".png")]
     assert len(set(wavs)) == 6 and len(set(pngs)) == 6  # three distinct examples, two of each
-    assert {f"plots/metric-{m}.svg" for m in METRICS} <= set(svgs)
-    assert {"plots/codebook-semantic.svg", "plots/codebook-acoustic.svg"} <= set(svgs)
+    assert len(files) == len(wavs) + len(pngs)
+    charts = dict(re.findall(r'data-plot="([^"]*)" src="data:image/svg\+xml;base64,([^"]*)"', page))
+    assert len(charts) == len(sources) - len(files)
+    assert {f"plots/metric-{m}.svg" for m in METRICS} <= set(charts)
+    assert {"plots/codebook-semantic.svg", "plots/codebook-acoustic.svg"} <= set(charts)
+    for name, encoded in charts.items():
+        svg = base64.b64decode(encoded).decode("utf-8")
+        assert svg == (root / name).read_text(), name  # the same chart is also a file under plots/
+        assert ET.fromstring(svg).tag == "{http://www.w3.org/2000/svg}svg"
     for png in pngs:
-        width, height = read_png_size((root / png).read_bytes())
-        assert width > 0 and height > 0
+        with Image.open(root / png) as image:
+            assert image.format == "PNG" and image.width > 0 and image.height == 257
     for wav in wavs:
         info = sf.info(str(root / wav))
         assert info.samplerate == SAMPLE_RATE and info.frames == int(0.5 * SAMPLE_RATE)
@@ -370,7 +380,7 @@ def test_write_report(tmp_path: Path):
     assert stored["examples"]["worst"] == worst and stored["examples"]["random"] == random_ids
     assert set(stored["examples"]["files"]) == {scored[0], scored[3], EVIL}
     assert stored["plots"] == sorted(stored["plots"])
-    assert set(stored["plots"]) == set(svgs)
+    assert set(stored["plots"]) == set(charts)
     assert stored["items"] == document["items"]
     assert stored["token_stats"] == json.loads(json.dumps(document["token_stats"]))
     # the page is a pure function of the document write_report filled in
@@ -392,10 +402,10 @@ def test_write_report_without_examples(tmp_path: Path):
     root = tmp_path / "empty-report"
     write_report(str(root), document, AuditMedia())
     page = (root / HTML_NAME).read_text()
-    assert page.count("<p class=muted>none</p>") == 2  # no worst, no random examples
+    assert page.count('<p class="muted">none</p>') == 2  # no worst, no random examples
     assert not (root / "media").exists()
     for src in re.findall(r'src="([^"]*)"', page):
-        assert (root / src).is_file(), src
+        assert src.startswith("data:image/svg+xml;base64,") or (root / src).is_file(), src
 
 
 # --- reference figures ---------------------------------------------------------------------------

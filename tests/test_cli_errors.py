@@ -17,10 +17,9 @@ import pytest
 from jobs import cli
 from jobs.demo_corpus import write_demo_corpus
 from pipeline.runtime.interrupt import Interrupted
+from tests.helpers import REPO, run_cli
+from tests.helpers import TINY_FLAGS as TINY
 from tests.tiny_checkpoint import write_checkpoint_folder
-
-REPO = Path(__file__).resolve().parents[1]
-TINY = ["--codec-size", "tiny", "--weights", "random:0"]
 
 
 @pytest.fixture(scope="module")
@@ -183,14 +182,7 @@ def test_hub_unreachable_fails_fast(demo: Path, tmp_path: Path) -> None:
         ["tokenize", str(demo), "--out", str(tmp_path / "o")],
         ["plan", str(demo), "--out", str(tmp_path / "o"), "--weights", "hub"],
     ):
-        proc = subprocess.run(
-            [sys.executable, "-m", "jobs.cli", *args],
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        proc = run_cli(*args, env=env, timeout=120)
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.strip() == (
             "semtok: weights error: cannot reach the model hub for weights=hub; "
@@ -199,14 +191,7 @@ def test_hub_unreachable_fails_fast(demo: Path, tmp_path: Path) -> None:
     assert time.monotonic() - started < 100
     # plan needs no weights without --out, or with --version
     for args in (["plan", str(demo)], ["plan", str(demo), "--out", str(tmp_path / "o"), "--version", "v1"]):
-        proc = subprocess.run(
-            [sys.executable, "-m", "jobs.cli", *args, "--json"],
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        proc = run_cli(*args, "--json", env=env, timeout=120)
         assert proc.returncode == 0, proc.stderr
 
 
@@ -286,21 +271,7 @@ def test_signal_during_tokenize(tmp_path: Path, signum: int, status: int) -> Non
     records = [json.loads(p.read_text()) for p in (tmp_path / "out").glob("*/runs/*.json")]
     assert [r["status"] for r in records] == ["interrupted"], records
     assert records[0]["error"] == name
-    rerun = subprocess.run(
-        [sys.executable, "-m", "jobs.cli", *args],
-        cwd=REPO,
-        env=env,
-        text=True,
-        capture_output=True,
-        timeout=300,
-    )
+    rerun = run_cli(*args, env=env)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    check = subprocess.run(
-        [sys.executable, "-m", "jobs.cli", "verify", str(tmp_path / "out"), "--input", str(tmp_path / "in")],
-        cwd=REPO,
-        env=env,
-        text=True,
-        capture_output=True,
-        timeout=300,
-    )
+    check = run_cli("verify", str(tmp_path / "out"), "--input", str(tmp_path / "in"), env=env)
     assert check.returncode == 0, check.stdout[-3000:] + check.stderr[-3000:]

@@ -11,10 +11,10 @@ import pytest
 import soundfile
 import torch
 
-import codec.checkpoint as checkpoint_module
 from codec import CheckpointError, Codec, DecoderLoadError, SemantiCodec, num_tokens, to_codec_input
 from codec.decoder import decoded_length, unused_decoder_keys
 from codec.resample import resample
+from tests.helpers import record_checkpoint_reads
 from tests.tiny_checkpoint import write_checkpoint_folder
 
 
@@ -271,14 +271,7 @@ def test_official_readme_example_runs_as_written(tmp_path: Path) -> None:
 def test_decoder_is_loaded_on_first_decode_only(tmp_path: Path, monkeypatch) -> None:
     write_checkpoint_folder(tmp_path, token_rate=50, vocab=4096, seed=3)
     source = _write_decoder_file(tmp_path, seed=3)
-    opened: list[str] = []
-    original = checkpoint_module.read_state_dict
-
-    def spy(path: Path):
-        opened.append(Path(path).name)
-        return original(path)
-
-    monkeypatch.setattr("codec.semanticodec.read_state_dict", spy)
+    opened = record_checkpoint_reads(monkeypatch)
     codec = SemantiCodec(50, 4096, weights=str(tmp_path), size="tiny", device="cpu")
     tokens = codec.encode(_noise(1.0, seed=2))
     assert codec.decoder is None and opened == ["encoder.ckpt"]  # encode-only use: never opened

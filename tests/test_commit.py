@@ -11,7 +11,6 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import fsspec
-import numpy as np
 import pyarrow.dataset as pads
 import pytest
 
@@ -30,20 +29,8 @@ from pipeline.dataset.manifest import (
     units_lacking,
 )
 from pipeline.dataset.run_records import read_run_records, read_run_records_report, write_run_record
-
-FP = {
-    "codec": "semanticodec",
-    "codec_version": "0.1.0",
-    "token_rate": 50,
-    "semantic_vocab_size": 16384,
-    "acoustic_vocab_size": 8192,
-    "frame_rate": 25.0,
-    "size": "full",
-    "weights": "random:0",
-    "weights_digest": "00ff",
-    "channel_policy": "first",
-    "sample_rate": 16000,
-}
+from tests.helpers import CODEC_FINGERPRINT as FP
+from tests.helpers import random_token_rows
 
 
 class Crash(Exception):
@@ -62,22 +49,8 @@ def store_root_2(store):
 
 
 def make_rows(n: int, unit: str, seed: int = 0) -> list[dict]:
-    rng = np.random.default_rng(seed)
-    rows = []
-    for i in range(n):
-        frames = int(rng.integers(1, 30))
-        rows.append(
-            {
-                "id": f"{unit}/item {i}.wav",
-                "semantic_tokens": rng.integers(0, 16384, frames),
-                "acoustic_tokens": rng.integers(0, 8192, frames),
-                "n_frames": frames,
-                "duration_s": frames / 25.0,
-                "source_uri": f"s3://in/{unit}/item {i}.wav",
-                "metadata": {"i": i},
-            }
-        )
-    return rows
+    ids = [f"{unit}/item {i}.wav" for i in range(n)]
+    return random_token_rows(ids, lambda item_id: f"s3://in/{item_id}", seed=seed)
 
 
 def error_rows(unit: str, n: int) -> list[dict]:

@@ -14,10 +14,10 @@ import yaml
 from pipeline import config as config_module
 from pipeline.audit.job import AuditConfig
 from pipeline.config import ConfigError, TokenizeConfig, tokenize_config_schema
+from tests.helpers import REPO
+from tests.helpers import TINY_CODEC as TINY
 
-REPO = Path(__file__).resolve().parents[1]
 SCHEMA_FILE = REPO / "pipeline" / "schemas" / "tokenize-config.schema.json"
-TINY = {"codec_size": "tiny", "weights": "random:0"}
 
 
 def job_config() -> dict:

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-import codec.checkpoint as checkpoint_module
 from codec import CheckpointError, SemantiCodec, num_tokens
 from codec.decoder import (
     WINDOW_SAMPLES,
@@ -18,6 +17,7 @@ from codec.decoder import (
     unused_decoder_keys,
 )
 from codec.sampler import LATENT_SHAPE, NoiseSource, ddim_timesteps
+from tests.helpers import record_checkpoint_reads
 from tests.tiny_checkpoint import write_checkpoint_folder
 
 BOTH = ("encoder", "decoder")
@@ -263,14 +263,7 @@ def test_tampered_decoder_checkpoint_is_rejected_naming_the_key(tiny_folder, tam
 def test_encode_only_replica_never_opens_decoder_ckpt(tiny_folder, monkeypatch) -> None:
     folder, _ = tiny_folder
     (folder / "decoder.ckpt").write_bytes(b"not a checkpoint")  # would fail if anything read it
-    opened: list[str] = []
-    original = checkpoint_module.read_state_dict
-
-    def spy(path: Path):
-        opened.append(Path(path).name)
-        return original(path)
-
-    monkeypatch.setattr("codec.semanticodec.read_state_dict", spy)
+    opened = record_checkpoint_reads(monkeypatch)
     codec = SemantiCodec(50, 4096, weights=str(folder), size="tiny", device="cpu")
     assert codec.decoder is None and opened == ["encoder.ckpt"]
     assert codec.encode(torch.zeros(8000)).shape[1] == num_tokens(8000, 50)

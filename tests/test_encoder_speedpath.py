@@ -1,8 +1,9 @@
-"""The encoder's `lstm_min_batch` path against the reference forward (the encoder as written before it).
+"""The encoder's batching modes against the reference forward (every op once over the whole batch).
 
-Default (1): every token and intermediate is bit-identical to the reference at any batch size.
-2: a lone segment runs the BiLSTM as a batch of two, so its bits equal those it gets inside any batch
-(oneDNN's float32 LSTM rounds one sequence differently from several on the CPU, see codec/encoder.py).
+"official" (default): every row of a batch is bit-identical, token and intermediate, to the reference
+forward of that row alone: the official code encodes one segment at a time. "batched": the reference
+forward of the whole batch; a lone segment's BiLSTM gets the bits it gets inside a batch (oneDNN's
+float32 LSTM rounds one sequence differently from several on the CPU, see codec/encoder.py).
 """
 
 from __future__ import annotations
@@ -76,18 +77,22 @@ def check_speed_path(codec: SemantiCodec, fbank: torch.Tensor) -> None:
     encoder = codec.encoder
     single, batch = fbank[:1], fbank
     try:
-        encoder.lstm_min_batch = 1  # default: the reference, batch 1 and batched
+        assert encoder.batching == "official"  # default: each row as the reference alone
         assert_same(encoder(single, intermediates=True), reference_forward(encoder, single))
-        assert_same(encoder(batch, intermediates=True), reference_forward(encoder, batch))
-        encoder.lstm_min_batch = 2
+        ours = encoder(batch, intermediates=True)
+        for row in range(len(fbank)):
+            rows = slice(row, row + 1)
+            alone = reference_forward(encoder, fbank[rows])
+            assert_same((ours[0][rows], {k: v[rows] for k, v in ours[1].items()}), alone)
+        encoder.batching = "batched"
         batched_reference = reference_forward(encoder, batch)
-        # batched: unchanged; alone: the bits the segment gets inside the batch
+        # batched: one plain call; alone: the bits the segment gets inside the batch
         assert_same(encoder(batch, intermediates=True), batched_reference)
         assert_same(encoder(single, intermediates=True), batched_reference, slice(0, 1))
         last = fbank[-1:]
         assert_same(encoder(last, intermediates=True), batched_reference, slice(len(fbank) - 1, None))
     finally:
-        encoder.lstm_min_batch = 1
+        encoder.batching = "official"
 
 
 def test_tiny_speed_path_is_bit_identical() -> None:
@@ -101,10 +106,7 @@ def test_default_encoder_is_the_reference_through_encode_segments() -> None:
     wave_features = features(codec, 33.0, 2)
     tokens = torch.cat([codec.encoder(wave_features[i : i + 2]) for i in range(0, len(wave_features), 2)])
     expected = torch.cat(
-        [
-            reference_forward(codec.encoder, wave_features[i : i + 2])[0]
-            for i in range(0, len(wave_features), 2)
-        ]
+        [reference_forward(codec.encoder, wave_features[i : i + 1])[0] for i in range(len(wave_features))]
     )
     assert torch.equal(tokens, expected)
 

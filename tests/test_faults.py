@@ -1,7 +1,8 @@
 """Faults: node loss, crashed drivers and actors, storage outages — exactly once, resumable.
 
 The slow tests run real jobs (the tiny codec) in subprocesses with their own Ray, because fault
-hooks reach Ray workers through environment variables and some faults kill the whole driver.
+hooks (tests/faults.py) reach Ray workers through environment variables and some faults kill the
+whole driver.
 After every fault, `verify` must find 0 missing units/items, 0 duplicates, 0 orphans, 0 bad files.
 """
 
@@ -18,7 +19,6 @@ import time
 from pathlib import Path
 
 import fsspec
-import numpy as np
 import pytest
 
 from pipeline.config import TokenizeConfig
@@ -31,20 +31,8 @@ from pipeline.ops.verify import verify
 from pipeline.tokenize.fingerprint import job_fingerprint
 from pipeline.tokenize.job import run_tokenize
 from tests.corpus import speech_like, wav_bytes
-
-REPO = Path(__file__).resolve().parents[1]
-TINY = {"codec_size": "tiny", "weights": "random:0", "token_rate": 50, "semantic_vocab_size": 16384}
-TINY_FLAGS = [
-    "--codec-size",
-    "tiny",
-    "--weights",
-    "random:0",
-    "--token-rate",
-    "50",
-    "--semantic-vocab-size",
-    "16384",
-]
-
+from tests.faults import CRASH_MARKER_ENV, CRASH_ONCE_ENV, FAIL_ITEMS_ENV
+from tests.helpers import FINGERPRINT, REPO, TINY, TINY_FLAGS, run_cli, token_row
 
 # --- helpers --------------------------------------------------------------------------------
 
@@ -64,17 +52,12 @@ def cli_env(**extra: str) -> dict[str, str]:
 
 
 def semtok(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 300
+    *args: str, env: dict[str, str] | None = None, timeout: float = 300, faults: bool = False
 ) -> subprocess.CompletedProcess:
-    """Run the CLI as a user would, in a fresh process (its own local Ray when it needs one)."""
-    return subprocess.run(
-        [sys.executable, "-m", "jobs.cli", *args],
-        env=env or cli_env(),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    """Run the CLI as a user would, in a fresh process (its own local Ray when it needs one).
+    `faults`: with the encode actor of tests/faults.py, which injects the faults `env` names."""
+    module = "tests.faults" if faults else "jobs.cli"
+    return run_cli(*args, env=env or cli_env(), timeout=timeout, module=module)
 
 
 def tokenize_args(src: str, out: str, *extra: str) -> list[str]:
@@ -118,19 +101,7 @@ def digests(root: Path, folders: tuple[str, ...] = ("tokens", "errors", "wds")) 
     }
 
 
-FAKE_FP = {"codec": "semanticodec", "token_rate": 50, "semantic_vocab_size": 16384, "test": True}
-
-
-def token_row(item_id: str, n: int = 3) -> dict:
-    return {
-        "id": item_id,
-        "semantic_tokens": np.arange(n, dtype=np.uint16),
-        "acoustic_tokens": np.arange(n, dtype=np.uint16),
-        "n_frames": n,
-        "duration_s": 0.06,
-        "source_uri": f"file:///x/{item_id}",
-        "metadata": {},
-    }
+FAKE_FP = {**FINGERPRINT, "test": True}
 
 
 # --- fast: verify, retries, dedup, Ray's defaults -------------------------------------------
@@ -280,7 +251,7 @@ def test_retry_failed_moves_fixed_items_into_tokens(tmp_path: Path) -> None:
     read_errors = {i.item_id: i.expected for i in spec.items if i.expected != "ok"}
     for name in ("files", "tars"):
         out = str(tmp_path / f"out-{name}")
-        env = cli_env(SEMTOK_TEST_FAIL_ITEMS=",".join(broken[name]))
+        env = cli_env(**{FAIL_ITEMS_ENV: ",".join(broken[name])})
         done = semtok(
             *tokenize_args(
                 str(tmp_path / name),
@@ -293,6 +264,7 @@ def test_retry_failed_moves_fixed_items_into_tokens(tmp_path: Path) -> None:
                 "webdataset",
             ),
             env=env,
+            faults=True,
         )
         assert done.returncode == 0, done.stderr[-3000:]
         fs, _ = open_filesystem(out)
@@ -366,8 +338,8 @@ def test_encode_actor_crash_on_one_item_is_redone_exactly_once(tmp_path: Path) -
     names = [f"f{i}.wav" for i in range(8)]
     write_wavs(tmp_path / "in", names)
     src, out, marker = str(tmp_path / "in"), str(tmp_path / "out"), tmp_path / "crashed"
-    env = cli_env(SEMTOK_TEST_CRASH_ONCE_ITEM="f5.wav", SEMTOK_TEST_CRASH_MARKER=str(marker))
-    done = semtok(*tokenize_args(src, out, "--files-per-unit", "2"), env=env)
+    env = cli_env(**{CRASH_ONCE_ENV: "f5.wav", CRASH_MARKER_ENV: str(marker)})
+    done = semtok(*tokenize_args(src, out, "--files-per-unit", "2"), env=env, faults=True)
     assert done.returncode == 0, done.stderr[-3000:]
     assert marker.exists(), "the actor never crashed"
     fs, _ = open_filesystem(out)

@@ -27,8 +27,7 @@ from pipeline.ops.verify import verify
 from pipeline.tokenize.fingerprint import job_fingerprint
 from pipeline.tokenize.job import run_tokenize
 from tests.corpus import encode_sf, speech_like, wav_bytes
-
-TINY = {"codec_size": "tiny", "weights": "random:0", "token_rate": 50, "semantic_vocab_size": 16384}
+from tests.helpers import TINY
 
 
 def _clip(seconds: float = 0.3, sr: int = 16000, seed: int = 0) -> bytes:

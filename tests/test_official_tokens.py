@@ -18,6 +18,7 @@ from pipeline.io.storage import open_filesystem
 from pipeline.tokenize.fingerprint import job_fingerprint
 from pipeline.tokenize.job import run_tokenize
 from tests.corpus import speech_like
+from tests.helpers import TINY_CODEC
 
 RATES = (8000, 22050, 44100, 48000, 96000)
 
@@ -55,10 +56,9 @@ def test_pipeline_tokens_equal_encode_path_at_every_rate_and_layout(ray_local, t
     config = TokenizeConfig(
         input=str(tmp_path / "in"),
         output=str(tmp_path / "out"),
-        codec_size="tiny",
-        weights="random:0",
         files_per_unit=4,
         progress_interval_s=60,
+        **TINY_CODEC,
     )
     tokens = _pipeline_tokens(config)
     codec = SemantiCodec(50, 16384, weights="random:0", size="tiny", device="cpu")
@@ -71,6 +71,38 @@ def test_pipeline_tokens_equal_encode_path_at_every_rate_and_layout(ray_local, t
     assert soxr_layout.version != OutputLayout.for_fingerprint(config.output, job_fingerprint(config)).version
     other = _pipeline_tokens(soxr)
     assert any(not np.array_equal(other[name], tokens[name]) for name in tokens)
+
+
+# One-segment items (most speech corpora) among longer ones: the encode actor batches their segments
+# together, while the official code runs every segment's BiLSTM alone (see codec/encoder.py).
+MIXED_SECONDS = (2.0, 10.0, 23.0, 6.5, 11.0, 10.24, 0.3)  # 1, 1, 3, 1, 2, 2, 1 segments
+
+
+def _write_mixed(root: Path, seconds: tuple[float, ...], seed: int = 0) -> list[Path]:
+    root.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index, length in enumerate(seconds):
+        path = root / f"clip{index}.wav"
+        soundfile.write(path, speech_like(length, 16000, seed=seed + index), 16000, subtype="FLOAT")
+        paths.append(path)
+    return paths
+
+
+def test_single_segment_items_batched_with_longer_ones_get_the_encode_path_tokens(
+    ray_local, tmp_path: Path
+) -> None:
+    paths = _write_mixed(tmp_path / "in", MIXED_SECONDS)
+    config = TokenizeConfig(
+        input=str(tmp_path / "in"),
+        output=str(tmp_path / "out"),
+        files_per_unit=len(paths),
+        encode_batch_segments=8,
+        progress_interval_s=60,
+        **TINY_CODEC,
+    )
+    tokens = _pipeline_tokens(config)
+    codec = SemantiCodec(50, 16384, weights="random:0", size="tiny", device="cpu")
+    _assert_equal_to_direct(tokens, codec, paths)
 
 
 @pytest.mark.slow

@@ -14,20 +14,7 @@ from pipeline.dataset.layout import (
     fingerprint_digest,
     publish,
 )
-
-FP = {
-    "codec": "semanticodec",
-    "codec_version": "0.1.0",
-    "token_rate": 50,
-    "semantic_vocab_size": 16384,
-    "acoustic_vocab_size": 8192,
-    "frame_rate": 25.0,
-    "size": "full",
-    "weights": "random:0",
-    "weights_digest": "00ff",
-    "channel_policy": "first",
-    "sample_rate": 16000,
-}
+from tests.helpers import CODEC_FINGERPRINT as FP
 
 
 def test_dataset_version_is_stable_and_readable():

@@ -16,20 +16,11 @@ from pipeline.dataset.parquet_writer import (
     errors_table,
     parquet_bytes,
     read_fingerprint,
+    tokens_schema,
     tokens_table,
     write_table,
 )
-
-FP = {
-    "codec": "semanticodec",
-    "codec_version": "0.1.0",
-    "token_rate": 50,
-    "semantic_vocab_size": 16384,
-    "acoustic_vocab_size": 8192,
-    "frame_rate": 25.0,
-    "weights": "random:0",
-    "weights_digest": "00ff",
-}
+from tests.helpers import CODEC_FINGERPRINT as FP
 
 
 def make_rows(n: int, seed: int = 0, prefix: str = "clip") -> list[dict]:
@@ -190,3 +181,11 @@ def test_datasets_loads_the_files(tmp_path, monkeypatch):
     for record in loaded:
         assert record["semantic_tokens"] == by_id[record["id"]]["semantic_tokens"].tolist()
         assert record["acoustic_tokens"] == by_id[record["id"]]["acoustic_tokens"].tolist()
+
+
+def test_fingerprint_metadata_never_carries_credentials():
+    secret = "s3://alice:hunter2@bucket/weights?X-Amz-Signature=abc123&X-Amz-Credential=AKIAXX"
+    schema = tokens_schema({**FP, "weights": secret})
+    stored = schema.metadata[FINGERPRINT_KEY].decode()
+    assert "hunter2" not in stored and "abc123" not in stored and "AKIAXX" not in stored
+    assert json.loads(stored)["token_rate"] == FP["token_rate"]

@@ -32,8 +32,9 @@ from tests.corpus import (
     speech_like,
     wav_bytes,
 )
+from tests.helpers import TINY_CODEC, TINY_FLAGS
 
-TINY = {"codec_size": "tiny", "weights": "random:0", "files_per_unit": 4, "progress_interval_s": 60}
+TINY = {**TINY_CODEC, "files_per_unit": 4, "progress_interval_s": 60}
 LONG_SECONDS = 200
 
 
@@ -121,10 +122,7 @@ def test_plan_cli_json_and_text(planned, capsys) -> None:
         p.config.input,
         "--out",
         p.config.output,
-        "--codec-size",
-        "tiny",
-        "--weights",
-        "random:0",
+        *TINY_FLAGS,
         "--files-per-unit",
         "4",
     ]

@@ -16,7 +16,7 @@ from pipeline.config import TokenizeConfig
 from pipeline.dataset.layout import OutputLayout
 from pipeline.dataset.manifest import load_errors, load_tokens
 from pipeline.records import InputUnit
-from pipeline.tokenize.job import job as tokenize
+from pipeline.tokenize import job as tokenize
 from pipeline.tokenize.prepare_stage import ERROR, SEGMENT, UNIT, WORKER_CRASHED, ItemLedger, PrepareUnit
 from tests import poison
 from tests.corpus import speech_like, wav_bytes

@@ -1,81 +1,64 @@
-"""Report pictures: SVGs parse and carry escaped user text; PNG is valid and shows the right content."""
+"""Report charts and spectrograms: what each chart draws (read back from the matplotlib figure), that
+the SVG parses and shows user text as written, and that the spectrogram puts a tone on its row."""
 
 from __future__ import annotations
 
+import base64
+import io
 import math
-import struct
 import xml.etree.ElementTree as ET
-import zlib
 
 import numpy as np
 import pytest
+from matplotlib.colors import same_color
+from matplotlib.figure import Figure
+from PIL import Image
 
 from pipeline.audit.plots import (
     IMPROVED_COLOUR,
-    MAX_POLYLINE_POINTS,
+    MAX_LINE_POINTS,
     NEUTRAL_COLOUR,
-    PNG_SIGNATURE,
     REGRESSED_COLOUR,
     Reference,
+    figure_svg,
+    histogram_figure,
     histogram_svg,
-    png_bytes,
+    rank_frequency_figure,
     rank_frequency_svg,
-    read_png_size,
+    shift_figure,
     shift_svg,
+    spectrogram_levels,
     spectrogram_png,
+    svg_data_uri,
 )
 
 SVG = "{http://www.w3.org/2000/svg}"
-NASTY = "a<b & \"c\" > 'd'"
+# markup, quotes, a mathtext pair, and a control character (from an undecodable file name)
+NASTY = "a<b & \"c\" > 'd' $x$\x01"
+NASTY_SHOWN = NASTY.replace("\x01", "\ufffd")
 
 
-def _parse(svg: str) -> ET.Element:
+def _svg_texts(svg: str) -> list[str]:
+    """Every text element's content in the SVG, as a reader of the picture sees it."""
     root = ET.fromstring(svg)
     assert root.tag == f"{SVG}svg"
-    w, h = int(root.get("width")), int(root.get("height"))
-    assert root.get("viewBox") == f"0 0 {w} {h}"
-    return root
+    return ["".join(el.itertext()) for el in root.iter(f"{SVG}text")]
 
 
-def _texts(root: ET.Element) -> list[str]:
-    """Every text node's full content (including tspans), as a reader of the picture sees it."""
-    return ["".join(el.itertext()) for el in root.iter() if el.tag in (f"{SVG}text", f"{SVG}title")]
+def _legend_texts(fig: Figure) -> list[str]:
+    return [t.get_text() for legend in fig.legends for t in legend.get_texts()]
 
 
-def _png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
-    """Split a PNG into (type, data), checking every CRC on the way."""
-    assert data[:8] == PNG_SIGNATURE
-    chunks, pos = [], 8
-    while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos : pos + 4])
-        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
-        (crc,) = struct.unpack(">I", data[pos + 8 + length : pos + 12 + length])
-        assert crc == zlib.crc32(kind + body) & 0xFFFFFFFF, f"bad CRC in {kind!r}"
-        chunks.append((kind, body))
-        pos += 12 + length
-    assert pos == len(data)
-    return chunks
-
-
-def _decode_png(data: bytes) -> np.ndarray:
-    """Our PNGs only: 8-bit RGB, filter 0 rows -> uint8 [H, W, 3]."""
-    chunks = _png_chunks(data)
-    assert [k for k, _ in chunks] == [b"IHDR", b"IDAT", b"IEND"]
-    w, h, depth, colour, comp, filt, interlace = struct.unpack(">IIBBBBB", chunks[0][1])
-    assert (depth, colour, comp, filt, interlace) == (8, 2, 0, 0, 0)
-    raw = zlib.decompress(chunks[1][1])
-    assert len(raw) == h * (1 + 3 * w)
-    rows = np.frombuffer(raw, dtype=np.uint8).reshape(h, 1 + 3 * w)
-    assert np.all(rows[:, 0] == 0)  # filter byte: None
-    return rows[:, 1:].reshape(h, w, 3)
+def _group_patches(fig: Figure) -> list:
+    return [p for p in fig.axes[0].patches if (p.get_gid() or "").startswith("group-")]
 
 
 # ----------------------------------------------------------------------------------------------
-# histogram_svg
+# histogram
 # ----------------------------------------------------------------------------------------------
 
 
-def test_histogram_escapes_names_and_shows_references_and_legend():
+def test_histogram_svg_shows_user_text_as_written():
     rng = np.random.default_rng(0)
     svg = histogram_svg(
         {"speech": rng.normal(4.0, 0.3, 200), NASTY: [3.0, 3.5, float("nan"), float("inf")]},
@@ -84,82 +67,97 @@ def test_histogram_escapes_names_and_shows_references_and_legend():
         references=[Reference(4.6, "SemantiCodec paper, Table 2, 50 tok/s")],
         higher_is_better=True,
     )
-    root = _parse(svg)
-    texts = _texts(root)
-    assert any(NASTY in t for t in texts), "group name must survive escaping"
-    assert any(t.startswith(f"{NASTY} (n=2, 2 non-finite)") for t in texts)
-    assert any(t.startswith("speech (n=200)") for t in texts)
-    assert any("SemantiCodec paper, Table 2, 50 tok/s" in t for t in texts)
-    assert any("ViSQOL <speech & music>" == t for t in texts)
-    assert any("higher is better" in t for t in texts)
-    # one filled path per group, in distinct colours
-    fills = [p.get("fill") for p in root.iter(f"{SVG}path") if p.get("fill-opacity")]
-    assert len(fills) == 2 and len(set(fills)) == 2
+    texts = _svg_texts(svg)  # parses: markup escaped, the control character replaced
+    assert f"{NASTY_SHOWN} (n=2, 2 non-finite)" in texts  # the $x$ pair stays text, not mathtext
+    assert "speech (n=200)" in texts
+    assert "SemantiCodec paper, Table 2, 50 tok/s (4.6)" in texts
+    assert "ViSQOL <speech & music>" in texts
+    assert "\u2191 higher is better" in texts
+    assert "dc:date" not in svg  # reproducible
+
+
+def test_histogram_one_filled_outline_per_group_in_distinct_colours():
+    rng = np.random.default_rng(1)
+    fig = histogram_figure(
+        {"speech": rng.normal(4.0, 0.3, 200), "music": rng.normal(3.0, 0.3, 50)}, title="t", x_label="x"
+    )
+    patches = _group_patches(fig)
+    assert len(patches) == 2
+    assert not same_color(patches[0].get_edgecolor(), patches[1].get_edgecolor())
+    assert fig.axes[0].get_title(loc="right") == ""  # no direction given, none claimed
 
 
 def test_histogram_x_range_includes_references():
-    # data in [0, 1], reference at 10: the dashed line must lie inside the plot, right of the data
-    svg = histogram_svg(
+    # data in [0, 1], reference at 10: the dashed line lies inside the plot, right of the data
+    fig = histogram_figure(
         {"g": np.linspace(0, 1, 50)},
         title="t",
         x_label="x",
         references=[Reference(10.0, "paper")],
         higher_is_better=False,
     )
-    root = _parse(svg)
-    dashed = [ln for ln in root.iter(f"{SVG}line") if ln.get("stroke-dasharray") == "5,3"]
-    assert len(dashed) == 1
-    x_ref = float(dashed[0].get("x1"))
-    width = int(root.get("width"))
-    path = next(p for p in root.iter(f"{SVG}path") if p.get("fill-opacity"))
-    xs = [float(tok.lstrip("MLZ").split(",")[0]) for tok in path.get("d").split() if "," in tok]
-    assert max(xs) < x_ref < width
-    assert any("lower is better" in t for t in _texts(root))
-    tick_labels = _texts(root)
-    assert "10" in tick_labels and "0" in tick_labels
+    ax = fig.axes[0]
+    [ref] = [line for line in ax.lines if (line.get_gid() or "").startswith("reference-")]
+    assert list(ref.get_xdata()) == [10.0, 10.0]
+    assert ref.get_linestyle() == "--"
+    [patch] = _group_patches(fig)
+    lo, hi = ax.get_xlim()
+    assert lo < 0.0 and patch.get_xy()[:, 0].max() == pytest.approx(1.0) and 10.0 < hi
+    assert ax.get_title(loc="right") == "\u2193 lower is better"
+    assert "paper (10)" in _legend_texts(fig)
 
 
 def test_histogram_bins_share_normalised_per_group():
     # group a: all in the lowest bin; group b: split evenly between the lowest and highest bin
-    svg = histogram_svg({"a": [0.0] * 10, "b": [0.0] * 3 + [1.0] * 3}, title="t", x_label="x", bins=4)
-    root = _parse(svg)
-    paths = [p for p in root.iter(f"{SVG}path") if p.get("fill-opacity")]
-    heights = []
-    for p in paths:
-        ys = [float(tok.lstrip("MLZ").split(",")[1]) for tok in p.get("d").split() if "," in tok]
-        heights.append(max(ys) - min(ys))
-    # a's tallest bar is 100%, b's is 50%: twice as tall
-    assert heights[0] == pytest.approx(2 * heights[1], rel=0.02)
+    fig = histogram_figure({"a": [0.0] * 10, "b": [0.0] * 3 + [1.0] * 3}, title="t", x_label="x", bins=4)
+    tops = [float(p.get_xy()[:, 1].max()) for p in _group_patches(fig)]
+    assert tops == pytest.approx([1.0, 0.5])  # shares of each group, not counts
 
 
 def test_histogram_no_finite_values_and_constant_values():
-    root = _parse(histogram_svg({"g": [float("nan"), float("inf")], "h": []}, title="t", x_label="x"))
-    texts = _texts(root)
-    assert "no values" in texts
-    assert any(t.startswith("g (n=0, 2 non-finite)") for t in texts)
-    assert not [p for p in root.iter(f"{SVG}path") if p.get("fill-opacity")]
+    fig = histogram_figure({"g": [float("nan"), float("inf")], "h": []}, title="t", x_label="x")
+    assert "no values" in [t.get_text() for t in fig.axes[0].texts]
+    assert "g (n=0, 2 non-finite)" in _legend_texts(fig) and "h (n=0)" in _legend_texts(fig)
+    assert _group_patches(fig) == []
 
-    root = _parse(histogram_svg({}, title="empty", x_label="x"))
-    assert "no values" in _texts(root)
+    assert "no values" in _svg_texts(histogram_svg({}, title="empty", x_label="x"))
 
     # all equal: a small range around the value, one full-height bar, no crash
-    root = _parse(histogram_svg({"g": [2.0, 2.0, 2.0]}, title="t", x_label="x"))
-    assert "no values" not in _texts(root)
-    assert len([p for p in root.iter(f"{SVG}path") if p.get("fill-opacity")]) == 1
+    fig = histogram_figure({"g": [2.0, 2.0, 2.0]}, title="t", x_label="x")
+    [patch] = _group_patches(fig)
+    assert float(patch.get_xy()[:, 1].max()) == pytest.approx(1.0)
+    lo, hi = fig.axes[0].get_xlim()
+    assert lo < 2.0 < hi
 
 
 def test_histogram_bad_bins():
     with pytest.raises(ValueError):
-        histogram_svg({"g": [1.0]}, title="t", x_label="x", bins=0)
+        histogram_figure({"g": [1.0]}, title="t", x_label="x", bins=0)
+
+
+def test_svg_is_reproducible_and_travels_as_a_data_uri():
+    values = {"g": np.linspace(0, 1, 30)}
+    svg = histogram_svg(values, title="t", x_label="x")
+    assert svg == histogram_svg(values, title="t", x_label="x")
+    uri = svg_data_uri(svg)
+    assert uri.startswith("data:image/svg+xml;base64,")
+    assert base64.b64decode(uri.split(",", 1)[1]).decode("utf-8") == svg
+
+
+def test_legend_grows_the_figure_not_squeezes_the_plot():
+    few = histogram_figure({"a": [1.0, 2.0]}, title="t", x_label="x")
+    many = histogram_figure({f"source number {i}": [1.0, 2.0] for i in range(9)}, title="t", x_label="x")
+    assert many.get_figheight() > few.get_figheight()
+    assert many.get_figwidth() == few.get_figwidth()
 
 
 # ----------------------------------------------------------------------------------------------
-# rank_frequency_svg
+# rank_frequency
 # ----------------------------------------------------------------------------------------------
 
 
-def _polyline_points(poly: ET.Element) -> list[tuple[float, float]]:
-    return [tuple(map(float, p.split(","))) for p in poly.get("points").split()]
+def _group_lines(fig: Figure) -> list:
+    return [line for line in fig.axes[0].lines if (line.get_gid() or "").startswith("group-")]
 
 
 def test_rank_frequency_downsamples_large_vocab_and_reports_usage():
@@ -168,54 +166,65 @@ def test_rank_frequency_downsamples_large_vocab_and_reports_usage():
     full = rng.integers(1, 1000, vocab)  # every code used
     partial = np.zeros(vocab, dtype=np.int64)
     partial[rng.choice(vocab, 500, replace=False)] = rng.integers(1, 50, 500)
-    root = _parse(rank_frequency_svg({"semantic": full, NASTY: partial}, title="usage"))
-    polys = list(root.iter(f"{SVG}polyline"))
-    assert len(polys) == 2
-    pts_full, pts_partial = (_polyline_points(p) for p in polys)
-    assert 2 <= len(pts_full) <= MAX_POLYLINE_POINTS
-    assert 2 <= len(pts_partial) <= 500
-    # shape: x increasing (rank), y non-decreasing in SVG coordinates (share sorted descending)
-    for pts in (pts_full, pts_partial):
-        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-        assert all(b >= a for a, b in zip(xs, xs[1:], strict=False)) and xs[-1] > xs[0]
-        assert all(b >= a for a, b in zip(ys, ys[1:], strict=False))
-        assert len(set(pts)) == len(pts)  # no repeated points
-    # the last used rank is kept: both lines start at rank 1 and end at rank 32768 and 500 respectively
-    assert pts_full[0][0] == pts_partial[0][0]
-    span_full, span_partial = pts_full[-1][0] - pts_full[0][0], pts_partial[-1][0] - pts_partial[0][0]
-    assert span_partial / span_full == pytest.approx(499 / 32767, abs=0.002)
-    texts = _texts(root)
-    assert "semantic: 32,768 of 32,768 codes used" in texts
-    assert f"{NASTY}: 500 of 32,768 codes used" in texts
+    fig = rank_frequency_figure({"semantic": full, NASTY: partial}, title="usage")
+    line_full, line_partial = _group_lines(fig)
+    assert 2 <= len(line_full.get_xdata()) <= MAX_LINE_POINTS
+    assert len(line_partial.get_xdata()) == 500
+    for line, last_rank, counts in ((line_full, vocab, full), (line_partial, 500, partial)):
+        ranks, shares = np.asarray(line.get_xdata()), np.asarray(line.get_ydata())
+        assert ranks[0] == 1 and ranks[-1] == last_rank  # first and last used rank kept
+        assert np.all(np.diff(ranks) > 0) and np.all(np.diff(shares) <= 0)  # sorted by share
+        assert shares[0] == pytest.approx(counts.max() / counts.sum())
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "log"
+    assert ax.get_xlim() == (1.0, float(vocab))
+    legend = _legend_texts(fig)
+    assert "semantic: 32,768 of 32,768 codes used" in legend
+    assert f"{NASTY_SHOWN}: 500 of 32,768 codes used" in legend
+    assert "uniform 1/V" in legend
+    assert f"{NASTY_SHOWN}: 500 of 32,768 codes used" in _svg_texts(figure_svg(fig))
 
 
-def test_rank_frequency_log_axis_positions():
-    # shares 0.9, 0.09, 0.01 (codes 3 and 4 unused): three points, log-spaced y
-    counts = np.array([90, 0, 9, 1, 0])
-    root = _parse(rank_frequency_svg({"g": counts}, title="t"))
-    (poly,) = root.iter(f"{SVG}polyline")
-    ys = [p[1] for p in _polyline_points(poly)]
-    assert len(ys) == 3
-    # log10(0.9) - log10(0.09) = 1 decade; log10(0.09) - log10(0.01) = 0.954 decade
-    assert (ys[2] - ys[1]) / (ys[1] - ys[0]) == pytest.approx(math.log10(9), abs=0.02)
-    assert "g: 3 of 5 codes used" in _texts(root)
+def test_rank_frequency_values_and_decade_axis():
+    # shares 0.9, 0.09, 0.01 (codes 3 and 4 unused): three points
+    fig = rank_frequency_figure({"g": np.array([90, 0, 9, 1, 0])}, title="t")
+    [line] = _group_lines(fig)
+    assert list(line.get_xdata()) == [1, 2, 3]
+    assert list(line.get_ydata()) == pytest.approx([0.9, 0.09, 0.01])
+    assert fig.axes[0].get_ylim() == pytest.approx((0.01, 1.0))  # whole decades around data and 1/V
+    assert "g: 3 of 5 codes used" in _legend_texts(fig)
+    # tick labels are plain numbers (mathtext is off, so 10^x labels would show as markup)
+    assert "0.1" in _svg_texts(figure_svg(fig))
 
 
 def test_rank_frequency_empty_and_invalid():
-    root = _parse(rank_frequency_svg({"g": np.zeros(16)}, title="t"))
-    assert "no values" in _texts(root)
-    assert not list(root.iter(f"{SVG}polyline"))
+    fig = rank_frequency_figure({"g": np.zeros(16)}, title="t")
+    assert "no values" in [t.get_text() for t in fig.axes[0].texts]
+    assert _group_lines(fig) == []
+    assert "g: 0 of 16 codes used" in _svg_texts(figure_svg(fig))
     with pytest.raises(ValueError):
         rank_frequency_svg({"g": np.array([1, -1])}, title="t")
+    with pytest.raises(ValueError):
+        rank_frequency_svg({"g": np.ones((2, 2))}, title="t")
 
 
 # ----------------------------------------------------------------------------------------------
-# shift_svg
+# shift
 # ----------------------------------------------------------------------------------------------
 
 
-def _arrow_colours(root: ET.Element) -> list[str]:
-    return [p.get("fill") for p in root.iter(f"{SVG}polygon")]
+def _arrows(fig: Figure) -> list:
+    """(verdict, colour, tip x, tail x) of each arrow, top row first."""
+    found = []
+    for text in fig.axes[0].texts:
+        gid = text.get_gid() or ""
+        if gid.startswith("arrow-"):
+            found.append((gid.rsplit("-", 1)[1], text.arrow_patch.get_facecolor(), text.xy[0], text.xyann[0]))
+    return found
+
+
+def _texts(fig: Figure) -> list[str]:
+    return [t.get_text() for t in fig.axes[0].texts]
 
 
 def test_shift_colours_follow_direction():
@@ -226,53 +235,43 @@ def test_shift_colours_follow_direction():
         ("stoi · speech", 0.9, 0.9),  # unchanged -> no arrow
         (NASTY, None, 3.0),  # missing A
     ]
-    root = _parse(
-        shift_svg(
-            rows, title="A vs B", higher_is_better={"visqol": True, "log_mel_distance": False, "stoi": True}
-        )
+    fig = shift_figure(
+        rows, title="A vs B", higher_is_better={"visqol": True, "log_mel_distance": False, "stoi": True}
     )
-    assert _arrow_colours(root) == [IMPROVED_COLOUR, REGRESSED_COLOUR, NEUTRAL_COLOUR]
-    texts = _texts(root)
-    assert "2 \u2192 4(+2)" in texts
-    assert "0.5 \u2192 1(+0.5)" in texts
-    assert "n/a \u2192 3" in texts
-    assert any(NASTY in t for t in texts)
-    # improvement arrow points right (B at 4 is right of A at 2 on the same row scale)
-    first = next(root.iter(f"{SVG}polygon"))
-    tip_x = float(first.get("points").split()[0].split(",")[0])
-    base_x = float(first.get("points").split()[1].split(",")[0])
-    assert tip_x > base_x
+    arrows = _arrows(fig)
+    assert [a[0] for a in arrows] == ["better", "worse", "unknown"]
+    for (_, colour, _, _), expected in zip(
+        arrows, [IMPROVED_COLOUR, REGRESSED_COLOUR, NEUTRAL_COLOUR], strict=True
+    ):
+        assert same_color(colour, expected)
+    tip, tail = arrows[0][2], arrows[0][3]
+    assert tip > tail  # B at 4 lies right of A at 2 on the row's own scale
+    texts = _texts(fig)
+    for shown in ("2 \u2192 4", "(+2)", "0.5 \u2192 1", "(+0.5)", "0.9 \u2192 0.9", "(0)", "n/a \u2192 3"):
+        assert shown in texts
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert labels[0] == "visqol · speech" and labels[-1] == NASTY_SHOWN
+    svg_texts = _svg_texts(figure_svg(fig))
+    assert NASTY_SHOWN in svg_texts and "2 \u2192 4" in svg_texts
 
 
-def test_shift_downward_improvement_and_empty():
-    root = _parse(
-        shift_svg(
-            [("si_sdr · speech", 5.0, -3.0), ("loudness_diff_db", 2.0, 1.0)],
-            title="t",
-            higher_is_better={"si_sdr": True, "loudness_diff_db": False},
-        )
+def test_shift_downward_improvement_long_labels_and_empty():
+    long_label = "si_sdr · source:" + "x" * 80
+    fig = shift_figure(
+        [(long_label, 5.0, -3.0), ("loudness_diff_db", 2.0, 1.0)],
+        title="t",
+        higher_is_better={"si_sdr": True, "loudness_diff_db": False},
     )
-    assert _arrow_colours(root) == [REGRESSED_COLOUR, IMPROVED_COLOUR]
-    assert "5 \u2192 -3(-8)" in _texts(root)
-    assert "no rows" in _texts(_parse(shift_svg([], title="t")))
+    assert [a[0] for a in _arrows(fig)] == ["worse", "better"]
+    assert "(-8)" in _texts(fig) and "5 \u2192 -3" in _texts(fig)
+    label = fig.axes[0].get_yticklabels()[0].get_text()
+    assert label.endswith("\u2026") and len(label) == 40
+    assert "no rows" in _svg_texts(shift_svg([], title="t"))
 
 
 # ----------------------------------------------------------------------------------------------
-# PNG encoder and spectrogram
+# spectrogram
 # ----------------------------------------------------------------------------------------------
-
-
-def test_png_roundtrip_and_size():
-    rgb = np.random.default_rng(2).integers(0, 256, (7, 5, 3), dtype=np.uint8)
-    data = png_bytes(rgb)
-    assert read_png_size(data) == (5, 7)
-    np.testing.assert_array_equal(_decode_png(data), rgb)
-    with pytest.raises(ValueError):
-        read_png_size(b"GIF89a" + data[6:])
-    with pytest.raises(ValueError):
-        png_bytes(rgb.astype(np.float32))
-    with pytest.raises(ValueError):
-        png_bytes(rgb[:, :, :2])
 
 
 def _tone(freq: float, seconds: float, sr: int = 16000) -> np.ndarray:
@@ -280,43 +279,63 @@ def _tone(freq: float, seconds: float, sr: int = 16000) -> np.ndarray:
     return (0.5 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
 
 
+def _png(data: bytes) -> np.ndarray:
+    image = Image.open(io.BytesIO(data))
+    assert image.format == "PNG"
+    return np.asarray(image.convert("RGB"))
+
+
 def test_spectrogram_size_and_tone_row():
     x = _tone(1000.0, 2.0)
     n_frames = 1 + math.ceil((32000 - 512) / 160)  # 198
-    data = spectrogram_png(x)
-    assert read_png_size(data) == (min(n_frames, 1200), 257)
-    img = _decode_png(data)
+    levels = spectrogram_levels(x)
+    assert levels.shape == (257, n_frames)
+    assert levels.min() >= 0.0 and levels.max() == 1.0
+    # 1 kHz = bin 1000 * 512 / 16000 = 32
+    assert int(np.argmax(levels.mean(axis=1))) == 32
+    img = _png(spectrogram_png(x))
+    assert img.shape == (257, n_frames, 3)
     brightness = img.astype(np.int64).sum(axis=(1, 2))
-    # 1 kHz = bin 1000 * 512 / 16000 = 32, counted from the bottom row
-    assert int(np.argmax(brightness)) == 256 - 32
-    # the tone is the loudest cell: its row reaches the colormap's brightest colour
+    assert int(np.argmax(brightness)) == 256 - 32  # low frequencies at the bottom
     assert img[256 - 32].astype(int).sum() > 3 * img[10].astype(int).sum()
 
 
-def test_spectrogram_width_cap_and_height_option():
+def test_spectrogram_frames_are_hann_windows_from_sample_zero():
+    # one impulse at sample 600: frames 1..3 (starting at 160, 320, 480) contain it, frame 0 does not
+    x = np.zeros(1200)
+    x[600] = 1.0
+    levels = spectrogram_levels(x, max_width=10_000)
+    assert levels.shape[1] == 1 + math.ceil((1200 - 512) / 160)
+    energy = levels.mean(axis=0)
+    assert energy[0] == 0.0 and np.all(energy[1:4] > 0) and energy[4] == 0.0
+    # the Hann window weights the impulse by its position in each frame: the frame that has it
+    # nearest its centre (frame 2, starting at 320: offset 280 of 512) is the loudest
+    assert int(np.argmax(energy)) == 2
+
+
+def test_spectrogram_width_cap():
     x = _tone(4000.0, 2.0)
-    data = spectrogram_png(x, max_width=50, height=65)
-    assert read_png_size(data) == (50, 65)
-    img = _decode_png(data)
-    brightness = img.astype(np.int64).sum(axis=(1, 2))
-    # 4 kHz = bin 128 of 257 -> row 128 * 65 // 257 = 32 from the bottom
-    assert int(np.argmax(brightness)) == 64 - 32
+    levels = spectrogram_levels(x, max_width=50)
+    assert levels.shape == (257, 50)
+    assert int(np.argmax(levels.mean(axis=1))) == 128  # 4 kHz = bin 128 of 257
+    assert _png(spectrogram_png(x, max_width=50)).shape == (257, 50, 3)
 
 
-def test_spectrogram_silence_short_and_empty():
-    data = spectrogram_png(np.zeros(16000))
-    img = _decode_png(data)
-    assert img.shape == (257, 1 + math.ceil((16000 - 512) / 160), 3)
-    assert np.all(img == img[0, 0])  # uniformly the darkest colour
-    assert int(img[0, 0].astype(int).sum()) < 30
+def test_spectrogram_silence_short_and_broken():
+    silent = _png(spectrogram_png(np.zeros(16000)))
+    assert silent.shape == (257, 1 + math.ceil((16000 - 512) / 160), 3)
+    assert np.all(silent == silent[0, 0])  # uniformly the darkest colour
+    assert int(silent[0, 0].astype(int).sum()) < 30
 
-    short = _decode_png(spectrogram_png(np.ones(100, dtype=np.float32)))
-    assert short.shape == (257, 1, 3)
+    assert spectrogram_levels(np.ones(100, dtype=np.float32)).shape == (257, 1)
 
-    with_nan = np.r_[_tone(1000.0, 0.5), np.full(10, np.nan)]
-    assert read_png_size(spectrogram_png(with_nan))[1] == 257
+    with_nan = np.r_[_tone(1000.0, 0.5), np.full(10, np.nan), np.full(3, np.inf)]
+    levels = spectrogram_levels(with_nan)
+    assert np.all(np.isfinite(levels)) and levels.shape[0] == 257
 
     with pytest.raises(ValueError):
-        spectrogram_png(np.zeros(0))
+        spectrogram_levels(np.zeros(0))
     with pytest.raises(ValueError):
-        spectrogram_png(np.zeros((2, 100)))
+        spectrogram_levels(np.zeros((2, 100)))
+    with pytest.raises(ValueError):
+        spectrogram_levels(np.zeros(100), hop=0)

@@ -20,10 +20,8 @@ from tests.corpus import (
     OK,
     CorpusSpec,
     build_corpus,
-    build_manifest,
-    build_parquet_files,
-    build_tar_shards,
 )
+from tests.helpers import build_every_input_kind
 
 UNIT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,119}$")
 
@@ -41,21 +39,10 @@ class Corpora:
     specs: dict[str, CorpusSpec]
 
 
-def _build(write_for) -> dict[str, CorpusSpec]:  # noqa: ANN001
-    jsonl, csv_spec = build_manifest(write_for("man"))
-    return {
-        "files": build_corpus(write_for("files"), long_seconds=30),
-        "tars": build_tar_shards(write_for("tars")),
-        "parquet": build_parquet_files(write_for("pq")),
-        "manifest_jsonl": jsonl,
-        "manifest_csv": csv_spec,
-    }
-
-
 @pytest.fixture(scope="module")
 def local_corpora(tmp_path_factory) -> Corpora:
     root = tmp_path_factory.mktemp("corpora")
-    specs = _build(lambda sub: local_writer(root / sub))
+    specs = build_every_input_kind(lambda sub: local_writer(root / sub), long_seconds=30)
     return Corpora(
         files=str(root / "files"),
         tars=str(root / "tars"),
@@ -71,7 +58,7 @@ def local_corpora(tmp_path_factory) -> Corpora:
 def s3_corpora(s3_server) -> Corpora:
     bucket = s3_server.make_bucket("semtok-sources")
     fs = s3_server.filesystem()
-    specs = _build(lambda sub: s3_writer(fs, f"{bucket}/{sub}"))
+    specs = build_every_input_kind(lambda sub: s3_writer(fs, f"{bucket}/{sub}"), long_seconds=30)
     return Corpora(
         files=f"{bucket}/files",
         tars=f"{bucket}/tars/",

@@ -13,8 +13,9 @@ from pipeline.config import TokenizeConfig
 from pipeline.ops.status import RunStatus, output_status
 from pipeline.tokenize.job import run_tokenize
 from tests.corpus import speech_like, wav_bytes
+from tests.helpers import TINY_CODEC
 
-TINY = {"codec_size": "tiny", "weights": "random:0", "files_per_unit": 2, "progress_interval_s": 60}
+TINY = {**TINY_CODEC, "files_per_unit": 2, "progress_interval_s": 60}
 
 
 @pytest.fixture(scope="module")

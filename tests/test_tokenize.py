@@ -29,9 +29,9 @@ from pipeline.io.audio_decoding import decode_audio
 from pipeline.io.storage import open_filesystem, read_bytes
 from pipeline.tokenize.job import plan_resources, run_tokenize
 from tests.conftest import local_writer, s3_writer
-from tests.corpus import CorpusSpec, build_corpus, build_manifest, build_parquet_files, build_tar_shards
+from tests.corpus import CorpusSpec, build_tar_shards
+from tests.helpers import TINY, TINY_FLAGS, build_every_input_kind
 
-TINY = {"codec_size": "tiny", "weights": "random:0", "token_rate": 50, "semantic_vocab_size": 16384}
 KINDS = ["files", "tars", "parquet", "manifest_jsonl", "manifest_csv"]
 
 
@@ -41,17 +41,6 @@ class Corpus:
     specs: dict[str, CorpusSpec]
     options: dict
     out: str
-
-
-def _build(write_for) -> dict[str, CorpusSpec]:
-    jsonl, csv_spec = build_manifest(write_for("man"))
-    return {
-        "files": build_corpus(write_for("files"), long_seconds=200),
-        "tars": build_tar_shards(write_for("tars")),
-        "parquet": build_parquet_files(write_for("pq")),
-        "manifest_jsonl": jsonl,
-        "manifest_csv": csv_spec,
-    }
 
 
 def _urls(root: str) -> dict[str, str]:
@@ -67,14 +56,16 @@ def _urls(root: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def local_corpus(tmp_path_factory) -> Corpus:
     root = tmp_path_factory.mktemp("tok-in")
-    specs = _build(lambda sub: local_writer(root / sub))
+    specs = build_every_input_kind(lambda sub: local_writer(root / sub), long_seconds=200)
     return Corpus(_urls(str(root)), specs, {}, str(tmp_path_factory.mktemp("tok-out")))
 
 
 @pytest.fixture(scope="module")
 def s3_corpus(s3_server) -> Corpus:
     bucket = s3_server.make_bucket("semtok-tokenize")
-    specs = _build(lambda sub: s3_writer(s3_server.filesystem(), f"{bucket}/in/{sub}"))
+    specs = build_every_input_kind(
+        lambda sub: s3_writer(s3_server.filesystem(), f"{bucket}/in/{sub}"), long_seconds=200
+    )
     return Corpus(_urls(f"{bucket}/in"), specs, s3_server.storage_options, f"{bucket}/out")
 
 
@@ -304,10 +295,7 @@ def test_readme_demo_commands(ray_local, tmp_path: Path) -> None:
                 str(tmp_path / "demo"),
                 "--out",
                 str(tmp_path / "tokens"),
-                "--codec-size",
-                "tiny",
-                "--weights",
-                "random:0",
+                *TINY_FLAGS,
             ]
         )
         == 0
@@ -341,25 +329,13 @@ def test_every_config_field_can_be_set_from_the_command_line(tmp_path: Path) -> 
     both = argparse.Namespace(**{**vars(args), "settings": ["files_per_unit=9"]})
     with pytest.raises(ConfigError, match="conflicts"):  # never silently dropped
         tokenize_config(both)
+
+    def only_set(setting: str) -> argparse.Namespace:
+        return argparse.Namespace(
+            command="tokenize", config=None, verbose=False, settings=[setting], input="a", output="b"
+        )
+
     with pytest.raises(ConfigError, match="unknown --set field 'no_such_field'"):
-        tokenize_config(
-            argparse.Namespace(
-                command="tokenize",
-                config=None,
-                verbose=False,
-                settings=["no_such_field=1"],
-                input="a",
-                output="b",
-            )
-        )
+        tokenize_config(only_set("no_such_field=1"))
     with pytest.raises(ConfigError, match="read_cpus"):
-        tokenize_config(
-            argparse.Namespace(
-                command="tokenize",
-                config=None,
-                verbose=False,
-                settings=["read_cpus=-1"],
-                input="a",
-                output="b",
-            )
-        )
+        tokenize_config(only_set("read_cpus=-1"))

@@ -4,12 +4,9 @@ problems, never crashes."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import fsspec
-import numpy as np
 
 from pipeline.dataset.commit import commit_unit
 from pipeline.dataset.layout import OutputLayout
@@ -18,21 +15,9 @@ from pipeline.io.sources import plan_units
 from pipeline.io.storage import source_stamp
 from pipeline.ops.verify import verify
 from tests.corpus import speech_like, wav_bytes
+from tests.helpers import FINGERPRINT, run_cli, token_row
 
-REPO = Path(__file__).resolve().parents[1]
-FP = {"codec": "semanticodec", "token_rate": 50, "semantic_vocab_size": 16384, "test": "verify"}
-
-
-def token_row(item_id: str, n: int = 3, source_uri: str = "") -> dict:
-    return {
-        "id": item_id,
-        "semantic_tokens": np.arange(n, dtype=np.uint16),
-        "acoustic_tokens": np.arange(n, dtype=np.uint16),
-        "n_frames": n,
-        "duration_s": 0.06,
-        "source_uri": source_uri or f"file:///x/{item_id}",
-        "metadata": {},
-    }
+FP = {**FINGERPRINT, "test": "verify"}
 
 
 def committed(tmp_path: Path, units: dict[str, list[str]]) -> tuple[str, OutputLayout]:
@@ -88,13 +73,7 @@ def test_damaged_manifest_entries_are_problems_not_crashes(tmp_path):
 
 
 def test_cli_fails_on_a_mistyped_output(tmp_path):
-    done = subprocess.run(
-        [sys.executable, "-m", "jobs.cli", "verify", str(tmp_path / "nope")],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run_cli("verify", str(tmp_path / "nope"), timeout=120)
     assert done.returncode == 1, done.stderr
     assert "output path does not exist" in done.stdout + done.stderr
 

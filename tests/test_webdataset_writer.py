@@ -12,17 +12,9 @@ import pytest
 import webdataset as wds
 
 from pipeline.dataset.webdataset_writer import item_key, shard_bytes, write_shard
+from tests.helpers import CODEC_FINGERPRINT as FP
+from tests.helpers import random_token_rows
 
-FP = {
-    "codec": "semanticodec",
-    "codec_version": "0.1.0",
-    "token_rate": 50,
-    "semantic_vocab_size": 16384,
-    "acoustic_vocab_size": 8192,
-    "frame_rate": 25.0,
-    "weights": "random:0",
-    "weights_digest": "00ff",
-}
 UNSAFE_IDS = [
     "a.b.c.wav",
     "dir/sub dir/file.flac",
@@ -37,22 +29,7 @@ UNSAFE_IDS = [
 
 
 def make_rows(ids: list[str], seed: int = 0) -> list[dict]:
-    rng = np.random.default_rng(seed)
-    rows = []
-    for i, item_id in enumerate(ids):
-        frames = int(rng.integers(1, 30))
-        rows.append(
-            {
-                "id": item_id,
-                "semantic_tokens": rng.integers(0, 16384, frames),
-                "acoustic_tokens": rng.integers(0, 8192, frames),
-                "n_frames": frames,
-                "duration_s": frames / 25.0,
-                "source_uri": "s3://in/shard-0.tar",
-                "metadata": {"i": i},
-            }
-        )
-    return rows
+    return random_token_rows(ids, lambda _: "s3://in/shard-0.tar", seed=seed)
 
 
 @pytest.mark.parametrize("item_id", UNSAFE_IDS)

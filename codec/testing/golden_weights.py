@@ -35,7 +35,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -199,7 +199,7 @@ def _fan_in(shape) -> int:
 
 
 def tensor_values(
-    seed: int, file: str, name: str, shape: list[int], dtype: str, memo: dict | None = None
+    seed: int, file: str, name: str, shape: Sequence[int], dtype: str, memo: dict | None = None
 ) -> np.ndarray:
     """The values of one tensor by the rules of this module (an unknown key raises KeyError)."""
     memo = {} if memo is None else memo
@@ -256,7 +256,7 @@ def tensor_digest(array: np.ndarray) -> str:
     """sha256 of '<dtype.str>|<shape as a list>|' followed by the raw C-order bytes."""
     array = np.ascontiguousarray(array)
     digest = hashlib.sha256(f"{array.dtype.str}|{list(array.shape)}|".encode())
-    digest.update(memoryview(array.reshape(-1)).cast("B"))
+    digest.update(array.reshape(-1).data.cast("B"))
     return digest.hexdigest()
 
 

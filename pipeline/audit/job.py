@@ -12,6 +12,7 @@ are never touched.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import heapq
 import io
 import json
@@ -27,6 +28,7 @@ from typing import Annotated, Any, TextIO
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 from pydantic import Field
 
 from codec import CodecSpec, build_segmenter, check_decode_options
@@ -222,7 +224,7 @@ def _scan_units(
         tables: dict[str, pa.Table] = {}
         for info in entries[unit_id].get("files", []):
             if info["kind"] in ("tokens", "errors"):
-                data = with_retries(lambda p=info["path"]: fs.cat_file(layout.path(p)))
+                data = with_retries(functools.partial(fs.cat_file, layout.path(info["path"])))
                 tables[info["kind"]] = pq.read_table(io.BytesIO(data))
         return unit_id, tables.get("tokens"), tables.get("errors")
 
@@ -506,7 +508,7 @@ def _execute(
     tokens = _sampled_tokens(fs, layout, scan.token_files, chosen)
     max_samples = int(round(config.max_item_seconds * SAMPLE_RATE))
     segmenter = build_segmenter(spec)
-    max_frames = segmenter(np.zeros(max_samples, dtype=np.float32)).num_tokens
+    max_frames = segmenter(torch.zeros(max_samples)).num_tokens
     by_unit: dict[str, list[AuditItem]] = {}
     for candidate in chosen:
         by_unit.setdefault(candidate.unit_id, []).append(
@@ -532,7 +534,7 @@ def _execute(
         }
         for u, items in by_unit.items()
     ]
-    dataset = ray.data.from_items(unit_rows, override_num_blocks=len(unit_rows))
+    dataset: ray.data.Dataset = ray.data.from_items(unit_rows, override_num_blocks=len(unit_rows))
     dataset = dataset.flat_map(
         ReadOriginals(
             max_samples=max_samples,

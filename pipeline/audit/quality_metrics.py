@@ -217,7 +217,7 @@ def si_sdr(reference: np.ndarray, estimate: np.ndarray, cap_db: float = SI_SDR_C
 def _stft_mag(x: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
     """|STFT| [frames, bins], centred frames (reflect padding, zeros when the clip is too short)."""
     pad = n_fft // 2
-    mode = "reflect" if len(x) > pad else "constant"
+    mode: Literal["reflect", "constant"] = "reflect" if len(x) > pad else "constant"
     xp = np.pad(x, (pad, pad), mode=mode)
     if len(xp) < n_fft:
         xp = np.pad(xp, (0, n_fft - len(xp)))

@@ -20,9 +20,10 @@ import torch
 
 from codec import CodecSpec, build_codec
 from pipeline.audit.quality_metrics import DEFAULT_METRICS, score_pair, scores_to_json
+from pipeline.config import ChannelPolicy
 from pipeline.io.audio_decoding import AudioDecodeError, decode_audio
 from pipeline.io.sources import read_unit
-from pipeline.records import InputUnit
+from pipeline.records import DecodedAudio, InputUnit
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ class ReadOriginals:
         self,
         *,
         max_samples: int,
-        channel_policy: str,
+        channel_policy: ChannelPolicy,
         max_audio_seconds: float | None,
         storage_options: dict | None = None,
         audio_column: str | None = None,
@@ -165,6 +166,7 @@ class ReadOriginals:
             )
         except AudioDecodeError as error:
             return _failed(row, "read", "original_undecodable", f"{error.reason}: {error.detail}")
+        assert isinstance(audio, DecodedAudio)  # no spill_path: always decoded in memory
         if abs(audio.duration_s - row["duration_s"]) > _DURATION_TOLERANCE_S:
             return _failed(
                 row,

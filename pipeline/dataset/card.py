@@ -1,27 +1,61 @@
 """The README.md dataset card of a dataset version: what the tokens are and how to load them.
 
 Written next to the data so that a folder copied anywhere still explains itself; loud about random
-weights, because tokens from an untrained codec look like real tokens and mean nothing.
+weights, because tokens from an untrained codec look like real tokens and mean nothing. It opens
+with the Hugging Face Hub's YAML front matter (configs pointing at the token Parquet files, the
+features of their schema), so `datasets.load_dataset(<version folder>)` and the Hub's viewer read
+the version as it is. The markdown is the Jinja2 template templates/card.md.j2.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import fsspec
+import pyarrow as pa
+import yaml
+from jinja2 import Environment, PackageLoader, StrictUndefined
 
-from pipeline.dataset.layout import OutputLayout, canonical_json, dataset_version, publish
+from pipeline.dataset.layout import (
+    ERRORS_DIR,
+    TOKENS_DIR,
+    OutputLayout,
+    canonical_json,
+    dataset_version,
+    publish,
+)
 from pipeline.dataset.manifest import read_manifest
+from pipeline.dataset.parquet_writer import ERRORS_FIELDS, TOKENS_FIELDS
 from pipeline.io.storage import redact_text
 
-RANDOM_WARNING = (
-    "> **WARNING: these tokens were made with RANDOMLY INITIALISED codec weights "
-    "(`weights = {weights}`).**\n"
-    "> They are deterministic but carry no meaning: do not train on them or report results from\n"
-    "> them. Re-run with real SemantiCodec weights to get a usable dataset (a new version\n"
-    "> folder).\n"
+# Markdown, not HTML: nothing to escape (the old card was plain text too); StrictUndefined so a
+# misspelt field fails the tests instead of leaving a blank in every card.
+_TEMPLATES = Environment(
+    loader=PackageLoader("pipeline.dataset", "templates"),
+    autoescape=False,
+    undefined=StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    keep_trailing_newline=True,
 )
+_TEMPLATES.filters["count_value"] = lambda value: f"{value:.2f}" if isinstance(value, float) else str(value)
+
+#: The Hub's size buckets (number of rows), smallest first; the last one has no upper bound.
+SIZE_CATEGORIES: tuple[tuple[float, str], ...] = (
+    (1e3, "n<1K"),
+    (1e4, "1K<n<10K"),
+    (1e5, "10K<n<100K"),
+    (1e6, "100K<n<1M"),
+    (1e7, "1M<n<10M"),
+    (1e8, "10M<n<100M"),
+    (1e9, "100M<n<1B"),
+    (1e10, "1B<n<10B"),
+    (1e11, "10B<n<100B"),
+    (1e12, "100B<n<1T"),
+    (float("inf"), "n>1T"),
+)
+_HUB_DTYPES = {"double": "float64", "float": "float32", "halffloat": "float16"}  # pyarrow → datasets names
 
 
 def is_random_weights(fingerprint: Mapping[str, Any]) -> bool:
@@ -29,138 +63,75 @@ def is_random_weights(fingerprint: Mapping[str, Any]) -> bool:
     return str(fingerprint.get("weights", "")).startswith("random")
 
 
-def _counts_table(counts: Mapping[str, Any]) -> str:
-    if not counts:
-        return "_No counts recorded._\n"
-    lines = ["| count | value |", "|---|---|"]
-    for key in sorted(counts):
-        value = counts[key]
-        text = f"{value:.2f}" if isinstance(value, float) else str(value)
-        lines.append(f"| {key} | {text} |")
-    return "\n".join(lines) + "\n"
+def _hub_features(fields: Sequence[pa.Field]) -> list[dict[str, str]]:
+    """`dataset_info.features` of a Parquet schema, in the Hub's YAML form (derived from the
+    writer's schema, so the card cannot drift from the files)."""
+    features = []
+    for field in fields:
+        if pa.types.is_list(field.type):
+            value = str(field.type.value_type)
+            features.append({"name": field.name, "sequence": _HUB_DTYPES.get(value, value)})
+        else:
+            features.append({"name": field.name, "dtype": _HUB_DTYPES.get(str(field.type), str(field.type))})
+    return features
+
+
+def hub_metadata(version: str, *, counts: Mapping[str, Any], random_weights: bool) -> dict[str, Any]:
+    """The card's front matter: a `default` config of the token files (an `errors` config when the
+    version has error rows), their features, tags, and the size bucket when the rows are counted."""
+    configs = [
+        {
+            "config_name": "default",
+            "default": True,
+            "data_files": [{"split": "train", "path": f"{TOKENS_DIR}/*.parquet"}],
+        }
+    ]
+    info = [{"config_name": "default", "features": _hub_features(TOKENS_FIELDS)}]
+    if counts.get("error_rows"):
+        configs.append(
+            {"config_name": "errors", "data_files": [{"split": "train", "path": f"{ERRORS_DIR}/*.parquet"}]}
+        )
+        info.append({"config_name": "errors", "features": _hub_features(ERRORS_FIELDS)})
+    metadata: dict[str, Any] = {
+        "pretty_name": f"Audio tokens {version}",
+        "tags": ["audio", "audio-tokens", "discrete-tokens", "semanticodec", "semtok"]
+        + (["random-weights"] if random_weights else []),
+        "task_categories": ["audio-to-audio"],
+    }
+    if "token_rows" in counts:
+        rows = int(counts["token_rows"])
+        metadata["size_categories"] = [next(name for bound, name in SIZE_CATEGORIES if rows < bound)]
+    metadata["configs"] = configs
+    metadata["dataset_info"] = info
+    return metadata
 
 
 def render_dataset_card(
     fingerprint: Mapping[str, Any], *, counts: Mapping[str, Any], random_weights: bool
 ) -> str:
-    """Markdown dataset card for one dataset version."""
+    """Markdown dataset card for one dataset version, Hub front matter first."""
     fp = dict(fingerprint)
     version = dataset_version(fp)
-    semantic_vocab = fp.get("semantic_vocab_size", "the semantic vocabulary size")
-    acoustic_vocab = fp.get("acoustic_vocab_size", 8192)
-    frame_rate = fp.get("frame_rate", "frame_rate")
-    codec = fp.get("codec", "semanticodec")
-    parts = [f"# Audio tokens: `{version}`\n"]
-    if random_weights:
-        parts.append(RANDOM_WARNING.format(weights=fp.get("weights", "random")))
-    parts.append(
-        f"""
-Discrete tokens of an audio corpus, made by the `{codec}` codec (SemantiCodec) with the
-`semtok` pipeline. Each item of the input corpus (one audio file, or one member of a tar shard or
-one row of a Parquet input) is one row. Items that could not be tokenized are rows of the errors
-table, with the stage and reason of the failure.
-
-## Counts
-
-{_counts_table(counts)}
-## Token semantics
-
-- `semantic_tokens[t]`: k-means cluster id of the semantic (AudioMAE) feature of frame `t`,
-  `0 <= id < {semantic_vocab}`.
-- `acoustic_tokens[t]`: vector-quantizer code of the acoustic stream of frame `t`,
-  `0 <= id < {acoustic_vocab}`.
-- Both lists have length `T = n_frames`; the codec makes `{frame_rate}` (semantic, acoustic)
-  pairs per second of audio (so `{fp.get("token_rate", "token_rate")}` tokens per second in all).
-- `duration_s` is the input duration after resampling to {fp.get("sample_rate", 16000)} Hz.
-- Audio was reduced to mono with channel policy `{fp.get("channel_policy", "first")}`.
-
-## Layout
-
-```
-{version}/
-  tokens/part-<unit>.parquet   token rows of one input unit
-  errors/part-<unit>.parquet   failed items of that unit (only when there were any)
-  wds/<unit>.tar               optional WebDataset twin (<key>.tokens.npy, <key>.json)
-  _manifest/<unit>.json        one per committed unit: files, row counts, sha256
-  runs/<run>.json              one per job run: config, versions, counts, throughput
-```
-
-A unit is complete iff its `_manifest/<unit>.json` exists. Files not listed in a manifest entry
-(leftovers of an interrupted run) are not part of the dataset; loading `tokens/*.parquet` is
-safe once the job that wrote them has finished.
-
-## Schema
-
-Tokens (`tokens/*.parquet`):
-
-| column | type | meaning |
-|---|---|---|
-| id | string | item id, unique in the dataset |
-| semantic_tokens | list<uint16> | semantic token ids, length n_frames |
-| acoustic_tokens | list<uint16> | acoustic token ids, length n_frames |
-| n_frames | int32 | T |
-| duration_s | float64 | input duration in seconds |
-| source_uri | string | where the item came from |
-| metadata | string | JSON object of metadata carried from the input |
-
-Every token file holds the codec fingerprint (JSON) in its Parquet key-value metadata under the
-key `semtok`.
-
-Errors (`errors/*.parquet`): `id`, `source_uri`, `stage`, `reason`, `detail`, all strings.
-
-## Codec fingerprint
-
-```json
-{canonical_json(fp)}
-```
-
-## Loading
-
-Hugging Face `datasets`:
-```python
-from datasets import load_dataset
-ds = load_dataset("parquet", data_files="{version}/tokens/*.parquet", split="train")
-```
-
-`pyarrow.dataset`:
-```python
-import json, pyarrow.dataset as pads
-dset = pads.dataset("{version}/tokens", format="parquet")
-table = dset.to_table()
-fingerprint = json.loads(dset.schema.metadata[b"semtok"])
-```
-
-DuckDB:
-```sql
-SELECT id, n_frames, len(semantic_tokens) FROM read_parquet('{version}/tokens/*.parquet');
-```
-
-Polars:
-```python
-import polars as pl
-df = pl.read_parquet("{version}/tokens/*.parquet")
-```
-
-WebDataset (when the tar twin was written):
-```python
-import webdataset as wds
-for sample in wds.WebDataset("{version}/wds/UNIT.tar").decode():
-    pairs = sample["tokens.npy"]      # uint16 [T, 2]: (semantic, acoustic)
-    info = sample["json"]             # id, source_uri, n_frames, duration_s, metadata
-```
-
-Only committed units, read through the manifest:
-```python
-import fsspec
-from pipeline.dataset.commit import load_tokens
-from pipeline.dataset.layout import OutputLayout
-table = load_tokens(fsspec.filesystem("file"), OutputLayout("OUTPUT", "{version}"))
-```
-"""
+    front_matter = yaml.safe_dump(
+        hub_metadata(version, counts=counts, random_weights=random_weights),
+        sort_keys=False,
+        allow_unicode=True,
     )
-    if random_weights:
-        parts.append("\n" + RANDOM_WARNING.format(weights=fp.get("weights", "random")))
-    return "".join(parts)
+    return _TEMPLATES.get_template("card.md.j2").render(
+        front_matter=front_matter,
+        version=version,
+        random_weights=random_weights,
+        weights=fp.get("weights", "random"),
+        counts=dict(counts),
+        codec=fp.get("codec", "semanticodec"),
+        semantic_vocab=fp.get("semantic_vocab_size", "the semantic vocabulary size"),
+        acoustic_vocab=fp.get("acoustic_vocab_size", 8192),
+        frame_rate=fp.get("frame_rate", "frame_rate"),
+        token_rate=fp.get("token_rate", "token_rate"),
+        sample_rate=fp.get("sample_rate", 16000),
+        channel_policy=fp.get("channel_policy", "first"),
+        fingerprint_json=canonical_json(fp),
+    )
 
 
 def manifest_counts(fs: fsspec.AbstractFileSystem, layout: OutputLayout) -> dict[str, Any]:

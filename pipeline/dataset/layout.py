@@ -167,14 +167,6 @@ class OutputLayout:
         return self.path(TOKENS_DIR)
 
     @property
-    def errors_dir(self) -> str:
-        return self.path(ERRORS_DIR)
-
-    @property
-    def wds_dir(self) -> str:
-        return self.path(WDS_DIR)
-
-    @property
     def runs_dir(self) -> str:
         return self.path(RUNS_DIR)
 

@@ -663,7 +663,7 @@ class OutputLease:
             if token is None:
                 found = self.backend.read()
                 holder = None if found is None else _holder(found, self.ttl_s, now)
-                if found is not None and holder.record.get("nonce") == self.nonce:
+                if found is not None and holder is not None and holder.record.get("nonce") == self.nonce:
                     # still ours (an earlier write landed but its answer was lost): adopt it
                     self._token = found.token
                     token = self.backend.replace(self._record(now), self._token)

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.dataset.layout import canonical_json, publish
-from pipeline.io.storage import redact_text, redact_uri
+from pipeline.io.storage import redact_text, redact_uri, redact_value
 
 FINGERPRINT_KEY = b"semtok"
 UINT16_LIMIT = 1 << 16
@@ -42,10 +42,11 @@ ERRORS_SCHEMA = pa.schema(ERRORS_FIELDS)
 
 
 def tokens_schema(fingerprint: Mapping[str, Any] | None = None) -> pa.Schema:
-    """The token schema, carrying the fingerprint as file metadata when given."""
+    """The token schema, carrying the fingerprint as file metadata when given (redacted: a weights
+    URL with credentials must not travel with the tokens)."""
     schema = pa.schema(TOKENS_FIELDS)
     if fingerprint is not None:
-        schema = schema.with_metadata({FINGERPRINT_KEY: canonical_json(dict(fingerprint))})
+        schema = schema.with_metadata({FINGERPRINT_KEY: canonical_json(redact_value(dict(fingerprint)))})
     return schema
 
 

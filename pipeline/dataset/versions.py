@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import fsspec
 
 from pipeline.dataset.layout import (
@@ -33,8 +35,10 @@ def dataset_versions(fs: fsspec.AbstractFileSystem, root: str, only: str | None 
         if entry.get("type") != "directory":
             continue
         name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
-        if with_retries(
-            lambda n=entry["name"]: fs.exists(f"{n}/{MANIFEST_DIR}") or fs.exists(f"{n}/{RUNS_DIR}")
-        ):
+        if with_retries(functools.partial(_holds_output, fs, entry["name"])):
             versions.append(name)
     return sorted(versions)
+
+
+def _holds_output(fs: fsspec.AbstractFileSystem, path: str) -> bool:
+    return bool(fs.exists(f"{path}/{MANIFEST_DIR}") or fs.exists(f"{path}/{RUNS_DIR}"))

@@ -18,7 +18,12 @@ The child is a fresh interpreter (``sys.executable``), never a fork of the threa
 It is not started through multiprocessing's "spawn" because that re-runs the parent's ``__main__``
 (in a Ray worker: Ray's default_worker.py, i.e. all of Ray) in the child. Messages travel over two
 pipes: a small pickled header, then raw buffers (the encoded bytes one way, the float32 samples
-the other way, pickle protocol 5 out-of-band, so neither side copies them more than once).
+the other way, pickle protocol 5 out-of-band, so neither side copies them more than once; the child
+decodes the bytes in the buffer it received them into). A long item streamed to a spill file
+(``spill_path=``, see audio_decoding) comes back as a small `SpilledAudio` (path and counts), never
+as samples: the caller names the file, and deletes it whatever the outcome (a crash or a timeout
+can leave it half written). A large item can go the other way through a file too (``spool_path=``):
+the child maps it read-only instead of receiving a copy.
 
 The decode function is named by a dotted path ("module:function"), so tests can run one that
 crashes on chosen inputs without this module knowing about tests. Exceptions of other types raised
@@ -49,7 +54,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from pipeline.io.audio_decoding import AudioDecodeError
+from pipeline.io.audio_decoding import AudioDecodeError, SpilledAudio
 from pipeline.records import DecodedAudio
 
 DEFAULT_DECODE_FN = "pipeline.io.audio_decoding:decode_audio"
@@ -61,6 +66,7 @@ DECODE_TIMEOUT, DECODE_CRASHED, OUT_OF_MEMORY = "decode_timeout", "decode_crashe
 
 _LEN = struct.Struct("<Q")
 _CHUNK = 1 << 20
+_SPOOL_CHUNK = 1 << 26
 _EXIT_OOM = 86  # the child's exit code when it could not even report a MemoryError
 # Defaults for the child (the parent's own settings win; OMP threads stay as Ray set them: soxr uses
 # them). Fewer BLAS threads and malloc arenas: a smaller address space under the memory cap.
@@ -99,7 +105,7 @@ class _Timeout(Exception):
 
 
 class IsolatedDecoder:
-    """`decode(data, **decode_kwargs) -> DecodedAudio` in a persistent child process.
+    """`decode(data, **decode_kwargs) -> DecodedAudio | SpilledAudio` in a persistent child process.
 
     Thread-safe (calls are serialized). ``in_process=True`` calls the decode function directly (no
     isolation, no timeout; MemoryError still becomes out_of_memory): for tests and benchmarks.
@@ -149,11 +155,16 @@ class IsolatedDecoder:
         with self._lock:
             self._ensure_child()
 
-    def decode(self, data: bytes, **decode_kwargs: Any) -> DecodedAudio:
+    def decode(
+        self, data: bytes, *, spool_path: str | None = None, **decode_kwargs: Any
+    ) -> DecodedAudio | SpilledAudio:
+        """`decode_fn(data, **decode_kwargs)` in the child. ``spool_path`` (a fresh local path): the
+        bytes go through that file, which the child maps, instead of the pipe, so the child holds
+        no copy of a large item (its pages are file-backed); the file is deleted before returning."""
         if self.in_process:
             return self._decode_here(data, decode_kwargs)
         with self._lock:
-            return self._decode_isolated(data, decode_kwargs)
+            return self._decode_isolated(data, decode_kwargs, spool_path)
 
     def close(self) -> None:
         """Kill the child (if any) and reap it. The decoder restarts one if used again."""
@@ -178,7 +189,7 @@ class IsolatedDecoder:
 
     # --- in process -----------------------------------------------------------------------
 
-    def _decode_here(self, data: bytes, kwargs: dict[str, Any]) -> DecodedAudio:
+    def _decode_here(self, data: bytes, kwargs: dict[str, Any]) -> DecodedAudio | SpilledAudio:
         if self._fn is None:
             self._fn = resolve_function(self.decode_fn)
         try:
@@ -188,14 +199,27 @@ class IsolatedDecoder:
 
     # --- isolated -------------------------------------------------------------------------
 
-    def _decode_isolated(self, data: bytes, kwargs: dict[str, Any]) -> DecodedAudio:
+    def _decode_isolated(
+        self, data: bytes, kwargs: dict[str, Any], spool_path: str | None
+    ) -> DecodedAudio | SpilledAudio:
         self._ensure_child()
+        spool = spool_path if spool_path is not None and _spool(spool_path, data) else None
+        try:
+            return self._exchange(data, kwargs, spool)
+        finally:
+            if spool is not None:
+                _unlink(spool)
+
+    def _exchange(
+        self, data: bytes, kwargs: dict[str, Any], spool: str | None
+    ) -> DecodedAudio | SpilledAudio:
         self._oom_baseline = _oom_kill_count()  # per item: another process's OOM kill is not ours
         deadline = None if self.timeout_s is None else time.monotonic() + self.timeout_s
         try:
-            header = pickle.dumps((len(data), kwargs), protocol=5)
+            header = pickle.dumps((len(data), kwargs, spool), protocol=5)
             _write_all(self._to_child, _LEN.pack(len(header)) + header, deadline)
-            _write_all(self._to_child, memoryview(data), deadline)
+            if spool is None:
+                _write_all(self._to_child, memoryview(data), deadline)
             kind, payload = self._receive(deadline)
         except _Timeout:
             self._kill()
@@ -367,6 +391,43 @@ def _close_all() -> None:
         decoder.close()
 
 
+# --- spool files: large items handed over through local disk -------------------------------
+
+
+def _spool(path: str, data: bytes) -> bool:
+    """Write `data` to a fresh file at `path`; False (and no file) when that fails: use the pipe."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return False
+    try:
+        view = memoryview(data).cast("B")
+        while view.nbytes:
+            view = view[os.write(fd, view[:_SPOOL_CHUNK]) :]
+    except OSError:
+        os.close(fd)
+        _unlink(path)
+        return False
+    os.close(fd)
+    return True
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _map_file(path: str) -> Any:
+    """The child's view of a spooled item: a read-only map (file-backed pages, not anonymous)."""
+    import mmap
+
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        return mmap.mmap(fh.fileno(), size, access=mmap.ACCESS_READ) if size else None
+
+
 # --- pipe I/O (parent side: non-blocking fds with deadlines) --------------------------------
 
 
@@ -504,16 +565,21 @@ def _child_main(config: dict[str, Any]) -> None:
             size = _LEN.unpack(_child_read(rfd, _LEN.size))[0]
         except EOFError:
             return
-        data_len, kwargs = pickle.loads(_child_read(rfd, size))
-        data = _child_read(rfd, data_len)
+        data_len, kwargs, spool = pickle.loads(_child_read(rfd, size))
+        mapped = None
         try:
+            if spool is not None:
+                mapped = _map_file(spool)
+                data = mapped if mapped is not None else b""
+            else:  # decoded in place: no second copy of a large item
+                data = _child_read_buffer(rfd, data_len)
             result = fn(data, **kwargs)
             del data
         except MemoryError as exc:
-            detail = f"MemoryError in the decode process: {exc}"[:500]
-            exc = None  # noqa: F841 - drop the traceback's frames (and their arrays)
+            message = f"MemoryError in the decode process: {exc}"[:500]
+            del exc  # drop the traceback's frames (and their arrays)
             data = result = None
-            _send_or_exit(wfd, "oom", detail, _EXIT_OOM)
+            _send_or_exit(wfd, "oom", message, _EXIT_OOM)
             continue
         except Exception as exc:  # noqa: BLE001
             reason, detail = getattr(exc, "reason", None), getattr(exc, "detail", None)
@@ -522,6 +588,13 @@ def _child_main(config: dict[str, Any]) -> None:
             else:
                 _send_or_exit(wfd, "raise", (_picklable(exc), traceback.format_exc()), 1)
             continue
+        finally:
+            data = None
+            if mapped is not None:
+                try:
+                    mapped.close()
+                except BufferError:  # a view of it is still referenced: the GC unmaps it
+                    pass
         _send_or_exit(wfd, "ok", result, 1)
         result = None
 
@@ -568,6 +641,10 @@ def _send_or_exit(fd: int, kind: str, payload: Any, code: int) -> None:
 
 
 def _child_read(fd: int, size: int) -> bytes:
+    return bytes(_child_read_buffer(fd, size))
+
+
+def _child_read_buffer(fd: int, size: int) -> bytearray:
     buf = bytearray(size)
     view = memoryview(buf)
     while view.nbytes:
@@ -575,7 +652,7 @@ def _child_read(fd: int, size: int) -> bytes:
         if got == 0:
             raise EOFError
         view = view[got:]
-    return bytes(buf)
+    return buf
 
 
 def _child_write(fd: int, data: bytes | memoryview) -> None:

@@ -49,9 +49,11 @@ import csv
 import dataclasses
 import datetime as _dt
 import decimal
+import functools
 import gzip
 import hashlib
 import io
+import itertools
 import json
 import logging
 import lzma
@@ -261,6 +263,62 @@ def _is_under(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder + "/")
 
 
+def _walk_sorted(
+    fs: fsspec.AbstractFileSystem, top: str, skip_folder: str | None = None
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """`_list_files(fs, top)`, lazily: the same (path, info) pairs in the same sorted order, listing
+    one folder at a time, so memory holds the folders on the current path, not the whole tree.
+
+    Why a walk of our own: `find` returns the whole tree at once (and s3fs caches it). A folder's
+    entries are sorted by name with a subfolder keyed `name/` — exactly where its contents fall
+    among sorted full paths (`a-b` < `a/x` because `-` < `/`), so a depth-first walk yields
+    `sorted(find())`. Subfolders under `skip_folder` are not even listed. Like fsspec's `walk`,
+    a folder that cannot be listed is left out (locally any OSError; object stores: not found)."""
+    omit: tuple[type[BaseException], ...] = (OSError,) if is_local_fs(fs) else (FileNotFoundError,)
+
+    def children(folder: str) -> list[tuple[str, str, dict[str, Any], bool]]:
+        try:
+            listing = with_retries(lambda: fs.ls(folder, detail=True))
+        except omit:
+            return []
+        finally:
+            try:
+                fs.invalidate_cache(folder)  # s3fs keeps every listing otherwise
+            except Exception:  # noqa: BLE001 - a cache that cannot be dropped only costs memory
+                pass
+        found = []
+        for info in listing:
+            name = info["name"]
+            if name.rstrip("/") == folder.rstrip("/"):
+                continue  # some stores list a folder's own marker
+            if skip_folder is not None and _is_under(name, skip_folder):
+                continue
+            is_dir = info.get("type", "file") == "directory"
+            if not is_dir and name.endswith("/"):
+                continue  # directory marker objects
+            key = name.rstrip("/") + "/" if is_dir else name
+            found.append((key, name.rstrip("/") if is_dir else name, info, is_dir))
+        found.sort(key=lambda entry: entry[0])
+        return found
+
+    stack = [iter(children(top))]
+    while stack:
+        entry = next(stack[-1], None)
+        if entry is None:
+            stack.pop()
+            continue
+        _, name, info, is_dir = entry
+        if is_dir:
+            stack.append(iter(children(name)))
+        else:
+            yield name, info
+
+
+def is_local_fs(fs: fsspec.AbstractFileSystem) -> bool:
+    """True for the local file system (where fsspec's own walk omits unreadable folders)."""
+    return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+
+
 def plan_units(
     input_url: str,
     *,
@@ -282,12 +340,84 @@ def plan_units(
     ``seen`` (when given) receives full URI → current stamp of every excluded file that is still
     listed, so the caller can tell changed and deleted inputs from unchanged ones.
     The input URL is literal; only ``glob`` is a pattern, matched below it. A missing input raises
-    FileNotFoundError.
+    FileNotFoundError. This lists the whole input first (one `find`); `iter_units` cuts the same
+    units, in the same order, while it lists.
     """
+    _check_plan_args(kind, files_per_unit)
+    return list(
+        _plan(
+            input_url,
+            storage_options,
+            kind,
+            files_per_unit,
+            exclude_uris,
+            glob,
+            exclude_under,
+            id_prefix,
+            seen,
+            lazy=False,
+        )
+    )
+
+
+def iter_units(
+    input_url: str,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+    kind: str = "auto",
+    files_per_unit: int = 256,
+    exclude_uris: frozenset[str] = frozenset(),
+    glob: str | None = None,
+    exclude_under: str | None = None,
+    id_prefix: str = "",
+    seen: dict[str, str] | None = None,
+) -> Iterator[InputUnit]:
+    """`plan_units`, streaming: the same units in the same order, each yielded as soon as the
+    listing has reached past it, listing one folder at a time (`_walk_sorted`).
+
+    What cannot stream, and costs what: `kind="auto"` needs the whole listing to choose a kind
+    (any `.parquet` makes it parquet, else any tar makes it tar), so it lists once to decide
+    (stopping at the first `.parquet`) and again to plan: pass the kind to skip that pass. A
+    `glob` is matched by fsspec over the whole listing at once, and a single file or manifest
+    input is one object anyway. ``seen`` is complete once the iterator is exhausted. Memory:
+    the units not yet consumed plus the listings of the folders on the current path (the
+    largest single folder is the ceiling: ~0.5 KB per object in it)."""
+    _check_plan_args(kind, files_per_unit)
+    return _plan(
+        input_url,
+        storage_options,
+        kind,
+        files_per_unit,
+        exclude_uris,
+        glob,
+        exclude_under,
+        id_prefix,
+        seen,
+        lazy=True,
+    )
+
+
+def _check_plan_args(kind: str, files_per_unit: int) -> None:
     if kind not in ("auto", *KINDS):
         raise ValueError(f"unknown kind {kind!r}; expected auto or one of {KINDS}")
     if files_per_unit < 1:
         raise ValueError("files_per_unit must be >= 1")
+
+
+def _plan(
+    input_url: str,
+    storage_options: Mapping[str, Any] | None,
+    kind: str,
+    files_per_unit: int,
+    exclude_uris: frozenset[str],
+    glob: str | None,
+    exclude_under: str | None,
+    id_prefix: str,
+    seen: dict[str, str] | None,
+    *,
+    lazy: bool,
+) -> Iterator[InputUnit]:
+    """Both planners: one listing (whole and sorted, or a lazy sorted walk), one cutting."""
     fs, path = open_filesystem(input_url, storage_options)
     path = path.rstrip("/") or path
     excluded = set(exclude_uris)
@@ -295,17 +425,17 @@ def plan_units(
     if exclude_under is not None and protocol_of(exclude_under) == protocol_of(input_url):
         skip_folder = open_filesystem(exclude_under, storage_options)[1].rstrip("/")
 
-    def is_excluded(p: str) -> bool:
+    def is_excluded(p: str, info: Mapping[str, Any]) -> bool:
         uri = full_uri(fs, p)
         # Manifests record URIs redacted (no credentials in outputs): compare that spelling too.
         key = next((k for k in (uri, p, redact_uri(uri)) if k in excluded), None)
         if key is None:
             return False
         if seen is not None:
-            seen[key] = source_stamp(infos[p])
+            seen[key] = source_stamp(info)
         return True
 
-    infos: dict[str, dict[str, Any]]
+    listing: Callable[[], Iterator[tuple[str, dict[str, Any]]]]
     if glob is not None:
         pattern = posixpath.join(escape_glob(path), glob)
         root_path = path
@@ -324,73 +454,100 @@ def plan_units(
         root_path = path
         if not with_retries(lambda: fs.exists(path)):
             raise FileNotFoundError(f"input not found: {input_url}")
-        infos = _list_files(fs, path)
+        infos = {} if lazy else _list_files(fs, path)
         is_single = False
-    if skip_folder is not None:
-        infos = {p: i for p, i in infos.items() if not _is_under(p, skip_folder)}
-    paths = list(infos)
-    root = full_uri(fs, root_path) if root_path else full_uri(fs, "")
+    if lazy and glob is None and not is_single:
 
-    def stamp_of(p: str) -> str:
-        return source_stamp(infos[p])
+        def listing() -> Iterator[tuple[str, dict[str, Any]]]:
+            return _walk_sorted(fs, path, skip_folder)
 
-    if kind == "auto":
-        kind = _detect_kind(paths, is_single)
-        log.info("input %s: detected kind %r", input_url, kind)
-
-    if kind == "manifest":
-        if len(paths) != 1:
-            raise ValueError("manifest input must be a single .jsonl/.csv file URL")
-        units = _plan_manifest(fs, paths[0], files_per_unit, storage_options)
-        units = [_with_stamps(u, (stamp_of(paths[0]),)) for u in units]
-    elif kind == "tar":
-        shards = [p for p in paths if _is_tar_name(p) and not is_excluded(p)]
-        units = [_with_stamps(_tar_unit(fs, p, root), (stamp_of(p),)) for p in shards]
-    elif kind == "parquet":
-        files = [p for p in paths if p.lower().endswith(".parquet") and not is_excluded(p)]
-        units = []
-        for p in files:
-            units.extend(_with_stamps(u, (stamp_of(p),)) for u in _plan_parquet_file(fs, p, root))
     else:
-        audio = [p for p in paths if _is_audio_name(p) and not is_excluded(p)]
-        units = []
-        for i in range(0, len(audio), files_per_unit):
-            chunk = audio[i : i + files_per_unit]
-            uris = tuple(full_uri(fs, p) for p in chunk)
-            unit_id = "files-" + _hash("\n".join(uris))
-            units.append(
-                InputUnit(
-                    unit_id=unit_id,
-                    kind="files",
-                    uris=uris,
-                    root=root,
-                    stamps=tuple(stamp_of(p) for p in chunk),
-                )
-            )
-    if id_prefix:
-        slug = _unit_slug(id_prefix, 24)
-        units = [
-            dataclasses.replace(
-                u, unit_id=_fit_id(f"{slug}-{_hash(id_prefix, 6)}-{u.unit_id}"), id_prefix=id_prefix
-            )
-            for u in units
-        ]
-    return units
+        if skip_folder is not None:
+            infos = {p: i for p, i in infos.items() if not _is_under(p, skip_folder)}
+
+        def listing() -> Iterator[tuple[str, dict[str, Any]]]:
+            return iter(infos.items())
+
+    root = full_uri(fs, root_path) if root_path else full_uri(fs, "")
+    if kind == "auto":
+        kind = _detect_kind_in(listing(), is_single)
+        log.info("input %s: detected kind %r", input_url, kind)
+    units = _cut_units(fs, listing(), kind, root, files_per_unit, is_excluded, storage_options)
+    if not id_prefix:
+        yield from units
+        return
+    slug, digest = _unit_slug(id_prefix, 24), _hash(id_prefix, 6)
+    for unit in units:
+        unit_id = _fit_id(f"{slug}-{digest}-{unit.unit_id}")
+        yield dataclasses.replace(unit, unit_id=unit_id, id_prefix=id_prefix)
+
+
+def _cut_units(
+    fs: fsspec.AbstractFileSystem,
+    entries: Iterator[tuple[str, dict[str, Any]]],
+    kind: str,
+    root: str,
+    files_per_unit: int,
+    is_excluded: Callable[[str, Mapping[str, Any]], bool],
+    storage_options: Mapping[str, Any] | None,
+) -> Iterator[InputUnit]:
+    """Units of `kind` from sorted (path, info) pairs: files chunked `files_per_unit` at a time,
+    one per tar shard, one per parquet row group, manifest rows in ranges."""
+    if kind == "manifest":
+        first = list(itertools.islice(entries, 2))
+        if len(first) != 1:
+            raise ValueError("manifest input must be a single .jsonl/.csv file URL")
+        (p, info), stamp = first[0], (source_stamp(first[0][1]),)
+        yield from (_with_stamps(u, stamp) for u in _plan_manifest(fs, p, files_per_unit, storage_options))
+    elif kind == "tar":
+        for p, info in entries:
+            if _is_tar_name(p) and not is_excluded(p, info):
+                yield _with_stamps(_tar_unit(fs, p, root), (source_stamp(info),))
+    elif kind == "parquet":
+        for p, info in entries:
+            if p.lower().endswith(".parquet") and not is_excluded(p, info):
+                yield from (_with_stamps(u, (source_stamp(info),)) for u in _plan_parquet_file(fs, p, root))
+    else:
+        chunk: list[tuple[str, dict[str, Any]]] = []
+        for p, info in entries:
+            if _is_audio_name(p) and not is_excluded(p, info):
+                chunk.append((p, info))
+                if len(chunk) == files_per_unit:
+                    yield _files_unit(fs, chunk, root)
+                    chunk = []
+        if chunk:
+            yield _files_unit(fs, chunk, root)
+
+
+def _files_unit(
+    fs: fsspec.AbstractFileSystem, chunk: list[tuple[str, dict[str, Any]]], root: str
+) -> InputUnit:
+    uris = tuple(full_uri(fs, p) for p, _ in chunk)
+    return InputUnit(
+        unit_id="files-" + _hash("\n".join(uris)),
+        kind="files",
+        uris=uris,
+        root=root,
+        stamps=tuple(source_stamp(info) for _, info in chunk),
+    )
 
 
 def _with_stamps(unit: InputUnit, stamps: tuple[str, ...]) -> InputUnit:
     return dataclasses.replace(unit, stamps=stamps)
 
 
-def _detect_kind(paths: list[str], is_single: bool) -> str:
-    lows = [p.lower() for p in paths]
-    if is_single and lows and lows[0].endswith(MANIFEST_SUFFIXES):
-        return "manifest"
-    if any(p.endswith(".parquet") for p in lows):
-        return "parquet"
-    if any(p.endswith(TAR_SUFFIXES) for p in lows):
-        return "tar"
-    return "files"
+def _detect_kind_in(entries: Iterator[tuple[str, dict[str, Any]]], is_single: bool) -> str:
+    """The kind of an input from its listing: a single .jsonl/.csv is a manifest; else any
+    .parquet makes it parquet (the listing stops there), else any tar makes it tar; else files."""
+    has_tar = False
+    for index, (p, _) in enumerate(entries):
+        low = p.lower()
+        if index == 0 and is_single and low.endswith(MANIFEST_SUFFIXES):
+            return "manifest"
+        if low.endswith(".parquet"):
+            return "parquet"
+        has_tar = has_tar or low.endswith(TAR_SUFFIXES)
+    return "tar" if has_tar else "files"
 
 
 def _tar_unit(fs: fsspec.AbstractFileSystem, path: str, root: str) -> InputUnit:
@@ -853,7 +1010,7 @@ def _tar_group(
         return
     meta: dict[str, Any] = {"__key__": safe_key}
     for ext, name, data in members:
-        if (ext, name, data) == audio[0]:
+        if (ext, name, data) == audio[0] or data is None:
             continue
         if any(name == a[1] for a in audio):
             meta.setdefault("_extra_audio_members", []).append(ext)
@@ -1122,7 +1279,7 @@ def _read_manifest(
         try:
             data = with_retries(
                 # Entries are named explicitly: links are followed (root=None), special files refused.
-                lambda uri=audio_uri, opts=opts: _read_object(uri, opts, policy, root=None),
+                functools.partial(_read_object, audio_uri, opts, policy, root=None),
                 attempts=3,
                 retry_if=_is_unreachable,
             )

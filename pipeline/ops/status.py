@@ -1,15 +1,17 @@
 """`semtok status`: what has been done to an output — its runs, and what the manifest holds.
 
 Why: on a cluster the driver's console is gone after the job; the run records (`runs/*.json`) and
-the manifest are the durable history. Status reads only those (small JSON objects, no data files),
-so it is cheap on any store. Totals come from the manifest (the truth readers trust), not from
-adding up runs: a unit committed twice by racing attempts counts once. Damaged manifest entries
+the manifest are the durable history. Status reads only those (small JSON objects, no data files;
+one index GET once the manifest is compacted), so it is cheap on any store. Totals come from the
+manifest (the truth readers trust), not from adding up runs: a unit committed twice by racing
+attempts counts once. Damaged manifest entries
 and run records are listed, never fatal; a live writer lease says which run is writing now.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -105,6 +107,9 @@ class VersionStatus:
     runs: list[RunStatus] = field(default_factory=list)
     damaged_entries: dict[str, str] = field(default_factory=dict)  # _manifest/<unit>.json → why
     damaged_runs: dict[str, str] = field(default_factory=dict)  # runs/<run>.json → why
+    damaged_index: dict[str, str] = field(default_factory=dict)  # _manifest/_index/<seq>.parquet → why
+    manifest_index: str | None = None  # the consolidated manifest read (None: entry files only)
+    loose_entries: int = 0  # entry files present besides the index
     writer: str | None = None  # the run holding a live lease, described
 
 
@@ -127,6 +132,14 @@ class OutputStatus:
             )
             if v.writer:
                 lines.append(f"    being written now by {v.writer}")
+            where = f"index {v.manifest_index} + " if v.manifest_index else ""
+            lines.append(f"    manifest: {where}{v.loose_entries} entry file(s)")
+            if v.damaged_index:
+                lines.append(
+                    f"    damaged manifest index files (read {v.manifest_index or 'no index'} and the "
+                    f"entry files instead; `semtok compact` replaces them): {len(v.damaged_index)}"
+                )
+                lines += [f"      {path}: {why}" for path, why in v.damaged_index.items()]
             if v.damaged_entries:
                 lines.append(
                     f"    damaged manifest entries (units not committed; a rerun redoes "
@@ -162,8 +175,8 @@ def output_status(
     status = OutputStatus(root=redact_uri(root))
     for name in versions:
         layout = OutputLayout(root, name)
-        found = with_retries(lambda layout=layout: read_manifest_report(fs, layout))
-        runs_found = with_retries(lambda layout=layout: read_run_records_report(fs, layout))
+        found = with_retries(functools.partial(read_manifest_report, fs, layout))
+        runs_found = with_retries(functools.partial(read_run_records_report, fs, layout))
         manifest, records = found.entries, runs_found.records
         entry = VersionStatus(
             version=name,
@@ -171,8 +184,11 @@ def output_status(
             units_committed=len(manifest),
             damaged_entries=found.damaged,
             damaged_runs=runs_found.damaged,
+            damaged_index=found.damaged_index,
+            manifest_index=found.index,
+            loose_entries=len(found.loose),
         )
-        holder = with_retries(lambda layout=layout: read_lease(fs, layout))
+        holder = with_retries(functools.partial(read_lease, fs, layout))
         if holder is not None and holder.live:
             entry.writer = holder.describe()
         for unit_id, unit in manifest.items():

@@ -13,6 +13,8 @@ footer and `id` column only, and one listing per output folder. It reports
 - bad files: listed but missing, unreadable, size / row-count mismatches vs the manifest, and with
   `deep=True` sha256 mismatches (that reads every byte);
 - damaged manifest entries (corrupt, truncated, wrong shape): their units are not committed;
+- damaged manifest index files (`_manifest/_index/<seq>.parquet`, the consolidated manifest):
+  readers fell back to an older index plus the entry files; `semtok compact` supersedes them;
 - with an input: changed and deleted input items — committed units whose manifest entry carries
   source stamps (`unit_info["stamps"]`, parallel to `uris`, see `storage.source_stamp`) are
   compared with the objects now; new input items show up as missing units / items (entries
@@ -25,6 +27,7 @@ Every dataset version under the root is checked, or one with `version=`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -48,6 +51,7 @@ from pipeline.dataset.layout import (
 )
 from pipeline.dataset.lease import read_lease
 from pipeline.dataset.manifest import READ_THREADS, read_manifest_report
+from pipeline.dataset.manifest_index import INDEX_DIR, index_seq
 from pipeline.dataset.run_records import read_run_records
 from pipeline.dataset.versions import dataset_versions
 from pipeline.io.sources import file_item_id
@@ -82,6 +86,9 @@ class VersionReport:
     orphaned_files: list[str] = field(default_factory=list)
     bad_files: list[dict[str, str]] = field(default_factory=list)
     damaged_entries: list[dict[str, str]] = field(default_factory=list)
+    damaged_index: list[dict[str, str]] = field(default_factory=list)  # index files not trusted
+    manifest_index: str | None = None  # the index file read (None: entry files only)
+    loose_entries: int = 0  # entry files present (not yet folded into an index, or folded last)
     changed_items: list[str] = field(default_factory=list)  # input URIs whose stamp changed
     deleted_items: list[str] = field(default_factory=list)  # input URIs that are gone
     issues: list[str] = field(default_factory=list)  # one-line problems (e.g. nothing committed)
@@ -96,6 +103,7 @@ class VersionReport:
             + len(self.orphaned_files)
             + len(self.bad_files)
             + len(self.damaged_entries)
+            + len(self.damaged_index)
             + len(self.changed_items)
             + len(self.deleted_items)
             + len(self.issues)
@@ -162,6 +170,12 @@ class VerifyReport:
                     f"them): {len(v.damaged_entries)}"
                 )
                 lines += [f"      {d['path']}: {d['problem']}" for d in v.damaged_entries[:EXAMPLES]]
+            if v.damaged_index:
+                lines.append(
+                    f"    damaged manifest index files (readers used {v.manifest_index or 'no index'} "
+                    f"and the entry files; `semtok compact` replaces them): {len(v.damaged_index)}"
+                )
+                lines += [f"      {d['path']}: {d['problem']}" for d in v.damaged_index[:EXAMPLES]]
             lines += [f"    note: {note}" for note in v.notes]
         return "\n".join(lines)
 
@@ -225,6 +239,8 @@ def _verify_version(
     manifest = found.entries
     result.units_committed = len(manifest)
     result.damaged_entries = [{"path": path, "problem": why} for path, why in found.damaged.items()]
+    result.damaged_index = [{"path": path, "problem": why} for path, why in found.damaged_index.items()]
+    result.manifest_index, result.loose_entries = found.index, len(found.loose)
     if not manifest:
         result.issues.append(f"no committed units under {redact_uri(layout.version_url)}")
     holder = with_retries(lambda: read_lease(fs, layout))
@@ -322,9 +338,9 @@ def _list_outputs(fs: fsspec.AbstractFileSystem, layout: OutputLayout) -> dict[s
     found: dict[str, int | None] = {}
     for folder in (TOKENS_DIR, ERRORS_DIR, WDS_DIR, TMP_DIR, MANIFEST_DIR):
         base = layout.path(folder)
-        with_retries(lambda b=base: fs.invalidate_cache(b))
+        with_retries(functools.partial(fs.invalidate_cache, base))
         try:
-            entries = with_retries(lambda b=base: fs.find(b, detail=True))
+            entries = with_retries(functools.partial(fs.find, base, detail=True))
         except FileNotFoundError:
             continue
         prefix = fs._strip_protocol(layout.version_url).rstrip("/") + "/"
@@ -332,10 +348,21 @@ def _list_outputs(fs: fsspec.AbstractFileSystem, layout: OutputLayout) -> dict[s
             if info.get("type") == "directory" or name.endswith("/"):
                 continue
             rel = name[len(prefix) :] if name.startswith(prefix) else name
-            if folder == MANIFEST_DIR and not posixpath.basename(rel).startswith("."):
-                continue  # manifest entries themselves are not data files
+            if folder == MANIFEST_DIR and _is_manifest_file(rel):
+                continue  # manifest entries and index files are not data files
             found[rel] = info.get("size")
     return found
+
+
+def _is_manifest_file(rel: str) -> bool:
+    """An entry file (`_manifest/<unit>.json`) or an index file (`_manifest/_index/<seq>.parquet`);
+    anything else under `_manifest/` (hidden temporaries, stray names) is an orphan."""
+    base = posixpath.basename(rel)
+    if base.startswith("."):
+        return False
+    if posixpath.dirname(rel) == INDEX_DIR:
+        return index_seq(base) is not None
+    return posixpath.dirname(rel) == MANIFEST_DIR and base.endswith(".json")
 
 
 def _check_file(

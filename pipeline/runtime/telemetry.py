@@ -32,7 +32,7 @@ class JobMetrics:
         self.tags = {DATASET_TAG: dataset}
         metrics = _ray_metrics()
         self.enabled = metrics is not None
-        if not self.enabled:
+        if metrics is None:
             return
         keys = (DATASET_TAG,)
         self.audio = metrics.Counter(
@@ -66,7 +66,7 @@ class EncodeMetrics:
         self.batch_size = max(1, batch_size)
         metrics = _ray_metrics()
         self.enabled = metrics is not None
-        if not self.enabled:
+        if metrics is None:
             return
         import ray
 

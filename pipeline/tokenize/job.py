@@ -1,21 +1,27 @@
 """The tokenize job: plan → prepare (CPU) → encode (actor pool) → assemble + commit (driver).
 
 `build_tokenize_dataset` wires the Ray Data stages; `run_tokenize` plans the work against what is
-already committed, streams the dataset, commits each finished unit atomically (in a thread pool, so
-storage latency never stalls the stream), and writes the run record and dataset card.
+already committed (the plan streams while the input is listed, on a planning thread: `UnitFeed`),
+encodes the units in rounds of up to ROUND_UNITS, commits each finished unit atomically (in a
+thread pool, so storage latency never stalls the stream), compacts the manifest once enough entry
+files exist, and writes the run record and dataset card.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import functools
 import logging
 import math
 import os
 import sys
 import tempfile
+import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TextIO
@@ -23,8 +29,9 @@ from typing import Any, TextIO
 from pipeline.config import ConfigError, TokenizeConfig
 from pipeline.dataset.card import write_dataset_card
 from pipeline.dataset.commit import add_webdataset_twin, cleanup_tmp, commit_unit
+from pipeline.dataset.compaction import COMPACT_MIN_LOOSE, compact_manifest
 from pipeline.dataset.layout import OutputLayout
-from pipeline.dataset.lease import OutputLease, acquire_lease
+from pipeline.dataset.lease import LeaseLost, OutputLease, acquire_lease
 from pipeline.dataset.run_records import utc_now_iso, write_run_record
 from pipeline.io.sources import ReadPolicy
 from pipeline.io.storage import (
@@ -41,24 +48,47 @@ from pipeline.tokenize.assemble import FinishedUnit, UnitAssembler
 from pipeline.tokenize.encode_stage import EncodeActor
 from pipeline.tokenize.fingerprint import job_fingerprint
 from pipeline.tokenize.prepare_stage import PrepareUnit
-from pipeline.tokenize.work_plan import WorkPlan, plan_remaining
+from pipeline.tokenize.work_plan import PlanStream, stream_remaining
 
 log = logging.getLogger(__name__)
 
 
 # A failed commit fails the job, so commits wait out a storage outage of ~half a minute.
 COMMIT_RETRIES: dict[str, Any] = {"attempts": 8, "max_delay": 30.0}
+# The plan streams while the input is listed (`PlanStream`); the units are encoded in rounds of at
+# most ROUND_UNITS, one Ray Data execution each (Ray Data needs a dataset's blocks up front), so
+# driver memory holds at most two rounds of units and encoding starts after the first round is
+# listed. A round waits up to ROUND_WAIT_S for a full round while the listing is slower than that.
+# Each round starts its encoder pool afresh (one model load per encoder) and drains its last units
+# before the next starts: 10^5 units make ~50 rounds.
+ROUND_UNITS = 2048
+ROUND_WAIT_S = 30.0
 
 
 @dataclass
 class Resources:
-    """How the encode stage is laid out on the cluster."""
+    """How the encode stage is laid out on the cluster.
+
+    `num_encoders` actors start; the pool then stays between `min_encoders` and `max_encoders`
+    (None: no bound, the pool follows the cluster as GPU nodes join or leave)."""
 
     device: str
     num_encoders: int
     cpus_per_encoder: float
     gpus_per_encoder: float
     batch_segments: int
+    min_encoders: int | None = None  # None: num_encoders (a fixed pool)
+    max_encoders: int | None = None  # None with min_encoders set: unbounded
+
+    def pool(self) -> Any:
+        """The Ray Data actor pool strategy: fixed, or elastic starting at full size."""
+        import ray
+
+        if self.min_encoders is None:
+            return ray.data.ActorPoolStrategy(size=self.num_encoders)
+        return ray.data.ActorPoolStrategy(
+            min_size=self.min_encoders, max_size=self.max_encoders, initial_size=self.num_encoders
+        )
 
 
 @dataclass
@@ -119,11 +149,15 @@ def plan_resources(config: TokenizeConfig, cluster: dict[str, float]) -> Resourc
             raise ConfigError(
                 f"num_encoders={count} × gpus_per_encoder={per} exceeds the cluster's {gpus:g} GPUs"
             )
+        # Without --num-encoders the pool starts on every GPU there is and follows the cluster:
+        # Ray Data adds encoders as GPU nodes join (an autoscaling cluster) and lets idle ones go.
+        elastic = {} if config.num_encoders else {"min_encoders": 1, "max_encoders": None}
         return Resources(
-            "cuda", count, config.cpus_per_encoder or 1.0, per, config.encode_batch_segments or 32
+            "cuda", count, config.cpus_per_encoder or 1.0, per, config.encode_batch_segments or 32, **elastic
         )
     # CPU: the prepare stage keeps `read_cpus`, or it never gets a CPU (Ray's small-node deadlock);
-    # the encoders share the rest, about 8 CPUs (torch threads) each.
+    # the encoders share the rest, about 8 CPUs (torch threads) each, in a fixed pool (a growing
+    # one would take the prepare stage's CPUs).
     free = cpus - config.read_cpus
     count = config.num_encoders or max(1, round(free / 8))
     per = config.cpus_per_encoder or max(free / count, 0.5)
@@ -151,6 +185,9 @@ def prepare_options(config: TokenizeConfig, run_id: str = "") -> dict[str, Any]:
         "item_timeout_s": config.item_timeout_s,
         "max_decode_memory_bytes": config.max_decode_memory_bytes,
         "decode_options": {"resampler": config.resampler, "max_decoded_bytes": config.max_decoded_bytes},
+        "stream_min_seconds": config.stream_min_seconds,
+        "max_spill_bytes": config.max_spill_bytes,
+        "spill_dir": config.spill_dir,
         "ledger_dir": ledger,
         "max_item_attempts": config.max_item_attempts,
         "read_policy": ReadPolicy(
@@ -198,7 +235,7 @@ def build_tokenize_dataset(
         }
         for unit in units
     ]
-    dataset = ray.data.from_items(rows, override_num_blocks=max(1, len(units)))
+    dataset: ray.data.Dataset = ray.data.from_items(rows, override_num_blocks=max(1, len(units)))
     prepare = prepare_cls(spec, **prepare_options(config, run_id))
     dataset = dataset.flat_map(prepare, num_cpus=config.read_cpus)
     threads = math.ceil(resources.cpus_per_encoder) if resources.device == "cpu" else None
@@ -212,14 +249,14 @@ def build_tokenize_dataset(
         },
         batch_size=resources.batch_segments,
         batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=resources.num_encoders),
+        compute=resources.pool(),
         num_cpus=resources.cpus_per_encoder,
         num_gpus=resources.gpus_per_encoder,
     )
 
 
 class _Progress:
-    def __init__(self, stream: TextIO, interval: float, total_units: int) -> None:
+    def __init__(self, stream: TextIO, interval: float, total_units: int | None) -> None:
         self.stream, self.interval, self.total = stream, interval, total_units
         self.started = self.last = time.monotonic()
 
@@ -231,11 +268,12 @@ class _Progress:
         elapsed = now - self.started
         rate = summary.audio_seconds / elapsed if elapsed else 0.0
         done = summary.units_committed
-        eta = ""
-        if done and done < self.total:
+        eta, total = "", "" if self.total is None else f"/{self.total}"
+        if done and self.total is not None and done < self.total:
             eta = f", ETA {(self.total - done) * elapsed / done / 60:.1f} min"
         print(
-            f"[semtok] {done}/{self.total} units, {summary.items} items, "
+            f"[semtok] {done}{total} units{' (listing)' if self.total is None else ''}, "
+            f"{summary.items} items, "
             f"{summary.audio_hours:.3f} audio-h, {summary.items_failed} failed, "
             f"{rate:.1f}x real time{eta}",
             file=self.stream,
@@ -268,9 +306,21 @@ def run_tokenize(config: TokenizeConfig, *, stream: TextIO = sys.stderr) -> RunS
         writer_lease(fs, layout, run_id, "semtok tokenize", stream) as lease,
         recorded_run(fs, layout, summary, started, stream, record, lease=lease),
     ):
-        work = plan_remaining(config, fs, layout)  # one manifest read: a GET per unit on S3
-        units, done_units = work.units, set(work.manifest) - set(work.changed)
-        if not work.planned and not work.manifest:
+        plan = stream_remaining(config, fs, layout)  # one manifest read: one GET once compacted
+        print(
+            f"[semtok] output {redact_uri(layout.version_url)}: {len(plan.manifest)} units committed; "
+            "listing the input",
+            file=stream,
+            flush=True,
+        )
+        feed = UnitFeed(plan, limit=ROUND_UNITS, on_end=lambda: _report_plan(plan, layout, stream))
+        try:
+            if feed.wait_any():  # nothing to do: no cluster is started
+                execute_units(config, feed, fs, layout, fingerprint, summary, stream, lease=lease)
+        finally:
+            feed.close()
+        summary.units_planned, summary.units_skipped = plan.yielded, plan.skipped
+        if not plan.planned and not plan.manifest:
             print(
                 f"[semtok] input {redact_uri(config.input)} holds no {config.input_kind} audio "
                 "items (nothing to do): check the URL, --input-kind and --glob",
@@ -278,19 +328,31 @@ def run_tokenize(config: TokenizeConfig, *, stream: TextIO = sys.stderr) -> RunS
                 flush=True,
             )
             return summary
-        twins = missing_twins(work.manifest, config.formats, skip=set(work.changed))
-        summary.units_planned = len(units)
-        summary.units_skipped = len(done_units)
-        _report_plan(work, layout, twins, config, stream)
+        # WebDataset twins of committed units a rerun now asks for (units redone above have theirs).
+        twins = missing_twins(plan.manifest, config.formats, skip=set(plan.changed))
+        if twins:
+            print(
+                f"[semtok] {len(twins)} committed unit(s) lack the requested WebDataset twin: writing "
+                "it from their tokens",
+                file=stream,
+                flush=True,
+            )
+        elif not plan.yielded:
+            print(
+                f"[semtok] nothing to do: every unit is committed with {', '.join(config.formats)}",
+                file=stream,
+                flush=True,
+            )
         for unit_id in twins:
             lease.check()
             entry = with_retries(
-                lambda u=unit_id: add_webdataset_twin(fs, layout, u, work.manifest[u], fingerprint),
+                functools.partial(
+                    add_webdataset_twin, fs, layout, unit_id, plan.manifest[unit_id], fingerprint
+                ),
                 **COMMIT_RETRIES,
             )
-            work.manifest[unit_id] = entry
-        if units:
-            execute_units(config, units, fs, layout, fingerprint, summary, stream, lease=lease)
+            plan.manifest[unit_id] = entry
+        compact_when_due(fs, layout, lease, run_id, stream)
         with_retries(lambda: write_dataset_card(fs, layout, fingerprint))
     print(f"[semtok] done: {summary.line()}", file=stream, flush=True)
     print(f"[semtok] run record: {redact_uri(layout.run_path(run_id))}", file=stream, flush=True)
@@ -298,51 +360,114 @@ def run_tokenize(config: TokenizeConfig, *, stream: TextIO = sys.stderr) -> RunS
     return summary
 
 
-def _report_plan(
-    work: WorkPlan, layout: OutputLayout, twins: list[str], config: TokenizeConfig, stream: TextIO
-) -> None:
-    """What this run will do, in a few lines: units, damaged entries, changed and deleted inputs."""
-    done = len(set(work.manifest) - set(work.changed))
+def _report_plan(plan: PlanStream, layout: OutputLayout, stream: TextIO) -> None:
+    """What this run does, once the listing has ended: units, damaged entries, changed and deleted
+    inputs (printed from the planning thread, while the first units may already be encoding)."""
     print(
-        f"[semtok] output {redact_uri(layout.version_url)}: {len(work.units)} units to do, "
-        f"{done} already committed",
+        f"[semtok] output {redact_uri(layout.version_url)}: {plan.yielded} units to do, "
+        f"{plan.skipped} already committed",
         file=stream,
         flush=True,
     )
-    for path, why in list(work.damaged.items())[:5]:
+    for path, why in list(plan.damaged.items())[:5]:
         print(
             f"[semtok] damaged manifest entry {path} ({why}): its unit counts as not committed "
             "and is done again",
             file=stream,
             flush=True,
         )
-    if work.changed:
+    if plan.changed:
         print(
-            f"[semtok] {len(work.changed)} committed unit(s) read inputs that changed since: "
+            f"[semtok] {len(plan.changed)} committed unit(s) read inputs that changed since: "
             "tokenizing them again",
             file=stream,
             flush=True,
         )
-    if work.deleted_uris:
+    if plan.deleted_uris:
         print(
-            f"[semtok] {len(work.deleted_uris)} committed input file(s) are gone from the input; "
+            f"[semtok] {len(plan.deleted_uris)} committed input file(s) are gone from the input; "
             "their rows stay (`semtok verify --input` lists them)",
             file=stream,
             flush=True,
         )
-    if twins:
-        print(
-            f"[semtok] {len(twins)} committed unit(s) lack the requested WebDataset twin: writing "
-            "it from their tokens",
-            file=stream,
-            flush=True,
-        )
-    if not work.units and not twins:
-        print(
-            f"[semtok] nothing to do: every unit is committed with {', '.join(config.formats)}",
-            file=stream,
-            flush=True,
-        )
+
+
+class UnitFeed:
+    """A unit iterator run in a background thread, at most `limit` units ahead of its consumer.
+
+    Why: listing millions of input objects takes minutes. The plan streams (`PlanStream`); this
+    keeps listing while the consumer encodes the units already listed, with bounded memory.
+    `on_end` runs in the thread once the iterator is exhausted; an error of the iterator is raised
+    to the consumer after the units listed before it."""
+
+    def __init__(
+        self, units: Iterable[InputUnit], *, limit: int, on_end: Callable[[], None] | None = None
+    ) -> None:
+        self._units, self._limit, self._on_end = iter(units), max(1, limit), on_end
+        self._queue: deque[InputUnit] = deque()
+        self._cond = threading.Condition()
+        self._ended = self._stop = False
+        self._error: BaseException | None = None
+        self.produced = 0
+        self._thread = threading.Thread(target=self._run, name="semtok-plan", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for unit in self._units:
+                with self._cond:
+                    while len(self._queue) >= self._limit and not self._stop:
+                        self._cond.wait(0.5)
+                    if self._stop:
+                        return
+                    self._queue.append(unit)
+                    self.produced += 1
+                    self._cond.notify_all()
+            if self._on_end is not None:
+                self._on_end()
+        except BaseException as error:  # noqa: BLE001 - handed to the consumer
+            with self._cond:
+                self._error = error
+        finally:
+            with self._cond:
+                self._ended = True
+                self._cond.notify_all()
+
+    @property
+    def total(self) -> int | None:
+        """How many units the iterator yielded, once it has ended (None before)."""
+        return self.produced if self._ended and self._error is None else None
+
+    def wait_any(self) -> bool:
+        """True once a unit is waiting; False when the iterator ended empty (or raises its error)."""
+        with self._cond:
+            while not self._queue and not self._ended:
+                self._cond.wait(0.5)
+            if not self._queue and self._error is not None:
+                raise self._error
+            return bool(self._queue)
+
+    def take(self, n: int, *, wait_s: float = 0.0) -> list[InputUnit]:
+        """Up to `n` units: waits for the first one, then up to `wait_s` for `n`; [] at the end."""
+        deadline: float | None = None
+        with self._cond:
+            while len(self._queue) < n and not self._ended:
+                if self._queue:
+                    deadline = deadline if deadline is not None else time.monotonic() + wait_s
+                    if time.monotonic() >= deadline:
+                        break
+                self._cond.wait(0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic())))
+            batch = [self._queue.popleft() for _ in range(min(n, len(self._queue)))]
+            self._cond.notify_all()
+            if not batch and self._error is not None:
+                raise self._error
+            return batch
+
+    def close(self) -> None:
+        """Stop the listing thread at its next unit (it is a daemon: an exit never waits for it)."""
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
 
 
 def missing_twins(
@@ -359,6 +484,38 @@ def missing_twins(
         and int(entry.get("n_tokens_rows") or 0) > 0
         and not any(f.get("kind") == "webdataset" for f in entry.get("files") or ())
     )
+
+
+def compact_when_due(
+    fs: Any,
+    layout: OutputLayout,
+    lease: OutputLease,
+    run_id: str,
+    stream: TextIO,
+    *,
+    min_loose: int | None = None,
+) -> None:
+    """Fold the manifest's entry files into an index once `COMPACT_MIN_LOOSE` of them exist
+    (pipeline/dataset/compaction.py), so the next rerun, verify, status and loader GET one file.
+    A storage failure here is a warning: the commits stand, and the next run (or `semtok compact`)
+    folds them; every step of a compaction is safe to interrupt."""
+    threshold = COMPACT_MIN_LOOSE if min_loose is None else min_loose
+    try:
+        result = with_retries(
+            lambda: compact_manifest(fs, layout, lease=lease, min_loose=threshold, run_id=run_id)
+        )
+    except LeaseLost:
+        raise
+    except Exception as error:  # noqa: BLE001 - compaction is an optimisation, never a failed run
+        print(
+            f"[semtok] WARNING: manifest compaction skipped ({type(error).__name__}: "
+            f"{redact_text(str(error))[:200]}); `semtok compact` retries it",
+            file=stream,
+            flush=True,
+        )
+        return
+    if result.seq is not None:
+        print(f"[semtok] manifest compacted: {result.line()}", file=stream, flush=True)
 
 
 @contextlib.contextmanager
@@ -430,7 +587,7 @@ def recorded_run(
 
 def execute_units(
     config: TokenizeConfig,
-    units: list[InputUnit],
+    units: Iterable[InputUnit] | UnitFeed,
     fs,
     layout: OutputLayout,
     fingerprint: dict[str, Any],
@@ -443,23 +600,26 @@ def execute_units(
     lease: OutputLease | None = None,
 ) -> None:
     """Stream the dataset, assemble units, commit each (after `transform`, e.g. a merge); the
-    caller holds the writer lease (`writer_lease`)."""
+    caller holds the writer lease (`writer_lease`).
+
+    `units` may be a streaming plan (`UnitFeed` over `PlanStream`): it is encoded in rounds of up
+    to ROUND_UNITS units (one Ray Data execution each) while the listing goes on; a list of fewer
+    units is one round, as before."""
     import ray
 
     init_ray(config.ray_address)
     resources = plan_resources(config, ray.cluster_resources())
     summary.resources = dict(resources.__dict__)
     print(
-        f"[semtok] encoding on {resources.num_encoders} {resources.device} replica(s), "
+        f"[semtok] encoding on {resources.num_encoders} {resources.device} replica(s)"
+        f"{' (the pool follows the cluster)' if resources.min_encoders is not None else ''}, "
         f"{resources.batch_segments} segments per batch",
         file=stream,
         flush=True,
     )
-    dataset = build_tokenize_dataset(
-        config, units, resources, prepare_cls=prepare_cls, only_items=only_items, run_id=summary.run_id
-    )
+    feed = units if isinstance(units, UnitFeed) else UnitFeed(units, limit=ROUND_UNITS)
     assembler = UnitAssembler()
-    progress = _Progress(stream, config.progress_interval_s, len(units))
+    progress = _Progress(stream, config.progress_interval_s, None)
     metrics = JobMetrics(layout.version)
     pending: list[Future] = []
 
@@ -468,41 +628,90 @@ def execute_units(
             lease.check()  # a run that lost its lease (taken over as stale) must not write on
         if transform is not None:
             finished = transform(finished)
-        info = {**finished.unit.to_dict(), "n_items": len(finished.token_rows) + len(finished.error_rows)}
-        with_retries(
-            lambda: commit_unit(
-                fs,
-                layout,
-                finished.unit.unit_id,
-                token_rows=finished.token_rows,
-                error_rows=finished.error_rows,
-                fingerprint=fingerprint,
-                formats=config.formats,
-                unit_info=info,
-                run_id=summary.run_id,
-            ),
-            **COMMIT_RETRIES,
+        commit_finished(
+            fs, layout, finished, fingerprint=fingerprint, formats=config.formats, run_id=summary.run_id
         )
         metrics.unit_committed()
 
+    taken = rounds = 0
     with ThreadPoolExecutor(max_workers=config.commit_threads) as pool:
-        for batch in dataset.iter_batches(batch_format="numpy", batch_size=None):
-            for finished in assembler.add(batch):
-                pending.append(pool.submit(commit, finished))
-                _count(summary, finished, metrics)
-            pending = _reap(pending, summary)
-            progress.update(summary)
+        try:
+            while batch_units := feed.take(ROUND_UNITS, wait_s=ROUND_WAIT_S):
+                rounds += 1
+                taken += len(batch_units)
+                summary.units_planned = max(summary.units_planned, taken)
+                progress.total = feed.total
+                if rounds > 1:
+                    print(
+                        f"[semtok] round {rounds}: {len(batch_units)} more units "
+                        f"({taken} so far{'' if feed.total is None else f' of {feed.total}'})",
+                        file=stream,
+                        flush=True,
+                    )
+                dataset = build_tokenize_dataset(
+                    config,
+                    batch_units,
+                    resources,
+                    prepare_cls=prepare_cls,
+                    only_items=only_items,
+                    run_id=summary.run_id,
+                )
+                for batch in dataset.iter_batches(batch_format="numpy", batch_size=None):
+                    for finished in assembler.add(batch):
+                        pending.append(pool.submit(commit, finished))
+                        _count(summary, finished, metrics)
+                    pending = _reap(pending, summary, limit=4 * config.commit_threads)
+                    progress.total = feed.total
+                    progress.update(summary)
+                if assembler.pending:
+                    raise RuntimeError(f"{assembler.pending} unit(s) never finished: the stream ended early")
+        finally:
+            if feed is not units:
+                feed.close()
         for future in pending:
             future.result()
             summary.units_committed += 1
     if assembler.redelivered:
         log.warning("ignored %d redelivered row(s) of finished units", assembler.redelivered)
-    if assembler.pending:
-        raise RuntimeError(f"{assembler.pending} unit(s) never finished: the stream ended early")
+    progress.total = feed.total
     progress.update(summary, force=True)
 
 
-def _reap(pending: list[Future], summary: RunSummary) -> list[Future]:
+def commit_finished(
+    fs: Any,
+    layout: OutputLayout,
+    finished: FinishedUnit,
+    *,
+    fingerprint: Mapping[str, Any],
+    formats: Sequence[str],
+    run_id: str,
+) -> None:
+    """Commit one assembled unit (retrying storage errors): the driver's per-unit work after
+    assembly, which bench/pipeline_throughput.py `driver` measures."""
+    info = {**finished.unit.to_dict(), "n_items": len(finished.token_rows) + len(finished.error_rows)}
+    with_retries(
+        lambda: commit_unit(
+            fs,
+            layout,
+            finished.unit.unit_id,
+            token_rows=finished.token_rows,
+            error_rows=finished.error_rows,
+            fingerprint=fingerprint,
+            formats=formats,
+            unit_info=info,
+            run_id=run_id,
+        ),
+        **COMMIT_RETRIES,
+    )
+
+
+def _reap(pending: list[Future], summary: RunSummary, *, limit: int | None = None) -> list[Future]:
+    """Count finished commits (raising a failed one's error). With `limit`, first wait until at most
+    `limit` commits are queued: a driver slower than the encoders then stops taking batches, so
+    Ray Data's object-store budget backs the encoders off instead of finished units piling up in
+    driver memory."""
+    if limit is not None and len(pending) > limit:
+        concurrent.futures.wait(pending[: len(pending) - limit])
     still = []
     for future in pending:
         if future.done():

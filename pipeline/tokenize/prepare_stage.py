@@ -10,6 +10,17 @@ crashes or hangs the decoder, or needs more memory than allowed, becomes an erro
 "decode", reason "decode_crashed" / "decode_timeout" / "out_of_memory") and the unit goes on.
 Ray Data retries a task whose worker died without bound, so a crash must never reach the worker.
 
+Long items never sit whole in memory (``stream_min_seconds``, default 10 min, or longer): the
+decode process streams them, resampled, to
+a float32 spill file on local disk (``spill_dir``) and returns its path; this stage takes the
+official DC offset over the memory-mapped file (file-backed pages, reclaimable, unmapped right
+after), then reads and cuts 16 segments at a time, yielding rows as it goes (Ray Data packs them
+into bounded blocks). The segments are the in-memory path's, bit for bit. An item of
+SPOOL_MIN_BYTES or more reaches the decode process through a file it maps, not the pipe, so the
+decode process holds no copy of it (this worker still holds the bytes the reader read). Each
+spill file is deleted when its item ends however it ends; files of a worker that died are deleted by the next
+prepare worker on that node (file names carry the worker's pid), so no per-run folder is needed.
+
 For what still could (a native crash in the worker itself, e.g. with ``isolate=False``), an optional
 item ledger bounds the attempts: with ``ledger_dir`` set, each item's processing is bracketed by
 "start"/"done" lines in ``<ledger_dir>/<unit_id>.ledger``; when a retried unit meets an item that
@@ -21,23 +32,33 @@ not reading: skipping an item that crashes the reader would need the source to s
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
-from collections.abc import Iterator
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from codec import CodecSpec, build_segmenter
-from pipeline.io.audio_decoding import AudioDecodeError
+from codec import CodecSpec, Segments, build_segmenter
+from pipeline.io.audio_decoding import DEFAULT_MAX_SPILL_BYTES, AudioDecodeError, SpilledAudio
 from pipeline.io.isolated_decode import IsolatedDecoder, shared_decoder
 from pipeline.io.sources import ReadPolicy, read_unit
 from pipeline.records import InputUnit, ItemError, SourceItem
 
 SEGMENT, ERROR, UNIT = "segment", "error", "unit"
 WORKER_CRASHED = "worker_crashed"
+DEFAULT_STREAM_MIN_SECONDS = 600.0
+SEGMENT_BATCH = 16  # segments cut from a spill file at a time (~10 MB)
+SPILL_SUFFIX = ".f32"
+SPOOL_MIN_BYTES = 64 * 2**20  # larger items reach the decode process through a file it maps
+_SPILL_NAME = re.compile(r"^(\d+)-[0-9a-f-]+\.f32(\.in)?$")
+_SPILL_SEQ = itertools.count()
+_SWEPT: set[str] = set()  # spill folders this process has cleaned of dead workers' files
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -98,6 +119,7 @@ def stable_detail(detail: str) -> str:
 class PrepareStats:
     items: int = 0
     segments: int = 0
+    streamed: int = 0  # items that went through a spill file
     errors_by_reason: dict[str, int] = field(default_factory=dict)
 
 
@@ -121,6 +143,9 @@ class PrepareUnit:
         ledger_dir: str | None = None,
         max_item_attempts: int = 2,
         read_policy: ReadPolicy | None = None,
+        stream_min_seconds: float | None = DEFAULT_STREAM_MIN_SECONDS,
+        max_spill_bytes: int | None = DEFAULT_MAX_SPILL_BYTES,
+        spill_dir: str | None = None,
     ) -> None:
         self.spec = spec
         self.channel_policy = channel_policy
@@ -136,7 +161,13 @@ class PrepareUnit:
         self.ledger_dir = ledger_dir
         self.max_item_attempts = max(1, int(max_item_attempts))
         self.read_policy = read_policy or ReadPolicy()
-        self._segmenter = None
+        # None: no streaming (every item in memory, too_large over max_decoded_bytes)
+        self.stream_min_seconds = stream_min_seconds
+        self.max_spill_bytes = max_spill_bytes
+        self.spill_dir = spill_dir
+        self._segmenter: Callable[[Any], Segments] | None = None
+        self._segment_plan: Callable[[int], Any] | None = None
+        self._plan_checked = False  # whether the codec was asked for segment plans yet
         self._decoder: IsolatedDecoder | None = None
         self._ledger: ItemLedger | None = None
         self.stats = PrepareStats()
@@ -144,7 +175,7 @@ class PrepareUnit:
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         # process-local handles, rebuilt lazily where the copy runs (the decoder is a child process)
-        state.update(_decoder=None, _ledger=None, _segmenter=None)
+        state.update(_decoder=None, _ledger=None, _segmenter=None, _segment_plan=None, _plan_checked=False)
         return state
 
     def decoder(self) -> IsolatedDecoder:
@@ -202,40 +233,107 @@ class PrepareUnit:
             ledger.mark(index, "done")
 
     def _decoded_rows(self, unit_id: str, index: int, item) -> Iterator[dict[str, Any]]:
+        spill = self.spill_path()
         try:
-            audio = self.decoder().decode(item.data, **self._decode_kwargs(item))
-        except AudioDecodeError as error:
-            yield self._error(unit_id, index, item, ItemError("decode", error.reason, error.detail))
-            return
-        segments = self._segmenter(audio.samples)
-        metadata = json.dumps(item.metadata, ensure_ascii=False)
-        total = int(segments.samples.shape[0])
-        for seg_index in range(total):
-            row = empty_row()
-            row.update(
-                row_kind=SEGMENT,
-                unit_id=unit_id,
-                item_index=index,
-                item_id=item.item_id,
-                source_uri=item.source_uri,
-                metadata=metadata if seg_index == 0 else "",
-                seg_index=seg_index,
-                n_segments=total,
-                num_tokens=segments.num_tokens,
-                valid_frames=int(segments.valid_frames[seg_index]),
-                duration_s=audio.duration_s,
-                samples=np.ascontiguousarray(segments.samples[seg_index].numpy()).tobytes(),
-            )
-            self.stats.segments += 1
-            yield row
+            try:
+                spool = spill + ".in" if spill is not None and len(item.data) >= SPOOL_MIN_BYTES else None
+                audio = self.decoder().decode(item.data, spool_path=spool, **self._decode_kwargs(item, spill))
+            except AudioDecodeError as error:
+                yield self._error(unit_id, index, item, ItemError("decode", error.reason, error.detail))
+                return
+            if isinstance(audio, SpilledAudio):
+                yield from self._spilled_rows(unit_id, index, item, audio, spill)
+                return
+            duration_s = audio.duration_s
+            segments = self._cut(audio.samples)
+            del audio  # only the segments from here on
+            rows = _SegmentRows(unit_id, index, item, segments, duration_s)
+            yield from rows.emit(segments, 0, self.stats)
+        finally:
+            if spill is not None:
+                _remove(spill)
 
-    def _decode_kwargs(self, item) -> dict[str, Any]:
-        return {
+    def _spilled_rows(
+        self, unit_id: str, index: int, item, audio: SpilledAudio, spill: str | None
+    ) -> Iterator[dict[str, Any]]:
+        """Segments of a streamed item, cut from its spill file `SEGMENT_BATCH` at a time."""
+        self.stats.streamed += 1
+        expected = audio.num_samples * 4
+        size = os.path.getsize(spill) if spill is not None and os.path.exists(spill) else -1
+        if audio.path != spill or size != expected:  # our own child wrote it: a bug, not bad data
+            detail = f"spill file {audio.path}: {size} bytes, expected {expected} at {spill}"
+            yield self._error(unit_id, index, item, ItemError("decode", "spill_failed", detail))
+            return
+        planner = self._planner()
+        if planner is None:  # a codec without segment plans: cut it in memory
+            samples = np.fromfile(spill, dtype=np.float32, count=audio.num_samples)
+            segments = self._cut(samples)
+            del samples
+            rows = _SegmentRows(unit_id, index, item, segments, audio.duration_s)
+            yield from rows.emit(segments, 0, self.stats)
+            return
+        plan = planner(audio.num_samples)
+        try:
+            os.truncate(spill, plan.padded_length * 4)  # the official zero padding (a sparse tail)
+            mapped = np.memmap(spill, dtype=np.float32, mode="r", shape=(plan.padded_length,))
+            dc = plan.dc_offset(mapped)
+            del mapped  # unmapped: its pages leave this process
+        except OSError as exc:  # before any row: the item is an error row (later, the task retries)
+            detail = f"spill file {spill}: {exc.strerror or exc}"
+            yield self._error(unit_id, index, item, ItemError("decode", "spill_failed", detail))
+            return
+        rows = _SegmentRows(unit_id, index, item, plan, audio.duration_s)
+        with open(spill, "rb", buffering=0) as fh:
+            for start in range(0, plan.count, SEGMENT_BATCH):
+                stop = min(plan.count, start + SEGMENT_BATCH)
+                lo, hi = plan.window(start, stop)
+                window = np.empty(hi - lo, dtype=np.float32)
+                fh.seek(lo * 4)
+                if fh.readinto(window.data.cast("B")) != window.nbytes:
+                    raise OSError(f"short read from spill file {spill}")
+                yield from rows.emit(plan.segments(window, start, stop, dc), start, self.stats)
+
+    def _cut(self, samples: np.ndarray) -> Segments:
+        if self._segmenter is None:
+            self._segmenter = build_segmenter(self.spec)
+        segmenter: Callable[[Any], Segments] = self._segmenter  # takes numpy too (torch.as_tensor)
+        return segmenter(samples)
+
+    def _planner(self) -> Callable[[int], Any] | None:
+        """The codec's segment plans for spilled items (None for a codec that has none)."""
+        if not self._plan_checked:
+            factory = getattr(self.spec.codec_class(), "segment_plan", None)  # optional for a codec
+            self._segment_plan = factory(dict(self.spec.options)) if factory is not None else None
+            self._plan_checked = True
+        return self._segment_plan
+
+    def spill_path(self) -> str | None:
+        """A fresh spill file name for the next item (None when streaming is off); the folder is
+        created, and cleaned of dead workers' files, on first use in this process."""
+        if self.stream_min_seconds is None:
+            return None
+        folder = self.spill_dir or os.path.join(tempfile.gettempdir(), "semtok-spill")
+        if folder not in _SWEPT:
+            os.makedirs(folder, exist_ok=True)
+            sweep_spill_dir(folder)
+            _SWEPT.add(folder)
+        name = f"{os.getpid()}-{next(_SPILL_SEQ)}-{uuid.uuid4().hex[:12]}{SPILL_SUFFIX}"
+        return os.path.join(folder, name)
+
+    def _decode_kwargs(self, item, spill: str | None = None) -> dict[str, Any]:
+        kwargs = {
             "channel_policy": self.channel_policy,
             "name_hint": item.source_uri,
             "max_seconds": self.max_audio_seconds,
             **self.decode_options,
         }
+        if spill is not None:
+            kwargs.update(
+                spill_path=spill,
+                stream_min_seconds=self.stream_min_seconds,
+                max_spill_bytes=self.max_spill_bytes,
+            )
+        return kwargs
 
     def _ledger_for(self, unit_id: str) -> ItemLedger | None:
         if self.ledger_dir is None:
@@ -247,6 +345,77 @@ class PrepareUnit:
     def _error(self, unit_id: str, index: int, item, error: ItemError) -> dict[str, Any]:
         self.stats.errors_by_reason[error.reason] = self.stats.errors_by_reason.get(error.reason, 0) + 1
         return error_row(unit_id, index, item.item_id, item.source_uri, error, item.metadata)
+
+
+class _SegmentRows:
+    """Segment rows of one item; every row says how many segments the item has (the driver counts)."""
+
+    def __init__(self, unit_id: str, index: int, item, whole: Any, duration_s: float) -> None:
+        """`whole`: the item's `Segments`, or its `SegmentPlan` (anything with its count and tokens)."""
+        self.unit_id, self.index, self.item = unit_id, index, item
+        count = getattr(whole, "count", None)
+        self.total = int(whole.samples.shape[0] if count is None else count)
+        self.num_tokens = int(whole.num_tokens)
+        self.duration_s = duration_s
+        self.metadata = json.dumps(item.metadata, ensure_ascii=False)
+
+    def emit(self, segments, first: int, stats: PrepareStats) -> Iterator[dict[str, Any]]:
+        """Rows for `segments` (a `Segments` batch whose first segment has index `first`)."""
+        for offset in range(int(segments.samples.shape[0])):
+            seg_index = first + offset
+            row = empty_row()
+            row.update(
+                row_kind=SEGMENT,
+                unit_id=self.unit_id,
+                item_index=self.index,
+                item_id=self.item.item_id,
+                source_uri=self.item.source_uri,
+                metadata=self.metadata if seg_index == 0 else "",
+                seg_index=seg_index,
+                n_segments=self.total,
+                num_tokens=self.num_tokens,
+                valid_frames=int(segments.valid_frames[offset]),
+                duration_s=self.duration_s,
+                samples=np.ascontiguousarray(segments.samples[offset].numpy()).tobytes(),
+            )
+            stats.segments += 1
+            yield row
+
+
+def sweep_spill_dir(folder: str) -> int:
+    """Delete spill files whose worker (the pid in the name) is gone; how many were deleted."""
+    removed = 0
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return 0
+    for name in names:
+        match = _SPILL_NAME.match(name)
+        if match is None or int(match.group(1)) == os.getpid() or _alive(int(match.group(1))):
+            continue
+        if _remove(os.path.join(folder, name)):
+            removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _remove(path: str) -> bool:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    except OSError:  # another user's file, a read-only folder: leave it
+        return False
+    return True
 
 
 class ItemLedger:

@@ -50,7 +50,7 @@ class OnlyItemsPrepare(PrepareUnit):
         if self._segmenter is None:
             self._segmenter = build_segmenter(self.spec)
         unit = InputUnit.from_json(row["unit"])
-        wanted = {str(i) for i in (row.get("only") if row.get("only") is not None else ())}
+        wanted = {str(i) for i in row.get("only") or ()}
         count = 0
         for index, item in enumerate(self.read_items(unit)):
             if item.item_id not in wanted:

@@ -1,20 +1,25 @@
 """What a job still has to do on its output: the input's units minus what the manifest committed.
 
 One place plans against an output (tokenize, plan, verify), so a rerun, `semtok plan` and
-`semtok verify --input` agree on committed, changed, deleted and new inputs.
+`semtok verify --input` agree on committed, changed, deleted and new inputs. `PlanStream` yields
+the units while the input is listed (`iter_units`), so a run starts encoding before a listing of
+millions of objects ends; `plan_against_output` materialises the same stream for verify and plan.
+The manifest is read once (one index GET once compacted) and held, with a map of the committed
+file URIs and their stamps, for the whole listing: that, not the listing, is the planner's memory
+(~0.33 KB per committed file with 100-file units).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.config import ConfigError, TokenizeConfig
 from pipeline.dataset.layout import OutputLayout
 from pipeline.dataset.manifest import ManifestRead, read_manifest_report
-from pipeline.io.sources import plan_units
+from pipeline.io.sources import iter_units
 from pipeline.io.storage import open_filesystem, protocol_of, redact_uri, with_retries
 from pipeline.records import InputUnit
 
@@ -71,6 +76,110 @@ def check_input_output(input_url: str, output: str | None, storage_options: Mapp
         )
 
 
+class PlanStream:
+    """The units a job still has to do, yielded while the input is listed; iterate once.
+
+    Order and content are `plan_against_output`'s: new and changed units in listing order, then
+    the committed `files` units whose files changed (known only once the listing ends). `planned`,
+    `changed`, `changed_uris` and `deleted_uris` are final once `done`; `manifest` and `damaged`
+    (the manifest read) are there from the start. Committed units are skipped by id, and files
+    already inside committed `files` units by URI, so new files added to the input are planned
+    into new units. A committed unit whose inputs changed since (size, mtime or ETag differ from
+    its recorded stamps) is planned again under its own id, so its recommit replaces the stale
+    rows. Without a layout nothing is done."""
+
+    def __init__(
+        self,
+        input_url: str,
+        fs: Any,
+        layout: OutputLayout | None,
+        *,
+        storage_options: Mapping[str, Any],
+        kind: str,
+        files_per_unit: int,
+        glob: str | None,
+        output: str | None = None,
+        id_prefix: str = "",
+    ) -> None:
+        check_input_output(input_url, output, storage_options)
+        self.input_url = input_url
+        found = ManifestRead()
+        if layout is not None:
+            found = with_retries(lambda: read_manifest_report(fs, layout))
+        self.manifest: dict[str, dict[str, Any]] = found.entries
+        self.damaged: dict[str, str] = dict(found.damaged)
+        # committed file URI → (unit id, recorded stamp)
+        self._recorded: dict[str, tuple[str, str]] = {}
+        for unit_id, entry in self.manifest.items():
+            info = entry.get("unit_info") or {}
+            if info.get("kind") != "files":
+                continue
+            uris = [str(u) for u in info.get("uris") or ()]
+            stamps = [str(x) for x in info.get("stamps") or ()]
+            for index, uri in enumerate(uris):
+                self._recorded[uri] = (unit_id, stamps[index] if index < len(stamps) else "")
+        self._seen: dict[str, str] = {}
+        self._units = iter_units(
+            input_url,
+            storage_options=storage_options,
+            kind=kind,
+            files_per_unit=files_per_unit,
+            exclude_uris=frozenset(self._recorded),
+            glob=glob,
+            exclude_under=output,
+            id_prefix=id_prefix,
+            seen=self._seen,
+        )
+        self.planned = 0  # units the input yields after excluding committed files (done ones included)
+        self.changed: list[str] = []  # committed units whose inputs changed: redone
+        self.changed_uris: list[str] = []  # committed inputs whose stamp differs
+        self.deleted_uris: list[str] = []  # committed inputs no longer listed
+        self.yielded = 0  # units handed out (to do)
+        self.done = False
+
+    def __iter__(self) -> Iterator[InputUnit]:
+        for unit in self._units:
+            if not self.planned:
+                _refuse_colliding_roots([unit], self.manifest, self.input_url)
+            self.planned += 1
+            entry = self.manifest.get(unit.unit_id)
+            if entry is not None:
+                old = [str(x) for x in (entry.get("unit_info") or {}).get("stamps") or ()]
+                if unit.kind == "manifest" or not old or not unit.stamps or list(unit.stamps) == old:
+                    continue
+                self.changed.append(unit.unit_id)  # the shard or file changed since it was committed
+                self.changed_uris.append(unit.uris[0])
+            self.yielded += 1
+            yield unit
+        # Files units: any recorded file whose stamp changed sends its whole unit back to work.
+        stale: dict[str, InputUnit] = {}
+        seen = self._seen
+        for uri, (unit_id, stamp) in self._recorded.items():
+            current = seen.get(uri)
+            if current is None or not stamp or current == stamp:
+                continue
+            self.changed_uris.append(uri)
+            if unit_id in stale:
+                continue
+            unit = InputUnit.from_dict(self.manifest[unit_id]["unit_info"])
+            keep = [i for i, u in enumerate(unit.uris) if u in seen]  # deleted files leave the unit
+            stale[unit_id] = dataclasses.replace(
+                unit, uris=tuple(unit.uris[i] for i in keep), stamps=tuple(seen[unit.uris[i]] for i in keep)
+            )
+        self.changed.extend(sorted(stale))
+        self.changed_uris.sort()
+        self.deleted_uris = sorted(uri for uri in self._recorded if uri not in seen)
+        self.done = True
+        for unit_id in sorted(stale):
+            self.yielded += 1
+            yield stale[unit_id]
+
+    @property
+    def skipped(self) -> int:
+        """Committed units this plan leaves alone (final once `done`)."""
+        return len(set(self.manifest) - set(self.changed))
+
+
 def plan_against_output(
     input_url: str,
     fs: Any,
@@ -83,67 +192,42 @@ def plan_against_output(
     output: str | None = None,
     id_prefix: str = "",
 ) -> WorkPlan:
-    """Committed units are skipped by id, and files already inside committed `files` units by URI,
-    so new files added to the input are planned into new units. A committed unit whose inputs
-    changed since (size, mtime or ETag differ from its recorded stamps) is planned again under its
-    own id, so its recommit replaces the stale rows. Without a layout nothing is done."""
-    check_input_output(input_url, output, storage_options)
-    found = with_retries(lambda: read_manifest_report(fs, layout)) if layout is not None else ManifestRead()
-    manifest = found.entries
-    recorded: dict[str, tuple[str, str]] = {}  # committed file URI → (unit id, recorded stamp)
-    for unit_id, entry in manifest.items():
-        info = entry.get("unit_info") or {}
-        if info.get("kind") != "files":
-            continue
-        uris = [str(u) for u in info.get("uris") or ()]
-        stamps = [str(x) for x in info.get("stamps") or ()]
-        for index, uri in enumerate(uris):
-            recorded[uri] = (unit_id, stamps[index] if index < len(stamps) else "")
-    seen: dict[str, str] = {}
-    planned = plan_units(
+    """`PlanStream`, materialised: every unit to do, and what the listing found changed or gone."""
+    stream = PlanStream(
         input_url,
+        fs,
+        layout,
         storage_options=storage_options,
         kind=kind,
         files_per_unit=files_per_unit,
-        exclude_uris=frozenset(recorded),
         glob=glob,
-        exclude_under=output,
+        output=output,
         id_prefix=id_prefix,
-        seen=seen,
     )
-    _refuse_colliding_roots(planned, manifest, input_url)
-    units = []
-    changed: list[str] = []
-    changed_uris: list[str] = []
-    for unit in planned:
-        entry = manifest.get(unit.unit_id)
-        if entry is None:
-            units.append(unit)
-            continue
-        old = [str(x) for x in (entry.get("unit_info") or {}).get("stamps") or ()]
-        if unit.kind != "manifest" and old and unit.stamps and list(unit.stamps) != old:
-            units.append(unit)  # the shard or file changed since it was committed
-            changed.append(unit.unit_id)
-            changed_uris.append(unit.uris[0])
-    # Files units: any recorded file whose stamp changed sends its whole unit back to work.
-    stale: dict[str, InputUnit] = {}
-    for uri, (unit_id, stamp) in recorded.items():
-        current = seen.get(uri)
-        if current is None or not stamp or current == stamp:
-            continue
-        changed_uris.append(uri)
-        if unit_id in stale:
-            continue
-        unit = InputUnit.from_dict(manifest[unit_id]["unit_info"])
-        keep = [i for i, u in enumerate(unit.uris) if u in seen]  # deleted files leave the unit
-        stale[unit_id] = dataclasses.replace(
-            unit, uris=tuple(unit.uris[i] for i in keep), stamps=tuple(seen[unit.uris[i]] for i in keep)
-        )
-    units.extend(stale[unit_id] for unit_id in sorted(stale))
-    changed.extend(sorted(stale))
-    deleted = sorted(uri for uri in recorded if uri not in seen)
+    units = list(stream)
     return WorkPlan(
-        units, manifest, len(planned), changed, deleted, sorted(changed_uris), dict(found.damaged)
+        units,
+        stream.manifest,
+        stream.planned,
+        stream.changed,
+        stream.deleted_uris,
+        stream.changed_uris,
+        stream.damaged,
+    )
+
+
+def stream_remaining(config: TokenizeConfig, fs: Any, layout: OutputLayout) -> PlanStream:
+    """`plan_remaining`, streaming: what `run_tokenize` iterates."""
+    return PlanStream(
+        config.input,
+        fs,
+        layout,
+        storage_options=config.storage_options,
+        kind=config.input_kind,
+        files_per_unit=config.files_per_unit,
+        glob=config.glob,
+        output=config.output or None,
+        id_prefix=getattr(config, "id_prefix", None) or "",
     )
 
 

@@ -7,6 +7,7 @@ what "the output at URL" is.
 
 from __future__ import annotations
 
+import functools
 import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -54,7 +55,7 @@ class OutputSource:
         """The codec fingerprint of the version: from a token file's metadata, else its newest run
         record. ValueError when neither exists (nothing committed and no run recorded)."""
         for path in self.token_files()[:1]:
-            found = with_retries(lambda path=path: read_fingerprint(self.fs, path))
+            found = with_retries(functools.partial(read_fingerprint, self.fs, path))
             if found:
                 return found
         records = with_retries(lambda: read_run_records(self.fs, self.layout))
@@ -78,8 +79,9 @@ def resolve_output(
             lambda: fs.exists(f"{base}/{MANIFEST_DIR}") or fs.exists(f"{base}/{RUNS_DIR}")
         )
         if is_version and posixpath.basename(base):
-            parent_url, _, name = root_url.rpartition("/")
-            return OutputSource(fs, OutputLayout(parent_url or "/", name))
+            parent_url, sep, name = root_url.rpartition("/")
+            # "/v" lies under "/", a bare relative "v" under the working directory
+            return OutputSource(fs, OutputLayout(parent_url or ("/" if sep else "."), name))
         found = dataset_versions(fs, path)
         if not found:
             raise FileNotFoundError(f"no semtok dataset version under {redact_uri(url)}")

@@ -1,0 +1,141 @@
+"""Planning time and driver peak memory for a large input: the whole-listing planner vs streaming.
+
+Writes N empty `.wav` files (planning reads names and stamps only) in folders of `--per-folder`,
+then plans them in a fresh process per mode, so each peak RSS is its own:
+- `eager`: `plan_units` (today's whole listing: one `find`, sorted, then all units in a list);
+- `stream`: `iter_units` consumed as a run consumes it (units dropped once taken), with the time
+  to the first unit — when encoding could start;
+- `plan`: `PlanStream` against an empty output, as `run_tokenize` iterates it.
+Prints figures only.
+
+    python bench/plan_scale.py --objects 1000000                   # local disk, ~1 GB of inodes
+    python bench/plan_scale.py --objects 20000 --s3                # a local SeaweedFS S3 server
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # the SeaweedFS helper lives in tests/
+    sys.path.insert(0, str(REPO))
+MODES = ("eager", "stream", "plan")
+
+
+def write_local(root: Path, objects: int, per_folder: int) -> None:
+    """N empty files, `per_folder` to a folder (os calls: fsspec would take minutes for 10^6)."""
+    for index in range(objects):
+        folder = root / f"d{index // per_folder:05d}"
+        if index % per_folder == 0:
+            folder.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(folder / f"clip{index:07d}.wav", os.O_CREAT | os.O_WRONLY, 0o644))
+
+
+def write_s3(fs, base: str, objects: int, per_folder: int) -> None:  # noqa: ANN001 - s3fs
+    names = [f"{base}/d{i // per_folder:05d}/clip{i:07d}.wav" for i in range(objects)]
+    with ThreadPoolExecutor(32) as pool:
+        list(pool.map(lambda name: fs.pipe_file(name, b""), names))
+
+
+def run_mode(mode: str, url: str, options: dict, files_per_unit: int) -> dict:
+    """One mode, in this process: wall seconds, units, peak RSS (MiB) above the imports."""
+    from pipeline.io.sources import iter_units, plan_units
+    from pipeline.tokenize.work_plan import PlanStream
+
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    started = time.perf_counter()
+    first = None
+    units = 0
+    if mode == "eager":
+        units = len(plan_units(url, storage_options=options, kind="files", files_per_unit=files_per_unit))
+    else:
+        if mode == "stream":
+            stream = iter_units(url, storage_options=options, kind="files", files_per_unit=files_per_unit)
+        else:
+            stream = PlanStream(
+                url,
+                None,
+                None,
+                storage_options=options,
+                kind="files",
+                files_per_unit=files_per_unit,
+                glob=None,
+            )
+        for _ in stream:
+            if first is None:
+                first = time.perf_counter() - started
+            units += 1
+    wall = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"mode": mode, "wall_s": wall, "first_unit_s": first, "units": units, "peak_mib": peak - base}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--objects", type=int, default=100_000)
+    parser.add_argument("--per-folder", type=int, default=1000)
+    parser.add_argument("--files-per-unit", type=int, default=256)
+    parser.add_argument("--s3", action="store_true")
+    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--child", help=argparse.SUPPRESS)  # internal: run one mode, print JSON
+    args = parser.parse_args(argv)
+    if args.child:
+        spec = json.loads(args.child)
+        print(json.dumps(run_mode(spec["mode"], spec["url"], spec["options"], spec["files_per_unit"])))
+        return 0
+    with tempfile.TemporaryDirectory() as tmp:
+        server = None
+        options: dict = {}
+        started = time.perf_counter()
+        if args.s3:
+            from tests.s3_server import SeaweedS3
+
+            server = SeaweedS3(data_dir=Path(tmp) / "weed")
+            server.start()
+            bucket = server.make_bucket("bench-plan")
+            options = server.storage_options
+            url = f"{bucket}/in"
+            write_s3(server.filesystem(), url.removeprefix("s3://"), args.objects, args.per_folder)
+        else:
+            url = str(Path(tmp) / "in")
+            write_local(Path(url), args.objects, args.per_folder)
+        print(
+            f"input: {args.objects} objects in folders of {args.per_folder} on "
+            f"{'s3' if args.s3 else 'local disk'}, written in {time.perf_counter() - started:.1f} s"
+        )
+        try:
+            for mode in args.modes.split(","):
+                spec = {"mode": mode, "url": url, "options": options, "files_per_unit": args.files_per_unit}
+                done = subprocess.run(
+                    [sys.executable, __file__, "--child", json.dumps(spec)],
+                    cwd=REPO,
+                    env={**os.environ, "PYTHONPATH": str(REPO)},
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                r = json.loads(done.stdout.strip().splitlines()[-1])
+                first = "-" if r["first_unit_s"] is None else f"{r['first_unit_s']:.2f} s"
+                print(
+                    f"{mode:>6}: {r['wall_s']:.1f} s, {r['units']} units, first unit after {first}, "
+                    f"driver peak +{r['peak_mib']:.0f} MiB"
+                )
+        finally:
+            if server is not None:
+                server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

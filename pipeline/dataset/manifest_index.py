@@ -1,0 +1,171 @@
+"""The consolidated manifest: index files that fold many per-unit entries into one object.
+
+Why: a reader of a version with N committed units used to GET N small JSON objects (`_manifest/
+<unit>.json`); on S3 that is ~4 s per 1,000 units for every rerun, verify, status, audit and
+loader. Compaction (`pipeline.dataset.compaction`) copies the entries into one Parquet file,
+`_manifest/_index/<seq>.parquet`, and later deletes the entry files it covers, so readers GET one
+index plus the few entries committed since. The per-unit entries stay the commit point: an index
+row is only a copy of an entry as it was when the index was written.
+
+This module is the file format only (names, encode, decode with validation); the reading rules
+live in `pipeline.dataset.manifest`, the writing rules in `pipeline.dataset.compaction`.
+
+Format (version 1): one row per committed unit, sorted by unit id, columns
+- `unit_id` (string), `entry` (the entry as canonical JSON),
+- `entry_stamp`: the listing stamp (`entry_stamp`) of the entry file the row was copied from, so a
+  reader can tell from a LIST alone that a remaining entry file is that same file (no GET),
+- `committed_at`, `attempt_id`: copied from the entry, for people and tools reading the index;
+and the schema metadata key `semtok.manifest_index` = {"format", "seq", "units", "base",
+"written_at", "run_id"}. Pages carry CRC checksums (verified on read); any problem — unreadable
+Parquet, a bad checksum, a wrong row count or seq, a duplicate or damaged row — makes the whole
+file damaged (`IndexDamaged`): readers then fall back to an older index plus the entries.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.dataset.layout import MANIFEST_DIR, SAFE_ID, canonical_json
+from pipeline.io.storage import source_stamp
+
+__all__ = [
+    "INDEX_DIR",
+    "INDEX_FORMAT",
+    "IndexDamaged",
+    "IndexRow",
+    "decode_index",
+    "encode_index",
+    "entry_stamp",
+    "index_rel",
+    "index_seq",
+]
+
+INDEX_DIR = f"{MANIFEST_DIR}/_index"  # relative to the version folder
+INDEX_FORMAT = 1
+METADATA_KEY = b"semtok.manifest_index"
+_NAME = re.compile(r"^(\d{10})\.parquet$")
+
+SCHEMA = pa.schema(
+    [
+        pa.field("unit_id", pa.string(), nullable=False),
+        pa.field("entry", pa.large_string(), nullable=False),
+        pa.field("entry_stamp", pa.string(), nullable=False),
+        pa.field("committed_at", pa.string()),
+        pa.field("attempt_id", pa.string()),
+    ]
+)
+
+
+class IndexDamaged(ValueError):
+    """An index file that cannot be trusted; the message says why (one line)."""
+
+
+@dataclass(frozen=True)
+class IndexRow:
+    """One unit in an index: its entry and the stamp of the entry file it was copied from."""
+
+    entry: dict[str, Any]
+    stamp: str
+
+
+def index_rel(seq: int) -> str:
+    """Relative path of index number `seq` (zero-padded, so names sort like numbers)."""
+    if not 0 < seq < 10**10:
+        raise ValueError(f"index seq out of range: {seq}")
+    return f"{INDEX_DIR}/{seq:010d}.parquet"
+
+
+def index_seq(name: str) -> int | None:
+    """The seq of an index file name (basename or path), None for any other name."""
+    found = _NAME.match(name.rsplit("/", 1)[-1])
+    return int(found.group(1)) if found else None
+
+
+def entry_stamp(info: Mapping[str, Any]) -> str:
+    """What an entry file looked like in a listing: `source_stamp` (size + ETag on object stores,
+    size + mtime locally) plus the inode where the store reports one. A recommit publishes a new
+    object (new ETag: the entry holds a fresh attempt id; locally a new inode and mtime), so equal
+    stamps mean the very file an index row was copied from."""
+    stamp = source_stamp(info)
+    if info.get("ino") is not None:
+        stamp += f";ino:{info['ino']}"
+    return stamp
+
+
+def encode_index(rows: Mapping[str, IndexRow], *, seq: int, base: int | None, run_id: str = "") -> bytes:
+    """The Parquet bytes of index `seq` holding `rows` (unit id → row), sorted by unit id."""
+    units = sorted(rows)
+    meta = {
+        "format": INDEX_FORMAT,
+        "seq": seq,
+        "units": len(units),
+        "base": base,
+        "written_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "run_id": run_id,
+    }
+    table = pa.table(
+        {
+            "unit_id": units,
+            "entry": [canonical_json(rows[u].entry) for u in units],
+            "entry_stamp": [rows[u].stamp for u in units],
+            "committed_at": [str(rows[u].entry.get("committed_at") or "") for u in units],
+            "attempt_id": [str(rows[u].entry.get("attempt_id") or "") for u in units],
+        },
+        schema=SCHEMA.with_metadata({METADATA_KEY: json.dumps(meta).encode()}),
+    )
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd", write_page_checksum=True)
+    return sink.getvalue()
+
+
+def decode_index(
+    data: bytes, *, seq: int, check_entry: Callable[[Any, str], str | None]
+) -> dict[str, IndexRow]:
+    """The rows of index `seq` from its bytes; `IndexDamaged` when anything is off.
+
+    `check_entry(entry, unit_id)` says why an entry cannot be trusted (the manifest's own check)."""
+    try:
+        table = pq.read_table(io.BytesIO(data), page_checksum_verification=True)
+    except Exception as error:  # noqa: BLE001 - any reader failure means a damaged file
+        raise IndexDamaged(f"not a readable Parquet index: {type(error).__name__}: {error}"[:300]) from None
+    raw = (table.schema.metadata or {}).get(METADATA_KEY)
+    try:
+        meta = json.loads(raw) if raw else None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        meta = None
+    if not isinstance(meta, dict):
+        raise IndexDamaged("no semtok.manifest_index metadata (not an index written by semtok)")
+    if meta.get("format") != INDEX_FORMAT:
+        raise IndexDamaged(f"index format {meta.get('format')!r}, this semtok reads {INDEX_FORMAT}")
+    if meta.get("seq") != seq:
+        raise IndexDamaged(f"names seq {meta.get('seq')!r} but is stored as {seq}")
+    missing = [name for name in SCHEMA.names[:3] if name not in table.column_names]
+    if missing:
+        raise IndexDamaged(f"lacks column(s) {missing}")
+    if table.num_rows != meta.get("units"):
+        raise IndexDamaged(f"{table.num_rows} rows but its metadata says {meta.get('units')!r} units")
+    rows: dict[str, IndexRow] = {}
+    units = table.column("unit_id").to_pylist()
+    entries = table.column("entry").to_pylist()
+    stamps = table.column("entry_stamp").to_pylist()
+    for unit_id, text, stamp in zip(units, entries, stamps, strict=True):
+        if not isinstance(unit_id, str) or not SAFE_ID.match(unit_id) or unit_id in rows:
+            raise IndexDamaged(f"unit id {unit_id!r} is missing, unsafe or repeated")
+        try:
+            entry = json.loads(text)
+        except (TypeError, json.JSONDecodeError) as error:
+            raise IndexDamaged(f"row {unit_id!r}: entry is not JSON: {error}") from None
+        problem = check_entry(entry, unit_id)
+        if problem:
+            raise IndexDamaged(f"row {unit_id!r}: {problem}")
+        rows[unit_id] = IndexRow(entry=entry, stamp=str(stamp or ""))
+    return rows

@@ -1,0 +1,78 @@
+"""Test-only fault injection into the tokenize job's encode stage; production code has no test hooks.
+
+`FaultyEncodeActor` is the real `EncodeActor` plus faults chosen by the environment variables below
+(set on the CLI process; Ray workers inherit them). `python -m tests.faults ARGS...` runs the real
+`semtok` CLI with this actor in place of the production one, so tests/test_faults.py can inject
+faults into a job running in its own process. Ray workers load the class by its module name: the
+repository root must be on their PYTHONPATH (test_faults.cli_env sets it).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+
+from pipeline.tokenize import job
+from pipeline.tokenize.encode_stage import EncodeActor
+from pipeline.tokenize.prepare_stage import SEGMENT
+
+log = logging.getLogger(__name__)
+
+# "item_id,item_id": encoding a segment of these items always raises (they end as encode_failed
+# error rows), until the variable is gone: the "bug" that `semtok retry-failed` recovers from.
+FAIL_ITEMS_ENV = "SEMTOK_TEST_FAIL_ITEMS"
+# "item_id": the actor PROCESS dies (os._exit) on the first batch holding that item. "First" is
+# remembered in a marker file (CRASH_MARKER_ENV, created atomically before dying), because the
+# restarted actor is a fresh process: Ray must redo the batch, and the item must end exactly once.
+CRASH_ONCE_ENV = "SEMTOK_TEST_CRASH_ONCE_ITEM"
+CRASH_MARKER_ENV = "SEMTOK_TEST_CRASH_MARKER"
+
+
+class FaultyEncodeActor(EncodeActor):
+    """The production encode actor, failing or dying on the items the environment names."""
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        _maybe_crash(batch, np.flatnonzero(batch["row_kind"] == SEGMENT))
+        return super().__call__(batch)
+
+    def _encode(self, batch: dict[str, np.ndarray], index: np.ndarray) -> list[bytes]:
+        _maybe_fail_always(batch, index)
+        return super()._encode(batch, index)
+
+
+def _maybe_fail_always(batch: dict[str, np.ndarray], index: np.ndarray) -> None:
+    targets = {t for t in os.environ.get(FAIL_ITEMS_ENV, "").split(",") if t}
+    hit = targets.intersection(str(batch["item_id"][i]) for i in index)
+    if hit:
+        raise RuntimeError(f"injected persistent test fault for item(s) {sorted(hit)}")
+
+
+def _maybe_crash(batch: dict[str, np.ndarray], index: np.ndarray) -> None:
+    target, marker = os.environ.get(CRASH_ONCE_ENV), os.environ.get(CRASH_MARKER_ENV)
+    if not target or not marker or not any(batch["item_id"][i] == target for i in index):
+        return
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return  # crashed once already: this is the redo
+    os.write(fd, f"{os.getpid()}\n".encode())
+    os.fsync(fd)
+    os.close(fd)
+    log.warning("injected test crash of encode actor pid %d on item %r", os.getpid(), target)
+    os._exit(17)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The `semtok` CLI, its tokenize stream built with `FaultyEncodeActor`."""
+    from jobs import cli
+
+    job.EncodeActor = FaultyEncodeActor  # the name build_tokenize_dataset builds its encode stage from
+    return cli.main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
