@@ -92,6 +92,10 @@ def active_token_counts(fbank: torch.Tensor, tokens_per_segment: int) -> list[in
 
 
 class SemantiCodecEncoder(nn.Module):
+    """AudioMAE → pooled features → semantic k-means tokens and BiLSTM → acoustic VQ tokens."""
+
+    batch_one_lstm: BatchOneLSTM  # kept out of the module tree (set through __dict__): no state-dict keys
+
     def __init__(self, config: SemantiCodecConfig, centroids: torch.Tensor) -> None:
         super().__init__()
         dim = config.feature_dim
@@ -175,7 +179,8 @@ class BatchOneLSTM:
     twin LSTM whose first layer takes one zero feature more (so oneDNN never fuses its two products,
     see the module docstring) if `matches(count)` showed, on the real weights, that this twin gives
     every row the bits it gets alone; otherwise one at a time. The twin shares every weight with the
-    module: its wider first-layer matrices hold the module's own as views, so no memory is doubled.
+    module; on the CPU its wider first-layer matrices also hold the module's own as views, so no
+    memory is doubled (elsewhere they are copies: cuDNN wants contiguous weights).
     """
 
     def __init__(self, lstm: nn.LSTM) -> None:
@@ -185,7 +190,9 @@ class BatchOneLSTM:
         self._twin: nn.LSTM | None = None
         self._twin_key: tuple | None = None
         self._matches: dict[tuple, bool] = {}
+        self._probe_rows: dict[tuple, list[tuple[torch.Tensor, torch.Tensor]]] = {}
 
+    @torch.inference_mode()  # as the official code (no_grad): with autograd on, oneDNN rounds otherwise
     def __call__(self, rows: torch.Tensor) -> torch.Tensor:
         count = rows.shape[0]
         if count <= 1:
@@ -194,17 +201,28 @@ class BatchOneLSTM:
             return self._twin_forward(rows)
         return torch.cat([self.lstm(rows[i : i + 1])[0] for i in range(count)])
 
+    @torch.inference_mode()
     def matches(self, count: int, *, device: torch.device, dtype: torch.dtype) -> bool:
-        """Whether the twin gives `count` rows their batch-1 bits here (checked once per setting)."""
+        """Whether the twin gives `count` rows their batch-1 bits here (checked once per setting).
+
+        The check's rows are random sequences of a few steps, the same for every count, each run
+        alone once per setting (a full-size call costs seconds, most of it oneDNN reordering the
+        weights), so checking every batch size up to N costs N lone runs in all.
+        """
+        self._twin_module()  # first: new weights drop the verdicts and rows of the old ones
         threads = torch.get_num_threads() if device.type == "cpu" else 0
-        key = (count, str(device), dtype, threads, torch.backends.mkldnn.enabled)
+        setting = (str(device), dtype, threads, torch.backends.mkldnn.enabled)
+        key = (count, *setting)
         if key not in self._matches:
-            # a private generator: the global one must not move (the official decode draws from it)
-            generator = torch.Generator().manual_seed(count)
-            probe = torch.randn(count, PROBE_STEPS, self.lstm.input_size, generator=generator)
-            probe = probe.to(device, dtype)
-            alone = torch.cat([self.lstm(probe[i : i + 1])[0] for i in range(count)])
-            ok = bool(torch.equal(self._twin_forward(probe), alone))
+            rows = self._probe_rows.setdefault(setting, [])
+            while len(rows) < count:
+                # a private generator: the global one must not move (the official decode draws from it)
+                generator = torch.Generator().manual_seed(len(rows))
+                probe = torch.randn(1, PROBE_STEPS, self.lstm.input_size, generator=generator)
+                probe = probe.to(device, dtype)
+                rows.append((probe, self.lstm(probe)[0]))
+            together = self._twin_forward(torch.cat([probe for probe, _ in rows[:count]]))
+            ok = bool(torch.equal(together, torch.cat([alone for _, alone in rows[:count]])))
             if not ok:
                 log.warning(
                     "batched BiLSTM rows do not keep their batch-1 bits on %s (%s, %d rows, %d threads): "
@@ -222,9 +240,11 @@ class BatchOneLSTM:
         return self._twin_module()(wide)[0]
 
     def _twin_module(self) -> nn.LSTM:
-        """The twin, rebuilt whenever the module's weights were replaced (load, `.to()`)."""
+        """The twin, rebuilt whenever the module's weights were replaced or written (load, `.to()`)."""
         if self._twin is not None and self._weights_key() == self._twin_key:
             return self._twin
+        self._matches.clear()
+        self._probe_rows.clear()
         lstm = self.lstm
         with torch.device("meta"):  # shapes only; every weight is set below
             twin = nn.LSTM(
@@ -242,7 +262,8 @@ class BatchOneLSTM:
                 if name.startswith("weight_ih_l0"):
                     wider = weight.new_zeros(weight.shape[0], weight.shape[1] + 1)
                     wider[:, :-1] = weight
-                    weight.data = wider[:, :-1]  # the module now reads the twin's storage
+                    if weight.device.type == "cpu":  # the module now reads the twin's storage; on
+                        weight.data = wider[:, :-1]  # GPUs cuDNN wants its own weights contiguous
                     weight = nn.Parameter(wider, requires_grad=False)
                 setattr(twin, name, weight)
         self._twin = twin.eval()
@@ -250,5 +271,6 @@ class BatchOneLSTM:
         return self._twin
 
     def _weights_key(self) -> tuple:
+        """Changes when a weight is replaced or written in place (`_version` counts in-place writes)."""
         weights = [getattr(self.lstm, name) for name in self.lstm._flat_weights_names]
-        return tuple((w.data_ptr(), w.dtype, str(w.device)) for w in weights)
+        return tuple((w.data_ptr(), w._version, w.dtype, str(w.device)) for w in weights)

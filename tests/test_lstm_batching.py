@@ -1,8 +1,8 @@
 """Every segment gets its official tokens in any batch (`encode_batching="official"`, codec/encoder.py).
 
-The official code runs its BiLSTM on one segment at a time. Here a batch of segments from clips of one
-and of several segments must give, row for row, every intermediate and token the same segment gets
-encoded alone; the plain batched call ("batched") is the option that does not promise that.
+The official code encodes one segment at a time. Here a batch of segments from clips of one and of
+several segments must give, row for row, every intermediate and token the same segment gets encoded
+alone; "batched" (the whole batch through every op) is the option that does not promise that.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def test_batched_option_is_one_plain_call(tiny: SemantiCodec) -> None:
         pytest.skip("this CPU's LSTM rounds one sequence like several: nothing to tell apart here")
 
 
-def test_the_twin_shares_weights_and_follows_new_weights(tiny: SemantiCodec) -> None:
+def test_the_twin_shares_weights_and_follows_new_weights() -> None:
     lstm = torch.nn.LSTM(24, 24, num_layers=2, batch_first=True, bidirectional=True).eval()
     runner = BatchOneLSTM(lstm)
     rows = torch.randn(3, 6, 24, generator=torch.Generator().manual_seed(1))
@@ -109,16 +109,15 @@ def test_the_twin_shares_weights_and_follows_new_weights(tiny: SemantiCodec) -> 
     assert twin.weight_ih_l0.shape == (96, 25) and lstm.weight_ih_l0.shape == (96, 24)
     assert lstm.weight_ih_l0.data_ptr() == twin.weight_ih_l0.data_ptr()  # no second copy
     assert twin.weight_hh_l1_reverse is lstm.weight_hh_l1_reverse
-    # weights loaded in place reach the twin through the shared storage
+    # weights written in place (a load) or replaced (`.to()` and the like): the twin follows
     fresh = torch.nn.LSTM(24, 24, num_layers=2, batch_first=True, bidirectional=True).state_dict()
     lstm.load_state_dict(fresh)
     assert torch.equal(lstm.weight_ih_l0, fresh["weight_ih_l0"])
     assert_twin_matches(runner, lstm, rows)
-    assert runner._twin_module() is twin
-    # new tensors (`.to()` and the like): the twin is rebuilt from them
     lstm.double().float()
     assert_twin_matches(runner, lstm, rows)
     assert runner._twin_module() is not twin
+    assert lstm.weight_ih_l0.data_ptr() == runner._twin_module().weight_ih_l0.data_ptr()
     assert torch.equal(lstm.weight_ih_l0, fresh["weight_ih_l0"])
 
 
@@ -128,7 +127,9 @@ def assert_twin_matches(runner: BatchOneLSTM, lstm: torch.nn.LSTM, rows: torch.T
         alone = torch.cat([lstm(rows[i : i + 1])[0] for i in range(rows.shape[0])])
         twin = runner._twin_forward(rows)
     assert torch.equal(together, alone)
-    assert torch.equal(twin, alone)
+    # the twin itself only where this machine's check found it keeps the bits
+    if runner.matches(rows.shape[0], device=rows.device, dtype=rows.dtype):
+        assert torch.equal(twin, alone)
 
 
 def test_rows_run_one_at_a_time_where_the_twin_does_not_keep_the_bits() -> None:
@@ -149,7 +150,19 @@ def test_rows_run_one_at_a_time_where_the_twin_does_not_keep_the_bits() -> None:
         pytest.skip("ATen's LSTM kept batch-1 bits in the twin here: the fallback was not needed")
 
 
-def test_the_check_leaves_the_global_generator_alone(tiny: SemantiCodec) -> None:
+def test_autograd_left_on_by_the_caller_changes_nothing() -> None:
+    """With autograd recording, oneDNN rounds even a lone sequence otherwise; the official code runs
+    under no_grad, so the runner (and its check) always run without autograd."""
+    lstm = torch.nn.LSTM(32, 32, num_layers=2, batch_first=True, bidirectional=True).eval()
+    runner = BatchOneLSTM(lstm)
+    rows = torch.randn(3, 6, 32, generator=torch.Generator().manual_seed(4))
+    together = runner(rows)  # grad mode on, parameters require grad
+    with torch.no_grad():
+        alone = torch.cat([lstm(rows[i : i + 1])[0] for i in range(3)])
+    assert torch.equal(together, alone)
+
+
+def test_the_check_leaves_the_global_generator_alone() -> None:
     lstm = torch.nn.LSTM(16, 16, batch_first=True).eval()
     runner = BatchOneLSTM(lstm)
     state = torch.get_rng_state()
