@@ -172,6 +172,11 @@ def section_agreement(args, codec, deadline: float) -> None:
             out["float32_no_tf32"] = agreement(encode_with(codec.encoder, features).cpu(), reference)
         finally:
             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+        batched = copy.deepcopy(codec.encoder)
+        batched.batching = "batched"
+        out["float32_batched"] = agreement(encode_with(batched, features).cpu(), reference)
+        out["batch_invariance"] = batch_invariance(codec.encoder, features)
+        batched = None
         for name in ("bfloat16", "float16"):
             if section.left() < 10:
                 out[name] = {"skipped": "budget"}
@@ -189,7 +194,33 @@ def section_agreement(args, codec, deadline: float) -> None:
                 empty_cache()
 
 
-def encoder_ladder(section: Section, encoder, features_of, max_batch: int, repeats: int) -> list[dict]:
+def batch_invariance(encoder, features) -> dict:
+    """Whether each module gives a row the same bits in a batch as alone, on this device (float32):
+    says which modules could be batched while keeping the exact tokens."""
+    import torch
+
+    checks: dict = {}
+    with torch.inference_mode():
+        patches = encoder.audiomae(features)
+        alone = torch.cat([encoder.audiomae(features[i : i + 1]) for i in range(features.shape[0])])
+        checks["audiomae"] = bool(torch.equal(patches, alone))
+        rows = torch.randn(features.shape[0], 64, encoder.encoder.input_size, device=features.device)
+        together = encoder.encoder(rows)[0]
+        alone = torch.cat([encoder.encoder(rows[i : i + 1])[0] for i in range(rows.shape[0])])
+        checks["bilstm"] = bool(torch.equal(together, alone))
+        checks["bilstm_twin"] = bool(
+            encoder.batch_one_lstm.matches(rows.shape[0], device=rows.device, dtype=rows.dtype)
+        )
+        x = torch.randn(features.shape[0], 256, encoder.encoder_output_linear.in_features, device=rows.device)
+        together = encoder.encoder_output_linear(x)
+        alone = torch.cat([encoder.encoder_output_linear(x[i : i + 1]) for i in range(x.shape[0])])
+        checks["output_linear"] = bool(torch.equal(together, alone))
+    return checks
+
+
+def encoder_ladder(
+    section: Section, encoder, features_of, max_batch: int, repeats: int, reference=None
+) -> list[dict]:
     import torch
 
     rows = []
@@ -209,9 +240,13 @@ def encoder_ladder(section: Section, encoder, features_of, max_batch: int, repea
             times = []
             for _ in range(repeats):
                 started = time.perf_counter()
-                encode_with(encoder, features)
+                tokens = encode_with(encoder, features)
                 sync()
                 times.append(time.perf_counter() - started)
+            if reference is not None:  # row i is distinct segment i % 16: compare with its exact tokens
+                expected = reference.repeat(-(-batch // reference.shape[0]), 1, 1)[:batch]
+                row["agreement_vs_exact"] = agreement(tokens.cpu(), expected)
+            tokens = None
             seconds = sorted(times)[len(times) // 2]
             last_s = seconds
             row.update(
@@ -247,14 +282,26 @@ def section_encoder(args, codec, deadline: float) -> None:
             return base.repeat(reps, 1, 1)[:batch].contiguous()
 
         section.out["repeats"] = args.repeats
+        exact = encode_with(codec.encoder, base).cpu()  # official batching: the exact tokens
         ladders = section.out.setdefault("ladders", {})
-        for name, share in (("float32", 0.6), ("bfloat16", 1.0)):  # float32 gets the larger share
+        # "float32": official batching (exact tokens; modules that are not batch-invariant on this
+        # device run one segment at a time); "*_batched": every module batched, agreement measured
+        plan = (
+            ("float32", "official", torch.float32, 0.4, args.max_exact_batch),
+            ("float32_batched", "batched", torch.float32, 0.6, args.max_batch),
+            ("bfloat16_batched", "batched", torch.bfloat16, 1.0, args.max_batch),
+        )
+        for name, batching, dtype, share, max_batch in plan:
             with Section(name, section.left() * share, section.deadline, parent=ladders) as sub:
                 encoder = codec.encoder
-                if name != "float32":
+                if batching != "official" or dtype != torch.float32:
                     encoder = copy.deepcopy(codec.encoder)
-                    encoder.set_compute_dtype(getattr(torch, name))
-                sub.out["rows"] = encoder_ladder(sub, encoder, features_of, args.max_batch, args.repeats)
+                    encoder.batching = batching
+                    encoder.set_compute_dtype(dtype)
+                sub.out["batching"] = batching
+                sub.out["rows"] = encoder_ladder(
+                    sub, encoder, features_of, max_batch, args.repeats, reference=exact
+                )
             encoder = None
             empty_cache()
 
@@ -365,6 +412,7 @@ def pipeline_child(args) -> None:
         num_encoders=1,
         gpus_per_encoder=1.0,
         encode_batch_segments=args.pipeline_batch,
+        encode_batching=args.pipeline_batching,
         progress_interval_s=3600,
     )
     started = time.monotonic()
@@ -381,6 +429,7 @@ def pipeline_child(args) -> None:
                 "files": args.pipeline_files,
                 "seconds_per_file": args.pipeline_seconds,
                 "encode_batch_segments": args.pipeline_batch,
+                "encode_batching": args.pipeline_batching,
                 "items": summary.items,
                 "items_ok": summary.items_ok,
                 "items_failed": summary.items_failed,
@@ -396,51 +445,60 @@ def pipeline_child(args) -> None:
 
 def section_pipeline(args, deadline: float) -> None:
     with Section("pipeline", args.pipeline_budget_s, deadline) as section:
-        timeout = max(1.0, section.left() - 5)
-        with tempfile.TemporaryDirectory(prefix="semtok-gpu-check-") as work:
-            command = [
-                sys.executable,
-                __file__,
-                "--pipeline-child",
-                work,
-                "--pipeline-files",
-                str(args.pipeline_files),
-                "--pipeline-seconds",
-                str(args.pipeline_seconds),
-                "--size",
-                args.size,
-                "--device",
-                args.device,
-                "--pipeline-batch",
-                str(args.pipeline_batch),
-                "--weights",
-                args.weights,
-                "--token-rate",
-                str(args.token_rate),
-                "--vocab",
-                str(args.vocab),
-            ]
-            # its own session, so a timeout also ends the Ray processes it started
-            child = subprocess.Popen(
-                command,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                cwd=REPO,
-                start_new_session=True,
-            )
-            try:
-                stdout, stderr = child.communicate(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(child.pid, signal.SIGKILL)
-                child.communicate()
-                section.out["error"] = f"timed out after {timeout:.0f} s"
-                return
-            lines = [line for line in stdout.splitlines() if line.startswith("{")]
-            if child.returncode != 0 or not lines:
-                section.out["error"] = f"child exit {child.returncode}: {stderr[-600:]}"
-                return
-            section.out.update(json.loads(lines[-1]))
+        for share, batching in ((0.5, "official"), (1.0, "batched")):
+            with Section(batching, section.left() * share, section.deadline, parent=section.out) as sub:
+                pipeline_run(args, sub, batching)
+
+
+def pipeline_run(args, section: Section, batching: str) -> None:
+    """One `pipeline_child` run (its own process group, killed on timeout) into section.out."""
+    timeout = max(1.0, section.left() - 5)
+    with tempfile.TemporaryDirectory(prefix="semtok-gpu-check-") as work:
+        command = [
+            sys.executable,
+            __file__,
+            "--pipeline-child",
+            work,
+            "--pipeline-files",
+            str(args.pipeline_files),
+            "--pipeline-seconds",
+            str(args.pipeline_seconds),
+            "--size",
+            args.size,
+            "--device",
+            args.device,
+            "--pipeline-batch",
+            str(args.pipeline_batch),
+            "--weights",
+            args.weights,
+            "--token-rate",
+            str(args.token_rate),
+            "--vocab",
+            str(args.vocab),
+            "--pipeline-batching",
+            batching,
+        ]
+        # its own session, so a timeout also ends the Ray processes it started
+        child = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+            start_new_session=True,
+        )
+        try:
+            stdout, stderr = child.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.communicate()
+            section.out["error"] = f"timed out after {timeout:.0f} s"
+            return
+        lines = [line for line in stdout.splitlines() if line.startswith("{")]
+        if child.returncode != 0 or not lines:
+            section.out["error"] = f"child exit {child.returncode}: {stderr[-600:]}"
+            return
+        section.out.update(json.loads(lines[-1]))
 
 
 def main() -> None:
@@ -454,6 +512,7 @@ def main() -> None:
     parser.add_argument("--agreement-segments", type=int, default=4)
     parser.add_argument("--agreement-budget-s", type=float, default=100.0)
     parser.add_argument("--max-batch", type=int, default=256)
+    parser.add_argument("--max-exact-batch", type=int, default=64, help="official batching ladder's top")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--encoder-budget-s", type=float, default=130.0)
     parser.add_argument("--decoder-steps", type=int, default=5)
@@ -462,7 +521,8 @@ def main() -> None:
     parser.add_argument("--pipeline-files", type=int, default=32)
     parser.add_argument("--pipeline-seconds", type=float, default=20.0)
     parser.add_argument("--pipeline-batch", type=int, default=64)
-    parser.add_argument("--pipeline-budget-s", type=float, default=130.0)
+    parser.add_argument("--pipeline-budget-s", type=float, default=150.0)
+    parser.add_argument("--pipeline-batching", default="official", choices=["official", "batched"])
     parser.add_argument("--size", default="full", choices=["full", "tiny"])
     parser.add_argument("--device", default="cuda", help="cpu: a smoke test of this script only")
     parser.add_argument("--pipeline-child", default=None, help=argparse.SUPPRESS)

@@ -1,6 +1,8 @@
 """Peak memory of the prepare stage on hour-long files, streamed vs whole; and of one decode_audio call.
 
     python bench/prepare_memory.py prepare --hours 1 3 --paths streamed whole --format flac
+    python bench/prepare_memory.py prepare --hours 1 3 --paths streamed --no-spool   # reader reads whole
+    python bench/prepare_memory.py prepare --hours 1 3 --paths streamed --store s3   # from SeaweedFS
     python bench/prepare_memory.py decode --seconds 600 --rate 44100 --channels 2
 
 `prepare`: synthesizes each file once (44.1 kHz stereo by default, under --workdir on local disk),
@@ -10,9 +12,13 @@ drops each row as it comes, as Ray Data's block builder would pass it on. This d
 worker's and its decode process's /proc status every 20 ms: peak RSS (the kernel's VmHWM) and peak
 anonymous memory (sampled RssAnon, what cannot be reclaimed; RSS also counts the spill file's pages
 while they are mapped). "streamed" is the default job config (items of 10 min or more go through a
-spill file); "whole" is streaming off and no decode budget (every item in memory). Flat memory is
-the same streamed peak at 1 h and 3 h. The worker also holds the item's encoded bytes, which the
-reader (pipeline/io/sources.py) reads whole: reported as `item` so it can be told apart.
+spill file); "whole" is streaming off and no decode budget (every decoded item in memory). Flat
+memory is the same streamed peak at 1 h and 3 h. The reader (pipeline/io/sources.py) is the real
+one, from storage (the local disk) to the decode process: by default it copies an item of
+spool_min_bytes (64 MiB) or more to a local file in 8 MiB chunks and the decode process maps that
+file (pipeline/io/spool.py), so no process holds the encoded bytes; `--no-spool` reads each item
+whole into the worker, as before spooling (the file's size is reported as `item`). `--store s3`
+uploads the files to a local SeaweedFS S3 server (tests/s3_server.py) and reads them from there.
 
 `decode`: one decode_audio call per resampler in a fresh process, peak RSS growth over the decoded
 float32 size: the working-memory multiple of the in-memory path, to plan max_decoded_bytes.
@@ -23,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -50,6 +57,8 @@ prepare = PrepareUnit(
     stream_min_seconds=600.0 if streamed else None,
     decode_options={"max_decoded_bytes": None if not streamed else 2 * 2**30},
     spill_dir=cfg["spill_dir"],
+    spool_min_bytes=cfg["spool_min_bytes"],
+    storage_options=cfg["storage_options"],
 )
 decoder = prepare.decoder()
 decoder.start()
@@ -69,8 +78,9 @@ child_hwm = 0
 for line in open(f"/proc/{decoder.pid}/status"):
     if line.startswith("VmHWM:"):
         child_hwm = int(line.split()[1]) * 1024
-print(json.dumps({"segments": prepare.stats.segments, "streamed": prepare.stats.streamed, "errors": errors,
-                  "wall_s": wall, "child_hwm": child_hwm}), flush=True)
+print(json.dumps({"segments": prepare.stats.segments, "streamed": prepare.stats.streamed,
+                  "spooled": prepare.stats.spooled, "errors": errors, "wall_s": wall,
+                  "child_hwm": child_hwm}), flush=True)
 """
 
 
@@ -125,16 +135,52 @@ def synthesize(path: Path, seconds: float, rate: int, channels: int, fmt: str) -
     tmp.rename(path)
 
 
-def run_prepare(file: Path, path_kind: str, spill_dir: Path) -> dict:
+class _Store:
+    """Where the worker reads the files from: the local folder, or a SeaweedFS S3 bucket."""
+
+    def __init__(self, kind: str, workdir: Path) -> None:
+        self.kind, self.server, self.bucket = kind, None, ""
+        self.options: dict | None = None
+        if kind == "s3":
+            sys.path.insert(0, str(REPO))
+            from tests.s3_server import SeaweedS3
+
+            self.server = SeaweedS3(data_dir=Path(tempfile.mkdtemp(prefix="seaweedfs-", dir=workdir)))
+            self.server.start()
+            self.bucket = self.server.make_bucket("bench-memory")
+            self.options = self.server.storage_options
+
+    def uri(self, file: Path) -> tuple[str, str]:
+        """(the file's URI, the input root), uploading it first for S3."""
+        if self.server is None:
+            return str(file), str(file.parent)
+        target = f"{self.bucket}/{file.name}"
+        fs = self.server.filesystem()
+        if not fs.exists(target):
+            fs.put_file(str(file), target)
+        return target, self.bucket
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            shutil.rmtree(self.server.data_dir, ignore_errors=True)
+
+
+def run_prepare(
+    file: Path, path_kind: str, spill_dir: Path, spool_min_bytes: int | None, store: _Store
+) -> dict:
     warm = file.parent / "warm.wav"
     if not warm.exists():
         synthesize(warm, 2.0, 44100, 2, "wav")
+    uri, root = store.uri(file)
     config = {
-        "file": str(file),
-        "warm": str(warm),
-        "root": str(file.parent),
+        "file": uri,
+        "warm": store.uri(warm)[0],
+        "root": root,
         "path": path_kind,
         "spill_dir": str(spill_dir),
+        "spool_min_bytes": spool_min_bytes,
+        "storage_options": store.options,
     }
     worker = subprocess.Popen(
         [sys.executable, "-c", _WORKER, json.dumps(config)],
@@ -165,14 +211,25 @@ def prepare_main(args: argparse.Namespace) -> None:
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     spill = workdir / "spill"
-    mib = 2**20
     print(
         "peaks over the whole item; growth = peak anonymous - idle anonymous; "
-        "item = the encoded file, held by the worker's reader"
+        "item = the encoded file's size"
+        + (" (read whole into the worker: --no-spool)" if args.no_spool else " (spooled: in no process)")
     )
     head = f"{'file':>22} {'path':>8} |"
     columns = "worker: RSS peak  anon idle/peak (growth)  item | decoder: RSS peak  anon idle/peak"
     print(f"{head} {columns}  | segments wall")
+    store = _Store(args.store, workdir)
+    try:
+        _prepare_runs(args, workdir, spill, store)
+    finally:
+        store.close()
+    leftover = list(spill.iterdir()) if spill.exists() else []
+    print(f"spill/spool files left: {len(leftover)}")
+
+
+def _prepare_runs(args: argparse.Namespace, workdir: Path, spill: Path, store: _Store) -> None:
+    mib = 2**20
     for hours in args.hours:
         file = workdir / f"{hours:g}h-{args.rate}-{args.channels}ch.{args.format}"
         if not file.exists():
@@ -184,7 +241,8 @@ def prepare_main(args: argparse.Namespace) -> None:
             )
         item = file.stat().st_size
         for path_kind in args.paths:
-            r = run_prepare(file, path_kind, spill)
+            spool_min = None if args.no_spool else int(args.spool_min_mib * 2**20)
+            r = run_prepare(file, path_kind, spill, spool_min, store)
             w, d = r["peaks"]["worker"], r["peaks"]["decoder"]
             wb, db = r["base"]["worker"].get("RssAnon", 0), r["base"]["decoder"].get("RssAnon", 0)
             print(
@@ -192,15 +250,14 @@ def prepare_main(args: argparse.Namespace) -> None:
                 f"{wb / mib:>4.0f}/{w['RssAnon'] / mib:>5.0f} MiB ({(w['RssAnon'] - wb) / mib:>5.0f})  "
                 f"{item / mib:>4.0f} | decoder: {d['VmHWM'] / mib:>5.0f} MiB  "
                 f"{db / mib:>4.0f}/{d['RssAnon'] / mib:>5.0f} MiB | {r['segments']:>8} {r['wall_s']:>4.0f} s"
+                + ("  spooled" if r.get("spooled") else "")
                 + (f"  ERRORS {r['errors']}" if r["errors"] else ""),
                 flush=True,
             )
             if args.json:
-                record = {"file": file.name, "path": path_kind, "item_bytes": item, **r}
+                record = {"file": file.name, "path": path_kind, "store": args.store, "item_bytes": item, **r}
                 with open(args.json, "a") as fh:
                     fh.write(json.dumps(record) + "\n")
-    leftover = list(spill.iterdir()) if spill.exists() else []
-    print(f"spill files left: {len(leftover)}")
 
 
 _DECODE_CHILD = """
@@ -257,6 +314,9 @@ def main() -> None:
     prep.add_argument("--format", choices=["flac", "wav"], default="flac")
     prep.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "semtok-bench-memory"))
     prep.add_argument("--json", help="append one JSON line per run to this file")
+    prep.add_argument("--spool-min-mib", type=float, default=64.0, help="spool items this big or bigger")
+    prep.add_argument("--no-spool", action="store_true", help="read every item whole into the worker")
+    prep.add_argument("--store", choices=["local", "s3"], default="local", help="read the files from here")
     dec = sub.add_parser("decode", help="one decode_audio call per resampler (in-memory path)")
     dec.add_argument("--seconds", type=float, default=300.0)
     dec.add_argument("--rate", type=int, default=44100)

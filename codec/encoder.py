@@ -29,8 +29,10 @@ the batch's composition, at near-ties.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -146,6 +148,10 @@ class SemantiCodecEncoder(nn.Module):
         """Normalised fbank segments [S, 1024, 128] → tokens int64 [S, tokens_per_segment, 2]."""
         if self.batching not in BATCHING:
             raise ValueError(f"batching must be one of {BATCHING}, got {self.batching!r}")
+        with exact_float32_convolutions(fbank.device, self.compute_dtype):
+            return self._forward(fbank, intermediates=intermediates)
+
+    def _forward(self, fbank: torch.Tensor, *, intermediates: bool):
         config = self.config
         active = active_token_counts(fbank, config.tokens_per_segment)
         patches = self._each(self.audiomae, fbank.to(self.compute_dtype))
@@ -170,6 +176,25 @@ class SemantiCodecEncoder(nn.Module):
             "acoustic_ids": acoustic,
             "active_tokens": active,
         }
+
+
+@contextlib.contextmanager
+def exact_float32_convolutions(device: torch.device, dtype: torch.dtype) -> Iterator[None]:
+    """cuDNN convolutions without TF32 while a float32 encoder runs on a GPU.
+
+    PyTorch lets cuDNN round float32 convolutions to TF32 by default; on an H200 that moved 0.4 % of
+    the acoustic tokens off the CPU's (official) ones, and none with TF32 off. The caller's setting
+    is restored on exit.
+    """
+    if device.type != "cuda" or dtype != torch.float32:
+        yield
+        return
+    saved = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = saved
 
 
 class BatchOneLSTM:

@@ -221,7 +221,12 @@ def _verify_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input-kind", choices=_choices("input_kind"))
     p.add_argument("--files-per-unit", type=int)
     p.add_argument("--glob")
-    p.add_argument("--deep", action="store_true", help="also check every file's sha256 (reads all bytes)")
+    p.add_argument(
+        "--deep",
+        action="store_true",
+        help="read every data file whole: sha256 and ids (default: names, sizes and row counts "
+        "against the manifest; Parquet footers only where the manifest cannot name the items)",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 

@@ -194,6 +194,9 @@ class TokenizeConfig:
     stream_min_seconds: Annotated[float, Field(ge=0)] | None = 600.0
     max_spill_bytes: PositiveInt = 2 * 2**30  # one streamed item's spill file (16 kHz float32: 9.3 h)
     spill_dir: str | None = None  # local folder for spill files (None: <system temp>/semtok-spill)
+    # items this big or bigger are copied from storage to a local file in spill_dir in 8 MiB chunks
+    # and decoded from it, never held whole in a worker's memory. None: every item read into memory
+    spool_min_bytes: PositiveInt | None = 64 * 2**20
     # codec
     codec: str = "semanticodec"
     weights: str | None = None

@@ -91,9 +91,12 @@ class SourceItem:
 
     item_id: str  # unique within the dataset, stable across runs, a safe relative path
     source_uri: str  # file uri; "<tar uri>#<member>"; "<parquet uri>#row=<n>"; manifest: audio uri
-    data: bytes | None  # encoded audio bytes (None when error is set)
+    data: bytes | None  # encoded audio bytes (None when error or path is set)
     metadata: dict[str, Any] = field(default_factory=dict)  # JSON-able, carried to the output
     error: ItemError | None = None
+    # a big item read with a spooler: the local file holding its bytes (data is None); the reader
+    # deletes it when the next item is asked for (pipeline.io.spool)
+    path: str | None = None
 
     @property
     def ok(self) -> bool:

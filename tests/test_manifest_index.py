@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import shutil
 import time
 import uuid
@@ -280,6 +281,25 @@ def test_an_output_without_index_resumes_then_compacts(output_copy, monkeypatch:
     _rerun_encodes_nothing(config)
 
 
+def test_retry_failed_compacts_at_its_end_like_tokenize(output_copy, monkeypatch: pytest.MonkeyPatch) -> None:
+    """retry-failed recommits every retried unit (a new entry file each): it folds them at its end."""
+    from pipeline.tokenize.retry import retry_failed
+
+    fs, layout, _ = output_copy
+    _compact(fs, layout)
+    _compact(fs, layout)
+    assert read_manifest_report(fs, layout).loose == {}
+    monkeypatch.setattr(job, "COMPACT_MIN_LOOSE", 1)
+    stream = io.StringIO()
+    [summary] = retry_failed(layout.root_url, version=layout.version, stream=stream)
+    assert (summary.items, summary.items_failed, summary.units_committed) == (1, 1, 1)  # still broken
+    assert "manifest compacted" in stream.getvalue()
+    found = read_manifest_report(fs, layout)
+    assert found.index == f"{INDEX_DIR}/0000000003.parquet" and len(found.entries) == 5
+    assert len(found.loose) == 1 and found.covered == set(found.loose)  # folded, kept one more pass
+    assert verify(layout.root_url).ok
+
+
 def test_index_format_refuses_damage() -> None:
     entry = {"unit_id": "u1", "files": [{"path": "tokens/part-u1.parquet", "kind": "tokens", "sha256": "ab"}]}
     data = encode_index({"u1": IndexRow(entry, "size:1;etag:x")}, seq=3, base=2)
@@ -307,6 +327,36 @@ def test_compact_cli(output_copy, capsys) -> None:
     assert "nothing to compact" in capsys.readouterr().out
     assert main(["compact", layout.root_url, "--version", "nope"]) == 2
     assert "no dataset version 'nope'" in capsys.readouterr().err
+
+
+def test_compact_writes_a_run_record_that_status_shows(output_copy, monkeypatch, capsys) -> None:
+    fs, layout, config = output_copy
+    compact_output(layout.root_url)
+    compact_output(layout.root_url)  # nothing left: recorded too
+    runs = [r for r in output_status(layout.root_url).versions[0].runs if r.kind == "compact"]
+    assert [r.status for r in runs] == ["completed", "completed"]
+    first, second = sorted(runs, key=lambda r: "nothing" in (r.summary or ""))  # same second: any order
+    assert "0000000002.parquet holds 5 units" in first.summary and "0 entry files remain" in first.summary
+    assert second.summary == f"{layout.version}: nothing to compact"
+    assert first.started_at and first.finished_at and first.wall_seconds >= 0
+    record = json.loads(Path(layout.run_path(first.run_id)).read_text())
+    assert [p["seq"] for p in record["passes"]] == [1, 2] and "config" not in record
+
+    def broken(*args, **kwargs):
+        raise ValueError("disk says no")
+
+    monkeypatch.setattr(compaction, "compact_manifest", broken)
+    with pytest.raises(ValueError):
+        compact_output(layout.root_url)
+    failed = [r for r in output_status(layout.root_url).versions[0].runs if r.status == "failed"]
+    assert [(r.kind, r.summary) for r in failed] == [("compact", "nothing done")]
+    record = json.loads(Path(layout.run_path(failed[0].run_id)).read_text())
+    assert record["error"] == "ValueError: disk says no"
+    assert main(["status", layout.root_url]) == 0
+    text = capsys.readouterr().out
+    assert f"{first.run_id} [compact]" in text and "(failed): nothing done" in text
+    # the tokenize run stays the one later commands take their config from
+    assert main(["verify", layout.root_url, "--input", config.input]) == 0
 
 
 def test_a_damaged_entry_file_wins_over_its_index_row(tmp_path: Path) -> None:

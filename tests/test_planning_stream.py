@@ -113,6 +113,71 @@ def test_exclusions_and_the_output_folder_plan_the_same_units(tmp_path: Path) ->
     assert _same(str(root / "a.wav")) == plan_units(str(root / "a.wav"))  # a single file
 
 
+GLOBS = [
+    "**/*.wav",
+    "*.wav",
+    "a/*.wav",
+    "*/*.wav",
+    "a*/**",
+    "**",
+    "**/[ab]*.wav",
+    "**/[!a]*.wav",
+    "deep/**/p.wav",
+    "d?ep/1/**",
+    "deep/1/*/*/*/*.wav",
+    "*/y/*",
+    "a/",
+    "*/",
+    "a.wav",  # no wildcard: looked up whole
+    "nowhere/*.wav",
+    "**/*.{wav,mp3}",  # no brace expansion: matches nothing, in both planners
+]
+
+
+@pytest.mark.parametrize("glob", GLOBS)
+def test_globs_stream_the_same_units(tmp_path: Path, glob: str) -> None:
+    """A glob is matched while walking (`_glob_walk`): the same files as fsspec's glob over `find`."""
+    root = tmp_path / "in [x]"  # a folder name that would be a pattern if not escaped
+    _write_tree(local_writer(root), TRICKY)
+    _write_tree(local_writer(root / "out" / "v1"), ["tokens/x.wav"])
+    for kwargs in ({}, {"exclude_under": str(root / "out")}, {"kind": "files", "id_prefix": "p/"}):
+        for files_per_unit in (1, 3):
+            _same(str(root), files_per_unit=files_per_unit, glob=glob, **kwargs)
+
+
+def test_globs_of_every_kind_stream_the_same_units(corpora: Path) -> None:
+    for glob in ("**/*.tar", "tars/*", "pq/**", "**/*.parquet", "files/**/*.wav", "*/*"):
+        assert _same(str(corpora), files_per_unit=2, glob=glob), glob
+
+
+def test_a_glob_lists_one_folder_at_a_time_and_only_to_its_depth(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "in"
+    _write_tree(local_writer(root), [f"d{d:03d}/e/f{f}.wav" for d in range(30) for f in range(3)])
+    _write_tree(local_writer(root), ["top.wav", "d000/g.wav"])
+    listed: list[str] = []
+    original = LocalFileSystem.ls
+
+    def counting_ls(self, path, detail=True, **kwargs):  # noqa: ANN001 - fsspec's signature
+        listed.append(str(path))
+        return original(self, path, detail=detail, **kwargs)
+
+    monkeypatch.setattr(LocalFileSystem, "ls", counting_ls)
+    units = iter_units(str(root), kind="files", files_per_unit=2, glob="**/f*.wav")
+    first = next(units)
+    assert len(first.uris) == 2 and len(listed) <= 3  # the root, d000, d000/e
+    assert len([first, *units]) == 45 and len(listed) == 61
+    listed.clear()
+    assert [u.uris for u in iter_units(str(root), kind="files", glob="*.wav")] == [
+        (f"file://{root}/top.wav",)
+    ]
+    assert listed == [str(root)]  # one level: no subfolder is listed
+    listed.clear()
+    assert len(list(iter_units(str(root), kind="files", glob="d001/*/*.wav"))) == 1
+    assert listed == [str(root / "d001"), str(root / "d001" / "e")]  # from its literal folder
+
+
 def test_s3_plans_the_same_units(s3_server) -> None:
     bucket = s3_server.make_bucket("semtok-stream")
     fs = s3_server.filesystem()
@@ -126,6 +191,9 @@ def test_s3_plans_the_same_units(s3_server) -> None:
     first = plan_units(f"{bucket}/files", storage_options=options, files_per_unit=2)[0]
     committed = frozenset(first.uris)
     _same(f"{bucket}/files", options, files_per_unit=2, exclude_uris=committed)
+    for glob in ("**/*.wav", "*/*.wav", "a/*", "**/*.tar", "d?ep/**"):
+        _same(f"{bucket}/tricky", options, files_per_unit=2, glob=glob)
+    assert _same(bucket, options, files_per_unit=2, glob="tars/*.tar")
 
 
 def test_the_first_unit_comes_before_the_listing_ends(

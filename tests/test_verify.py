@@ -116,3 +116,46 @@ def test_input_check_reports_changed_deleted_and_new_items(tmp_path):
     assert v.missing_items == ["new.wav"] and len(v.missing_units) == 1
     text = report.text()
     assert "changed items: 1" in text and "deleted items: 2" in text
+
+
+def test_files_units_are_checked_against_the_listing_without_opening_their_files(tmp_path):
+    """Verify of 10^5 one-file units must take seconds: a `files` unit whose files are listed with
+    the manifest's sizes and whose rows add up takes its ids from its entry. `deep` reads all."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(4):
+        write_wav(src / f"f{i}.wav", 0.2, i)
+    out = str(tmp_path / "out")
+    fs = fsspec.filesystem("file")
+    layout = OutputLayout.for_fingerprint(out, FP)
+    units = plan_units(str(src), files_per_unit=2)
+    for unit in units:
+        rows = [token_row(u.rsplit("/", 1)[-1], source_uri=u) for u in unit.uris]
+        commit_unit(fs, layout, unit.unit_id, token_rows=rows, fingerprint=FP, unit_info=unit.to_dict())
+    report = verify(out, input=str(src), files_per_unit=2)
+    v = report.versions[0]
+    assert report.ok, report.text()
+    assert (v.files_read, v.items_tokens, v.units_committed) == (0, 4, 2)
+    assert "0 data file(s) read" in report.text()
+
+    path = Path(layout.tokens_path(units[0].unit_id))
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same-size damage: only the checksum sees it
+    path.write_bytes(bytes(data))
+    assert verify(out).ok
+    deep = verify(out, deep=True)
+    assert deep.versions[0].files_read == 2
+    problems = {b["path"]: b["problem"] for b in deep.versions[0].bad_files}
+    assert "sha256" in problems.pop(layout.tokens_rel(units[0].unit_id))
+    assert "n_items" in problems.pop(layout.manifest_rel(units[0].unit_id)) and not problems
+
+    path.write_bytes(bytes(data[:-10]))  # a truncated file has another size: found without deep
+    v = verify(out).versions[0]
+    problems = {b["path"]: b["problem"] for b in v.bad_files}
+    assert "size" in problems[layout.tokens_rel(units[0].unit_id)]
+    # its unit's ids are then unknown (the file is not read): its items count as missing
+    assert "n_items" in problems[layout.manifest_rel(units[0].unit_id)]
+    assert v.missing_items == sorted(u.rsplit("/", 1)[-1] for u in units[0].uris)
+    path.unlink()
+    v = verify(out).versions[0]
+    assert {b["problem"] for b in v.bad_files} >= {"listed in the manifest but missing"}

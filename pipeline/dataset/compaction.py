@@ -6,8 +6,8 @@ Why: readers GET every entry file (`_manifest/<unit>.json`) they cannot find in 
 
 When: at the end of each tokenize run, under its writer lease, once `COMPACT_MIN_LOOSE` entry
 files exist (`compact_manifest(min_loose=…)`), and on demand with `semtok compact OUTPUT`
-(`compact_output`, which takes the lease itself). Only the lease holder compacts, so no commit
-races a deletion.
+(`compact_output`, which takes the lease itself and writes a run record of kind "compact", shown
+by `semtok status`). Only the lease holder compacts, so no commit races a deletion.
 
 One pass, each step safe to be killed after (the test hook `on_step` injects those kills):
 1. read the manifest as readers do (`read_manifest_report`: newest good index N + entry files);
@@ -29,9 +29,9 @@ import contextlib
 import functools
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import fsspec
@@ -40,8 +40,9 @@ from pipeline.dataset.layout import OutputLayout, is_local, new_attempt_id, publ
 from pipeline.dataset.lease import OutputLease, acquire_lease
 from pipeline.dataset.manifest import list_manifest, read_manifest_report
 from pipeline.dataset.manifest_index import IndexRow, encode_index, index_rel
+from pipeline.dataset.run_records import utc_now_iso, write_run_record
 from pipeline.dataset.versions import dataset_versions
-from pipeline.io.storage import open_filesystem, redact_uri, with_retries
+from pipeline.io.storage import open_filesystem, redact_text, redact_uri, with_retries
 
 __all__ = ["COMPACT_MIN_LOOSE", "Compaction", "compact_manifest", "compact_output"]
 
@@ -185,14 +186,45 @@ def compact_output(
         layout = OutputLayout(output.rstrip("/") or "/", name)
         with acquire_lease(fs, layout, run_id, command="semtok compact") as lease:
             passes_done: list[Compaction] = []
-            for _ in range(max(1, passes)):
-                result = with_retries(
-                    functools.partial(compact_manifest, fs, layout, lease=lease, run_id=run_id)
-                )
-                if result.seq is None:
-                    break
-                passes_done.append(result)
-                if result.loose_after == 0:
-                    break
-            done.extend(passes_done or [result])
+            with _compact_record(fs, layout, run_id, passes_done):
+                for _ in range(max(1, passes)):
+                    result = with_retries(
+                        functools.partial(compact_manifest, fs, layout, lease=lease, run_id=run_id)
+                    )
+                    passes_done.append(result)
+                    if result.seq is None or result.loose_after == 0:
+                        break
+            done.extend([p for p in passes_done if p.seq is not None] or passes_done[-1:])
     return done
+
+
+@contextlib.contextmanager
+def _compact_record(
+    fs: fsspec.AbstractFileSystem, layout: OutputLayout, run_id: str, passes: list[Compaction]
+) -> Iterator[None]:
+    """Write `runs/<run_id>.json` (kind "compact") however the passes end, so `semtok status`
+    lists the compaction among the runs: its passes, and the error of a failed one."""
+    started_at, started = utc_now_iso(), time.monotonic()
+    status, error_line = "completed", ""
+    try:
+        yield
+    except BaseException as error:
+        status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+        error_line = redact_text(f"{type(error).__name__}: {str(error)[:500]}")
+        raise
+    finally:
+        record = {
+            "kind": "compact",
+            "status": status,
+            **({"error": error_line} if error_line else {}),
+            "started_at": started_at,
+            "finished_at": utc_now_iso(),
+            "wall_seconds": time.monotonic() - started,
+            "summary": "; ".join(p.line() for p in passes) or "nothing done",
+            "passes": [asdict(p) for p in passes],
+        }
+        try:
+            with_retries(lambda: write_run_record(fs, layout, run_id, record))
+        except Exception:  # noqa: BLE001 - never hide the compaction's own error
+            if status == "completed":
+                raise

@@ -22,8 +22,9 @@ the other way, pickle protocol 5 out-of-band, so neither side copies them more t
 decodes the bytes in the buffer it received them into). A long item streamed to a spill file
 (``spill_path=``, see audio_decoding) comes back as a small `SpilledAudio` (path and counts), never
 as samples: the caller names the file, and deletes it whatever the outcome (a crash or a timeout
-can leave it half written). A large item can go the other way through a file too (``spool_path=``):
-the child maps it read-only instead of receiving a copy.
+can leave it half written). A large item can go the other way through a file too (``spool_path=``,
+or `decode_file` for a file the reader already wrote, `pipeline.io.spool`): the child maps it
+read-only instead of receiving a copy.
 
 The decode function is named by a dotted path ("module:function"), so tests can run one that
 crashes on chosen inputs without this module knowing about tests. Exceptions of other types raised
@@ -165,6 +166,24 @@ class IsolatedDecoder:
             return self._decode_here(data, decode_kwargs)
         with self._lock:
             return self._decode_isolated(data, decode_kwargs, spool_path)
+
+    def decode_file(self, path: str, **decode_kwargs: Any) -> DecodedAudio | SpilledAudio:
+        """`decode_fn` over the bytes of a local file (an item the reader spooled to disk), which
+        are never read into this process: the child maps the file read-only (in process: this
+        process maps it). The caller owns the file and deletes it."""
+        if self.in_process:
+            mapped = _map_file(path)
+            try:
+                return self._decode_here(mapped if mapped is not None else b"", decode_kwargs)
+            finally:
+                if mapped is not None:
+                    try:
+                        mapped.close()
+                    except BufferError:  # a view of it is still referenced: the GC unmaps it
+                        pass
+        with self._lock:
+            self._ensure_child()
+            return self._exchange(b"", decode_kwargs, path)
 
     def close(self) -> None:
         """Kill the child (if any) and reap it. The decoder restarts one if used again."""

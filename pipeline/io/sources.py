@@ -23,6 +23,12 @@ Input rules (the README's failure taxonomy lists every reason):
     Symbolic links are followed only inside the input root (``link_outside_root`` otherwise, unless
     ``ReadPolicy.follow_links``); loops and dangling links are ``broken_link``.
   * Size: an object larger than ``ReadPolicy.max_item_bytes`` is ``too_large`` and never read whole.
+    With a `Spooler` (``read_unit(spool=)``), a file, a manifest entry or an audio tar member of
+    ``spool.min_bytes`` or more (size from the listing, ``stat``, a HEAD request or the tar header)
+    is never read whole either: it is copied in bounded chunks to a local file (`SourceItem.path`,
+    `pipeline.io.spool`), with the same retries, timeout and error reasons as a whole read; a local
+    file that cannot be written is ``spill_failed``. The file is deleted when the consumer asks for
+    the next item.
   * A manifest kept on an object store may only name objects of its own scheme; local paths
     (``file://`` or bare) and other schemes are ``uri_not_allowed`` unless listed in
     ``ReadPolicy.allow_manifest_schemes``. Relative entries may not climb out of the manifest's
@@ -72,7 +78,9 @@ from typing import Any, TypeVar
 
 import fsspec
 from fsspec.core import split_protocol
+from fsspec.utils import glob_translate
 
+from pipeline.io.spool import CHUNK, Spooled, Spooler, SpoolTooLarge, SpoolWriteError
 from pipeline.io.storage import (
     full_uri,
     is_transient,
@@ -264,7 +272,10 @@ def _is_under(path: str, folder: str) -> bool:
 
 
 def _walk_sorted(
-    fs: fsspec.AbstractFileSystem, top: str, skip_folder: str | None = None
+    fs: fsspec.AbstractFileSystem,
+    top: str,
+    skip_folder: str | None = None,
+    max_depth: int | None = None,
 ) -> Iterator[tuple[str, dict[str, Any]]]:
     """`_list_files(fs, top)`, lazily: the same (path, info) pairs in the same sorted order, listing
     one folder at a time, so memory holds the folders on the current path, not the whole tree.
@@ -272,8 +283,10 @@ def _walk_sorted(
     Why a walk of our own: `find` returns the whole tree at once (and s3fs caches it). A folder's
     entries are sorted by name with a subfolder keyed `name/` — exactly where its contents fall
     among sorted full paths (`a-b` < `a/x` because `-` < `/`), so a depth-first walk yields
-    `sorted(find())`. Subfolders under `skip_folder` are not even listed. Like fsspec's `walk`,
-    a folder that cannot be listed is left out (locally any OSError; object stores: not found)."""
+    `sorted(find())`. Subfolders under `skip_folder` are not even listed, nor (with `max_depth`,
+    like `find(maxdepth=)`) folders deeper than `max_depth` levels below `top`. Like fsspec's
+    `walk`, a folder that cannot be listed is left out (locally any OSError; object stores: not
+    found)."""
     omit: tuple[type[BaseException], ...] = (OSError,) if is_local_fs(fs) else (FileNotFoundError,)
 
     def children(folder: str) -> list[tuple[str, str, dict[str, Any], bool]]:
@@ -308,10 +321,41 @@ def _walk_sorted(
             stack.pop()
             continue
         _, name, info, is_dir = entry
-        if is_dir:
-            stack.append(iter(children(name)))
-        else:
+        if not is_dir:
             yield name, info
+        elif max_depth is None or len(stack) < max_depth:
+            stack.append(iter(children(name)))
+
+
+_MAGIC = re.compile(r"[*?\[]")
+
+
+def _glob_walk(
+    fs: fsspec.AbstractFileSystem, path: str, glob: str, skip_folder: str | None
+) -> Callable[[], Iterator[tuple[str, dict[str, Any]]]] | None:
+    """The files `fs.glob(path/glob)` matches, lazily: a `_walk_sorted` from the glob's literal
+    folder (to the glob's depth unless it holds `**`), each name matched with the regex fsspec's
+    glob builds (`glob_translate`), so the same files in the same sorted order. None for globs a
+    walk cannot mirror (no wildcard at all, `.` / `..` / empty components): plan those eagerly."""
+    parts = glob.split("/")
+    if not glob or not _MAGIC.search(glob) or any(part in ("", ".", "..") for part in parts[:-1]):
+        return None
+    if parts[-1] in (".", ".."):
+        return None
+    literal = list(itertools.takewhile(lambda part: not _MAGIC.search(part), parts[:-1]))
+    top = posixpath.join(path, *literal) if literal else path
+    rest = parts[len(literal) :]
+    max_depth = None if any("**" in part for part in rest) else len(rest)
+    pattern = posixpath.join(escape_glob(path), glob)
+    stripped = fs._strip_protocol(pattern) + ("/" if pattern.endswith("/") else "")
+    regex = re.compile(glob_translate(stripped))
+
+    def listing() -> Iterator[tuple[str, dict[str, Any]]]:
+        for name, info in _walk_sorted(fs, top, skip_folder, max_depth):
+            if regex.match(name):
+                yield name, info
+
+    return listing
 
 
 def is_local_fs(fs: fsspec.AbstractFileSystem) -> bool:
@@ -378,7 +422,8 @@ def iter_units(
     What cannot stream, and costs what: `kind="auto"` needs the whole listing to choose a kind
     (any `.parquet` makes it parquet, else any tar makes it tar), so it lists once to decide
     (stopping at the first `.parquet`) and again to plan: pass the kind to skip that pass. A
-    `glob` is matched by fsspec over the whole listing at once, and a single file or manifest
+    `glob` walks from its literal folder and matches each listed name as fsspec's glob would
+    (`_glob_walk`; a glob without wildcards is looked up whole), and a single file or manifest
     input is one object anyway. ``seen`` is complete once the iterator is exhausted. Memory:
     the units not yet consumed plus the listings of the folders on the current path (the
     largest single folder is the ceiling: ~0.5 KB per object in it)."""
@@ -436,7 +481,10 @@ def _plan(
         return True
 
     listing: Callable[[], Iterator[tuple[str, dict[str, Any]]]]
-    if glob is not None:
+    walk_glob = _glob_walk(fs, path, glob, skip_folder) if lazy and glob is not None else None
+    if walk_glob is not None:
+        root_path, infos, is_single = path, {}, False
+    elif glob is not None:
         pattern = posixpath.join(escape_glob(path), glob)
         root_path = path
         matched = with_retries(lambda: fs.glob(pattern, detail=True))
@@ -456,7 +504,9 @@ def _plan(
             raise FileNotFoundError(f"input not found: {input_url}")
         infos = {} if lazy else _list_files(fs, path)
         is_single = False
-    if lazy and glob is None and not is_single:
+    if walk_glob is not None:
+        listing = walk_glob
+    elif lazy and glob is None and not is_single:
 
         def listing() -> Iterator[tuple[str, dict[str, Any]]]:
             return _walk_sorted(fs, path, skip_folder)
@@ -683,22 +733,32 @@ def read_unit(
     audio_column: str | None = None,
     uri_column: str | None = None,
     policy: ReadPolicy = DEFAULT_POLICY,
+    spool: Spooler | None = None,
 ) -> Iterator[SourceItem]:
-    """Yield one SourceItem per input item of the unit; per-item failures are error rows."""
+    """Yield one SourceItem per input item of the unit; per-item failures are error rows.
+
+    ``spool``: big items come as local files (`SourceItem.path`, ``data`` None), each deleted when
+    the next item is asked for or the iteration ends (parquet cells are in memory already: never)."""
     if unit.kind == "files":
-        items = _read_files(unit, storage_options, policy)
+        items = _read_files(unit, storage_options, policy, spool)
     elif unit.kind == "tar":
-        items = _read_tar(unit, storage_options, policy)
+        items = _read_tar(unit, storage_options, policy, spool)
     elif unit.kind == "parquet":
         items = _read_parquet(unit, storage_options, audio_column)
     elif unit.kind == "manifest":
-        items = _read_manifest(unit, storage_options, uri_column, policy)
+        items = _read_manifest(unit, storage_options, uri_column, policy, spool)
     else:
         raise ValueError(f"unknown unit kind {unit.kind!r}")
-    for item in items:
-        if unit.id_prefix:
-            item.item_id = unit.id_prefix + item.item_id
-        yield item
+    try:
+        for item in items:
+            if unit.id_prefix:
+                item.item_id = unit.id_prefix + item.item_id
+            yield item
+            if spool is not None:  # the consumer is done with the item: its file goes
+                spool.release_all()
+    finally:
+        if spool is not None:
+            spool.release_all()
 
 
 def _err(item_id: str, uri: str, reason: str, detail: str, meta: dict | None = None) -> SourceItem:
@@ -725,10 +785,12 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:300]
 
 
-def _call_with_timeout(fn: Callable[[], T], timeout_s: float, what: str) -> T:
+def _call_with_timeout(
+    fn: Callable[[], T], timeout_s: float, what: str, cancel: threading.Event | None = None
+) -> T:
     """Run a blocking read in a daemon thread; past `timeout_s` the item is given up
     (`read_timeout`) and the thread is left behind, so a read that never returns costs one thread,
-    never the job."""
+    never the job. `cancel` is set then: a chunked copy stops at its next chunk."""
     result: list[Any] = []
     failure: list[BaseException] = []
 
@@ -742,6 +804,8 @@ def _call_with_timeout(fn: Callable[[], T], timeout_s: float, what: str) -> T:
     thread.start()
     thread.join(timeout_s)
     if thread.is_alive():
+        if cancel is not None:
+            cancel.set()
         raise ItemReadError("read_timeout", f"no answer within {timeout_s:g} s reading {what}")
     if failure:
         raise failure[0]
@@ -782,18 +846,51 @@ def _local_target(path: str, root: str | None, policy: ReadPolicy) -> str:
     return target
 
 
-def _read_local(path: str, root: str | None, policy: ReadPolicy) -> bytes:
+def _read_local(
+    path: str,
+    root: str | None,
+    policy: ReadPolicy,
+    spool: Spooler | None = None,
+    cancel: threading.Event | None = None,
+) -> bytes | Spooled:
     target = _local_target(path, root, policy)
     # Non-blocking open, then a check of what was opened: a file swapped for a FIFO after the
     # check above still cannot block.
     fd = os.open(target, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     with os.fdopen(fd, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
             raise ItemReadError("not_a_regular_file", "changed into a special file while read")
+        if spool is not None and spool.wants(info.st_size):
+            return _spool_copy(spool, lambda: handle, policy, cancel, info.st_size)
         data = handle.read(policy.max_item_bytes + 1)
     if len(data) > policy.max_item_bytes:
         raise ItemReadError("too_large", f"more than max_item_bytes={policy.max_item_bytes} bytes")
     return data
+
+
+def _spool_copy(
+    spool: Spooler,
+    open_stream: Callable[[], Any],
+    policy: ReadPolicy,
+    cancel: threading.Event | None,
+    size: int | None,
+) -> Spooled:
+    """`Spooler.copy` with the read policy's byte budget; its failures as the reader's reasons (the
+    stream's own errors pass through, to be classified as a whole read's are)."""
+    try:
+        return spool.copy(open_stream, limit=policy.max_item_bytes, cancel=cancel, expected=size)
+    except SpoolTooLarge:
+        raise ItemReadError("too_large", f"more than max_item_bytes={policy.max_item_bytes} bytes") from None
+    except SpoolWriteError as exc:
+        raise ItemReadError(exc.reason, exc.detail) from None
+
+
+def _source_item(item_id: str, uri: str, got: bytes | Spooled, meta: dict[str, Any]) -> SourceItem:
+    """A read item: its bytes in memory, or (spooled) the local file that holds them."""
+    if isinstance(got, Spooled):
+        return SourceItem(item_id=item_id, source_uri=uri, data=None, metadata=meta, path=got.path)
+    return SourceItem(item_id=item_id, source_uri=uri, data=bytes(got), metadata=meta)
 
 
 def _size_from_stamp(stamp: str) -> int | None:
@@ -808,8 +905,10 @@ def _read_object(
     *,
     root: str | None = None,
     known_size: int | None = None,
-) -> bytes:
-    """Whole object as bytes, within the policy's size and time bounds (ItemReadError otherwise).
+    spool: Spooler | None = None,
+) -> bytes | Spooled:
+    """Whole object as bytes, within the policy's size and time bounds (ItemReadError otherwise);
+    with `spool`, an object of `spool.min_bytes` or more as a local file instead (`Spooled`).
 
     `root`: the local input root that links may not leave; `known_size` (from the listing) spares
     object stores a HEAD request before the size check."""
@@ -817,18 +916,28 @@ def _read_object(
         fs, path = open_filesystem(uri, storage_options)
     except (ValueError, ImportError) as exc:
         raise ItemReadError("unsupported_scheme", f"cannot open {protocol_of(uri)!r} URIs: {exc}") from None
+    cancel = threading.Event()
     if protocol_of(uri) in ("file", "local"):
-        return _call_with_timeout(lambda: _read_local(path, root, policy), policy.item_timeout_s, uri)
+        return _call_with_timeout(
+            lambda: _read_local(path, root, policy, spool, cancel), policy.item_timeout_s, uri, cancel
+        )
 
-    def fetch() -> bytes:
+    def fetch() -> bytes | Spooled:
         size = known_size
         if size is None:
             size = with_retries(lambda: fs.info(path)).get("size")
         if size is not None and int(size) > policy.max_item_bytes:
             raise ItemReadError("too_large", f"{size} bytes > max_item_bytes={policy.max_item_bytes}")
+        if spool is not None and spool.wants(size):
+            # each attempt copies from the start into a fresh file (a failed one deletes its own)
+            return with_retries(
+                lambda: _spool_copy(
+                    spool, lambda: fs.open(path, "rb", block_size=CHUNK), policy, cancel, int(size)
+                )
+            )
         return with_retries(lambda: fs.cat_file(path))
 
-    return _call_with_timeout(fetch, policy.item_timeout_s, uri)
+    return _call_with_timeout(fetch, policy.item_timeout_s, uri, cancel)
 
 
 def _read_error(item_id: str, uri: str, exc: BaseException, meta: dict | None = None) -> SourceItem:
@@ -844,7 +953,10 @@ def file_item_id(unit: InputUnit, uri: str) -> str:
 
 
 def _read_files(
-    unit: InputUnit, storage_options: Mapping[str, Any] | None, policy: ReadPolicy
+    unit: InputUnit,
+    storage_options: Mapping[str, Any] | None,
+    policy: ReadPolicy,
+    spool: Spooler | None = None,
 ) -> Iterator[SourceItem]:
     local_root = _path_of(unit.root) if protocol_of(unit.root or "file://") in ("file", "local") else None
     for index, uri in enumerate(unit.uris):
@@ -852,13 +964,18 @@ def _read_files(
         stamp = unit.stamps[index] if index < len(unit.stamps) else ""
         try:
             data = _read_object(
-                uri, storage_options, policy, root=local_root, known_size=_size_from_stamp(stamp)
+                uri,
+                storage_options,
+                policy,
+                root=local_root,
+                known_size=_size_from_stamp(stamp),
+                spool=spool,
             )
         except Exception as exc:  # noqa: BLE001 - per-item failure becomes an error row
             _raise_if_transient(exc)
             yield _read_error(item_id, uri, exc)
             continue
-        yield SourceItem(item_id=item_id, source_uri=uri, data=bytes(data), metadata={})
+        yield _source_item(item_id, uri, data, {})
 
 
 # --- tar ------------------------------------------------------------------------------------
@@ -879,7 +996,10 @@ def _split_key(name: str) -> tuple[str, str]:
 
 
 def _read_tar(
-    unit: InputUnit, storage_options: Mapping[str, Any] | None, policy: ReadPolicy = DEFAULT_POLICY
+    unit: InputUnit,
+    storage_options: Mapping[str, Any] | None,
+    policy: ReadPolicy = DEFAULT_POLICY,
+    spool: Spooler | None = None,
 ) -> Iterator[SourceItem]:
     """Stream a shard; on a transient error mid-stream, reopen and skip items already yielded."""
     emitted = 0
@@ -887,14 +1007,18 @@ def _read_tar(
     for attempt in range(attempts):
         produced = 0
         try:
-            for item in _tar_items(unit, storage_options, policy):
+            for item in _tar_items(unit, storage_options, policy, spool):
                 produced += 1
                 if produced <= emitted:
+                    if spool is not None:  # read again only to find our place: its file goes
+                        spool.release_all()
                     continue
                 emitted += 1
                 yield item
             return
         except _TransientMidStream as exc:
+            if spool is not None:  # the pending group's files
+                spool.release_all()
             if attempt == attempts - 1:  # an outage, not a broken shard: fail the unit (see above)
                 raise OSError(f"storage kept failing while reading {unit.uris[0]}: {exc}") from exc
             log.warning("transient error mid-shard %s, reopening", unit.unit_id)
@@ -907,8 +1031,16 @@ def _shard_key(unit: InputUnit) -> str:
     return unique_safe_id(stem)
 
 
+# A tar member as read: bytes; a spooled file; None (over max_item_bytes, never read); or the
+# ItemReadError of a member that could not be spooled.
+_Member = tuple[str, str, bytes | Spooled | ItemReadError | None]
+
+
 def _tar_items(
-    unit: InputUnit, storage_options: Mapping[str, Any] | None, policy: ReadPolicy
+    unit: InputUnit,
+    storage_options: Mapping[str, Any] | None,
+    policy: ReadPolicy,
+    spool: Spooler | None = None,
 ) -> Iterator[SourceItem]:
     uri = unit.uris[0]
     shard = _shard_key(unit)
@@ -924,7 +1056,7 @@ def _tar_items(
     seen: set[str] = set()
     dup_count: dict[str, int] = {}
     group_key: str | None = None
-    group: list[tuple[str, str, bytes | None]] = []  # (ext, member name, data; None: too large)
+    group: list[_Member] = []  # (ext, member name, data)
 
     def flush() -> Iterator[SourceItem]:
         if group_key is None:
@@ -956,7 +1088,18 @@ def _tar_items(
                     group.append((ext, name, None))
                     continue
                 extracted = tf.extractfile(member)
-                data = extracted.read() if extracted is not None else b""
+                data: bytes | Spooled | ItemReadError
+                if extracted is None:
+                    data = b""
+                elif spool is not None and _is_audio_ext(ext) and spool.wants(member.size):
+                    # the stream's errors pass through: classified below, as a whole read's are
+                    try:
+                        stream = functools.partial(_Unclosed, extracted)
+                        data = _spool_copy(spool, stream, policy, None, member.size)
+                    except ItemReadError as exc:  # the local file could not be written
+                        data = exc
+                else:
+                    data = extracted.read()
                 group.append((ext, name, data))
             yield from flush()
     except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile) as exc:
@@ -968,11 +1111,28 @@ def _tar_items(
         yield _err(f"{shard}/#truncated", uri, "truncated_tar", _describe(exc))
 
 
+def _is_audio_ext(ext: str) -> bool:
+    return ext.rsplit(".", 1)[-1] in AUDIO_EXTS
+
+
+class _Unclosed:
+    """A member's stream lent to a copy (which closes what it opens): closing it is a no-op."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def __enter__(self) -> Any:
+        return self._stream
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
 def _tar_group(
     uri: str,
     shard: str,
     key: str,
-    members: list[tuple[str, str, bytes | None]],
+    members: list[_Member],
     seen: set[str],
     dup_count: dict[str, int],
 ) -> Iterator[SourceItem]:
@@ -999,7 +1159,7 @@ def _tar_group(
             f"member(s) {oversized} larger than max_item_bytes",
         )
         return
-    audio = [m for m in members if m[0].rsplit(".", 1)[-1] in AUDIO_EXTS]
+    audio = [m for m in members if _is_audio_ext(m[0])]
     if not audio:
         yield _err(
             item_id,
@@ -1008,9 +1168,15 @@ def _tar_group(
             f"key {key!r} has no audio member (extensions {exts})",
         )
         return
+    chosen = audio[0][2]
+    if isinstance(chosen, ItemReadError):
+        yield _err(item_id, f"{uri}#{audio[0][1]}", chosen.reason, chosen.detail)
+        return
     meta: dict[str, Any] = {"__key__": safe_key}
     for ext, name, data in members:
-        if (ext, name, data) == audio[0] or data is None:
+        if (ext, name, data) == audio[0] or not isinstance(data, bytes):
+            if isinstance(data, (Spooled, ItemReadError)) and (ext, name, data) != audio[0]:
+                meta.setdefault("_extra_audio_members", []).append(ext)  # only audio is spooled
             continue
         if any(name == a[1] for a in audio):
             meta.setdefault("_extra_audio_members", []).append(ext)
@@ -1026,12 +1192,8 @@ def _tar_group(
                 meta[ext] = data.decode("utf-8")
             except UnicodeDecodeError:
                 meta.setdefault("_binary_members", []).append(ext)
-    yield SourceItem(
-        item_id=item_id,
-        source_uri=f"{uri}#{audio[0][1]}",
-        data=audio[0][2],
-        metadata=_jsonable_dict(meta),
-    )
+    assert chosen is not None  # None (too large) ended the group above
+    yield _source_item(item_id, f"{uri}#{audio[0][1]}", chosen, _jsonable_dict(meta))
 
 
 # --- parquet --------------------------------------------------------------------------------
@@ -1225,6 +1387,7 @@ def _read_manifest(
     storage_options: Mapping[str, Any] | None,
     uri_column: str | None,
     policy: ReadPolicy = DEFAULT_POLICY,
+    spool: Spooler | None = None,
 ) -> Iterator[SourceItem]:
     muri = unit.uris[0]
     stem = unique_safe_id(_strip_suffixes(posixpath.basename(_path_of(muri)), MANIFEST_SUFFIXES))
@@ -1279,7 +1442,7 @@ def _read_manifest(
         try:
             data = with_retries(
                 # Entries are named explicitly: links are followed (root=None), special files refused.
-                functools.partial(_read_object, audio_uri, opts, policy, root=None),
+                functools.partial(_read_object, audio_uri, opts, policy, root=None, spool=spool),
                 attempts=3,
                 retry_if=_is_unreachable,
             )
@@ -1291,7 +1454,7 @@ def _read_manifest(
                 continue
             yield _read_error(item_id, audio_uri, exc, meta)
             continue
-        yield SourceItem(item_id=item_id, source_uri=audio_uri, data=bytes(data), metadata=meta)
+        yield _source_item(item_id, audio_uri, data, meta)
 
 
 def _is_unreachable(exc: BaseException) -> bool:

@@ -45,6 +45,8 @@ class RunStatus:
     errors_by_reason: dict[str, int]
     device: str | None = None
     num_encoders: int | None = None
+    status: str | None = None  # completed, failed, interrupted (older records: None)
+    summary: str | None = None  # what a maintenance run (kind "compact") did, in one line
 
     @classmethod
     def from_record(cls, run_id: str, record: Mapping[str, Any]) -> RunStatus:
@@ -69,6 +71,8 @@ class RunStatus:
             errors_by_reason=dict(sorted((record.get("errors_by_reason") or {}).items())),
             device=resources.get("device"),
             num_encoders=resources.get("num_encoders"),
+            status=str(record["status"]) if record.get("status") else None,
+            summary=str(record["summary"]) if record.get("summary") else None,
         )
 
 
@@ -150,6 +154,13 @@ class OutputStatus:
                 lines.append(f"    damaged run records (skipped): {len(v.damaged_runs)}")
                 lines += [f"      {path}: {why}" for path, why in v.damaged_runs.items()]
             for r in v.runs:
+                if r.summary is not None:  # a compaction: what it folded, not items
+                    ended = "" if r.status in (None, "completed") else f" ({r.status})"
+                    lines.append(
+                        f"    {r.run_id} [{r.kind}] {r.started_at or '?'} -> {r.finished_at or '?'}"
+                        f"{ended}: {r.summary}, wall {r.wall_seconds:.1f} s"
+                    )
+                    continue
                 where = f" on {r.num_encoders} {r.device} encoder(s)" if r.device else ""
                 lines.append(
                     f"    {r.run_id} [{r.kind}] {r.started_at or '?'} -> {r.finished_at or '?'}: "

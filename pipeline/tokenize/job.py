@@ -166,7 +166,9 @@ def plan_resources(config: TokenizeConfig, cluster: dict[str, float]) -> Resourc
             f"num_encoders={count} x cpus_per_encoder={per:g} + read_cpus="
             f"{config.read_cpus:g} exceeds the cluster's {cpus:g} CPUs (it would hang)"
         )
-    return Resources("cpu", count, per, 0.0, config.encode_batch_segments or 8)
+    # 32 segments a batch: the BiLSTM is memory-bound alone and compute-bound from ~32 rows (3.5x
+    # batch 1 per segment here, bench/encode_throughput.py); 64 gains little more for twice the memory
+    return Resources("cpu", count, per, 0.0, config.encode_batch_segments or 32)
 
 
 def prepare_options(config: TokenizeConfig, run_id: str = "") -> dict[str, Any]:
@@ -188,6 +190,7 @@ def prepare_options(config: TokenizeConfig, run_id: str = "") -> dict[str, Any]:
         "stream_min_seconds": config.stream_min_seconds,
         "max_spill_bytes": config.max_spill_bytes,
         "spill_dir": config.spill_dir,
+        "spool_min_bytes": config.spool_min_bytes,
         "ledger_dir": ledger,
         "max_item_attempts": config.max_item_attempts,
         "read_policy": ReadPolicy(

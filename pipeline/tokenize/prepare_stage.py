@@ -15,11 +15,15 @@ decode process streams them, resampled, to
 a float32 spill file on local disk (``spill_dir``) and returns its path; this stage takes the
 official DC offset over the memory-mapped file (file-backed pages, reclaimable, unmapped right
 after), then reads and cuts 16 segments at a time, yielding rows as it goes (Ray Data packs them
-into bounded blocks). The segments are the in-memory path's, bit for bit. An item of
-SPOOL_MIN_BYTES or more reaches the decode process through a file it maps, not the pipe, so the
-decode process holds no copy of it (this worker still holds the bytes the reader read). Each
-spill file is deleted when its item ends however it ends; files of a worker that died are deleted by the next
-prepare worker on that node (file names carry the worker's pid), so no per-run folder is needed.
+into bounded blocks). The segments are the in-memory path's, bit for bit.
+
+Big items never sit whole in this worker either (``spool_min_bytes``, default 64 MiB, or larger): the
+reader copies their encoded bytes from storage in 8 MiB chunks to a local file in the same folder
+(`pipeline.io.spool`) and the decode process maps that file; neither process holds the item. (An
+item already in memory, a parquet cell, of SPOOL_MIN_BYTES or more also reaches the decode process
+through a file, not the pipe.) Spill and spool files are deleted when their item ends however it
+ends; files of a worker that died are deleted by the next prepare worker on that node (file names
+carry the worker's pid), so no per-run folder is needed.
 
 For what still could (a native crash in the worker itself, e.g. with ``isolate=False``), an optional
 item ledger bounds the attempts: with ``ledger_dir`` set, each item's processing is bracketed by
@@ -48,6 +52,7 @@ from codec import CodecSpec, Segments, build_segmenter
 from pipeline.io.audio_decoding import DEFAULT_MAX_SPILL_BYTES, AudioDecodeError, SpilledAudio
 from pipeline.io.isolated_decode import IsolatedDecoder, shared_decoder
 from pipeline.io.sources import ReadPolicy, read_unit
+from pipeline.io.spool import Spooler
 from pipeline.records import InputUnit, ItemError, SourceItem
 
 SEGMENT, ERROR, UNIT = "segment", "error", "unit"
@@ -56,7 +61,8 @@ DEFAULT_STREAM_MIN_SECONDS = 600.0
 SEGMENT_BATCH = 16  # segments cut from a spill file at a time (~10 MB)
 SPILL_SUFFIX = ".f32"
 SPOOL_MIN_BYTES = 64 * 2**20  # larger items reach the decode process through a file it maps
-_SPILL_NAME = re.compile(r"^(\d+)-[0-9a-f-]+\.f32(\.in)?$")
+# spill files (.f32), in-memory items handed over through a file (.f32.in), spooled reads (.in)
+_SPILL_NAME = re.compile(r"^(\d+)-[0-9a-f-]+(\.f32|\.f32\.in|\.in)$")
 _SPILL_SEQ = itertools.count()
 _SWEPT: set[str] = set()  # spill folders this process has cleaned of dead workers' files
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
@@ -120,6 +126,7 @@ class PrepareStats:
     items: int = 0
     segments: int = 0
     streamed: int = 0  # items that went through a spill file
+    spooled: int = 0  # items the reader copied to a local file instead of memory
     errors_by_reason: dict[str, int] = field(default_factory=dict)
 
 
@@ -146,6 +153,7 @@ class PrepareUnit:
         stream_min_seconds: float | None = DEFAULT_STREAM_MIN_SECONDS,
         max_spill_bytes: int | None = DEFAULT_MAX_SPILL_BYTES,
         spill_dir: str | None = None,
+        spool_min_bytes: int | None = SPOOL_MIN_BYTES,
     ) -> None:
         self.spec = spec
         self.channel_policy = channel_policy
@@ -165,6 +173,9 @@ class PrepareUnit:
         self.stream_min_seconds = stream_min_seconds
         self.max_spill_bytes = max_spill_bytes
         self.spill_dir = spill_dir
+        # None: every item read into memory; else items this big or bigger are spooled to disk
+        self.spool_min_bytes = spool_min_bytes
+        self._spooler: Spooler | None = None
         self._segmenter: Callable[[Any], Segments] | None = None
         self._segment_plan: Callable[[int], Any] | None = None
         self._plan_checked = False  # whether the codec was asked for segment plans yet
@@ -175,7 +186,14 @@ class PrepareUnit:
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         # process-local handles, rebuilt lazily where the copy runs (the decoder is a child process)
-        state.update(_decoder=None, _ledger=None, _segmenter=None, _segment_plan=None, _plan_checked=False)
+        state.update(
+            _decoder=None,
+            _ledger=None,
+            _spooler=None,
+            _segmenter=None,
+            _segment_plan=None,
+            _plan_checked=False,
+        )
         return state
 
     def decoder(self) -> IsolatedDecoder:
@@ -197,7 +215,16 @@ class PrepareUnit:
             audio_column=self.audio_column,
             uri_column=self.uri_column,
             policy=self.read_policy,
+            spool=self.spooler(),
         )
+
+    def spooler(self) -> Spooler | None:
+        """Where the reader puts big items (None when ``spool_min_bytes`` is None)."""
+        if self.spool_min_bytes is None:
+            return None
+        if self._spooler is None:
+            self._spooler = Spooler(self._local_folder(), self.spool_min_bytes)
+        return self._spooler
 
     def __call__(self, row: dict[str, Any]) -> Iterator[dict[str, Any]]:
         if self._segmenter is None:
@@ -236,8 +263,17 @@ class PrepareUnit:
         spill = self.spill_path()
         try:
             try:
-                spool = spill + ".in" if spill is not None and len(item.data) >= SPOOL_MIN_BYTES else None
-                audio = self.decoder().decode(item.data, spool_path=spool, **self._decode_kwargs(item, spill))
+                kwargs = self._decode_kwargs(item, spill)
+                if item.path is not None:  # spooled by the reader: decoded from its file
+                    self.stats.spooled += 1
+                    try:
+                        audio = self.decoder().decode_file(item.path, **kwargs)
+                    finally:  # decoded or failed: the encoded bytes are not needed again
+                        _remove(item.path)
+                else:
+                    big = len(item.data) >= SPOOL_MIN_BYTES
+                    spool = spill + ".in" if spill is not None and big else None
+                    audio = self.decoder().decode(item.data, spool_path=spool, **kwargs)
             except AudioDecodeError as error:
                 yield self._error(unit_id, index, item, ItemError("decode", error.reason, error.detail))
                 return
@@ -312,13 +348,18 @@ class PrepareUnit:
         created, and cleaned of dead workers' files, on first use in this process."""
         if self.stream_min_seconds is None:
             return None
+        name = f"{os.getpid()}-{next(_SPILL_SEQ)}-{uuid.uuid4().hex[:12]}{SPILL_SUFFIX}"
+        return os.path.join(self._local_folder(), name)
+
+    def _local_folder(self) -> str:
+        """The local folder of spill and spool files: created, and cleaned of dead workers' files,
+        on first use in this process."""
         folder = self.spill_dir or os.path.join(tempfile.gettempdir(), "semtok-spill")
         if folder not in _SWEPT:
             os.makedirs(folder, exist_ok=True)
             sweep_spill_dir(folder)
             _SWEPT.add(folder)
-        name = f"{os.getpid()}-{next(_SPILL_SEQ)}-{uuid.uuid4().hex[:12]}{SPILL_SUFFIX}"
-        return os.path.join(folder, name)
+        return folder
 
     def _decode_kwargs(self, item, spill: str | None = None) -> dict[str, Any]:
         kwargs = {

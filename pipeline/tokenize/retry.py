@@ -7,6 +7,8 @@ Each finished unit is merged with what is committed — old token rows + new suc
 rows of retried items replaced by their new outcome — and committed with `commit_unit`: same final
 names, data first, manifest entry last, so a crash at any point leaves the old or the new unit,
 never both, and every item stays exactly once (in tokens, or in errors with its latest reason).
+Each recommit leaves a new manifest entry file, so the run ends like tokenize: it compacts the
+manifest under its lease once `COMPACT_MIN_LOOSE` entry files exist (`compact_when_due`).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from pipeline.io.storage import open_filesystem, with_retries
 from pipeline.records import InputUnit
 from pipeline.tokenize.assemble import FinishedUnit
 from pipeline.tokenize.fingerprint import job_fingerprint
-from pipeline.tokenize.job import RunSummary, execute_units, recorded_run, writer_lease
+from pipeline.tokenize.job import RunSummary, compact_when_due, execute_units, recorded_run, writer_lease
 from pipeline.tokenize.prepare_stage import UNIT, PrepareUnit, empty_row
 
 __all__ = ["OnlyItemsPrepare", "retry_failed"]
@@ -242,6 +244,8 @@ def _retry_version(
                 transform=_merger(fs, layout, manifest, targets),
                 lease=lease,
             )
+        # Each retried unit was recommitted (a new entry file): fold them like tokenize does.
+        compact_when_due(fs, layout, lease, run_id, stream)
     print(
         f"[semtok] retry-failed done: {summary.items_ok} of {summary.items} retried item(s) now "
         f"tokenized, {summary.items_failed} still failing",
