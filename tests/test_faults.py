@@ -61,7 +61,10 @@ def semtok(
 
 
 def tokenize_args(src: str, out: str, *extra: str) -> list[str]:
-    return ["tokenize", src, "--out", out, *TINY_FLAGS, "--files-per-unit", "1", *extra]
+    """Many small batches (8 segments, not the CPU default of 32), so that a fault injected after the
+    first commits lands mid-job; `extra` may override any of these."""
+    flags = ["--files-per-unit", "1", "--encode-batch-segments", "8"]
+    return ["tokenize", src, "--out", out, *TINY_FLAGS, *flags, *extra]
 
 
 def the_version(fs: fsspec.AbstractFileSystem, out: str) -> OutputLayout:
@@ -479,6 +482,7 @@ def node_loss_job(src: str, out: str) -> None:
         files_per_unit=1,
         num_encoders=2,
         cpus_per_encoder=0.5,
+        encode_batch_segments=4,  # many batches: the node goes while most are still to come
         read_cpus=0.5,
         ray_address=cluster.address,
         progress_interval_s=60,
