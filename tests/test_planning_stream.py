@@ -63,6 +63,19 @@ def _write_tree(write: Callable[[str, bytes], None], names: list[str]) -> None:
         write(name, clip + bytes([index]))
 
 
+def record_listings(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The folders the local filesystem is asked to list from now on, in order (the test's list)."""
+    listed: list[str] = []
+    original = LocalFileSystem.ls
+
+    def counting_ls(self, path, detail=True, **kwargs):  # noqa: ANN001 - fsspec's signature
+        listed.append(str(path))
+        return original(self, path, detail=detail, **kwargs)
+
+    monkeypatch.setattr(LocalFileSystem, "ls", counting_ls)
+    return listed
+
+
 @pytest.fixture(scope="module")
 def corpora(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("stream-corpora")
@@ -156,14 +169,7 @@ def test_a_glob_lists_one_folder_at_a_time_and_only_to_its_depth(
     root = tmp_path / "in"
     _write_tree(local_writer(root), [f"d{d:03d}/e/f{f}.wav" for d in range(30) for f in range(3)])
     _write_tree(local_writer(root), ["top.wav", "d000/g.wav"])
-    listed: list[str] = []
-    original = LocalFileSystem.ls
-
-    def counting_ls(self, path, detail=True, **kwargs):  # noqa: ANN001 - fsspec's signature
-        listed.append(str(path))
-        return original(self, path, detail=detail, **kwargs)
-
-    monkeypatch.setattr(LocalFileSystem, "ls", counting_ls)
+    listed = record_listings(monkeypatch)
     units = iter_units(str(root), kind="files", files_per_unit=2, glob="**/f*.wav")
     first = next(units)
     assert len(first.uris) == 2 and len(listed) <= 3  # the root, d000, d000/e
@@ -201,14 +207,7 @@ def test_the_first_unit_comes_before_the_listing_ends(
 ) -> None:
     root = tmp_path / "in"
     _write_tree(local_writer(root), [f"d{d:03d}/f{f}.wav" for d in range(60) for f in range(3)])
-    listed: list[str] = []
-    original = LocalFileSystem.ls
-
-    def counting_ls(self, path, detail=True, **kwargs):  # noqa: ANN001 - fsspec's signature
-        listed.append(path)
-        return original(self, path, detail=detail, **kwargs)
-
-    monkeypatch.setattr(LocalFileSystem, "ls", counting_ls)
+    listed = record_listings(monkeypatch)
     units = iter_units(str(root), kind="files", files_per_unit=2)
     first = next(units)
     assert len(first.uris) == 2 and len(listed) <= 2  # the root and the first folder
@@ -222,14 +221,7 @@ def test_auto_kind_lists_twice_and_stops_at_the_first_parquet(
     decide (stopping at the first `.parquet`) and once to plan; an explicit kind walks once."""
     root = tmp_path / "in"
     _write_tree(local_writer(root), [f"d{d}/f.wav" for d in range(4)])
-    listed: list[str] = []
-    original = LocalFileSystem.ls
-
-    def counting_ls(self, path, detail=True, **kwargs):  # noqa: ANN001 - fsspec's signature
-        listed.append(str(path))
-        return original(self, path, detail=detail, **kwargs)
-
-    monkeypatch.setattr(LocalFileSystem, "ls", counting_ls)
+    listed = record_listings(monkeypatch)
     assert len(list(iter_units(str(root), kind="files"))) == 1 and len(listed) == 5
     listed.clear()
     assert len(list(iter_units(str(root)))) == 1 and len(listed) == 10

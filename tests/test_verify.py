@@ -82,15 +82,19 @@ def write_wav(path: Path, seconds: float, seed: int) -> None:
     path.write_bytes(wav_bytes(speech_like(seconds, 16000, seed=seed), 16000))
 
 
-def test_input_check_reports_changed_deleted_and_new_items(tmp_path):
+def four_files_in_two_units(tmp_path: Path):
+    """An input folder of four short WAVs planned as two units, and the empty output's layout."""
     src = tmp_path / "in"
     src.mkdir()
     for i in range(4):
         write_wav(src / f"f{i}.wav", 0.2, i)
     out = str(tmp_path / "out")
-    fs = fsspec.filesystem("file")
     layout = OutputLayout.for_fingerprint(out, FP)
-    units = plan_units(str(src), files_per_unit=2)
+    return src, out, fsspec.filesystem("file"), layout, plan_units(str(src), files_per_unit=2)
+
+
+def test_input_check_reports_changed_deleted_and_new_items(tmp_path):
+    src, out, fs, layout, units = four_files_in_two_units(tmp_path)
     assert len(units) == 2
     for n, unit in enumerate(units):
         info = unit.to_dict()
@@ -121,14 +125,7 @@ def test_input_check_reports_changed_deleted_and_new_items(tmp_path):
 def test_files_units_are_checked_against_the_listing_without_opening_their_files(tmp_path):
     """Verify of 10^5 one-file units must take seconds: a `files` unit whose files are listed with
     the manifest's sizes and whose rows add up takes its ids from its entry. `deep` reads all."""
-    src = tmp_path / "in"
-    src.mkdir()
-    for i in range(4):
-        write_wav(src / f"f{i}.wav", 0.2, i)
-    out = str(tmp_path / "out")
-    fs = fsspec.filesystem("file")
-    layout = OutputLayout.for_fingerprint(out, FP)
-    units = plan_units(str(src), files_per_unit=2)
+    src, out, fs, layout, units = four_files_in_two_units(tmp_path)
     for unit in units:
         rows = [token_row(u.rsplit("/", 1)[-1], source_uri=u) for u in unit.uris]
         commit_unit(fs, layout, unit.unit_id, token_rows=rows, fingerprint=FP, unit_info=unit.to_dict())
