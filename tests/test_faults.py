@@ -496,8 +496,21 @@ def node_loss_job(src: str, out: str) -> None:
         while time.monotonic() < deadline:
             committed = list(Path(layout.manifest_dir).glob("*.json"))
             if len(committed) >= 2:
+                # a node that hosts an encode actor (Ray Data's `_MapWorker`), so the loss must
+                # disrupt the job; else the busiest node
+                hosts = {
+                    actor["Address"]["NodeID"]
+                    for actor in ray._private.state.state.actor_table(None).values()
+                    if actor.get("State") == "ALIVE" and "MapWorker" in actor.get("ActorClassName", "")
+                }
                 free = ray._private.state.state.available_resources_per_node()
-                victim = min(workers, key=lambda node: free.get(node.node_id, {}).get("CPU", 2.0))
+                victim = min(
+                    workers,
+                    key=lambda node: (
+                        node.node_id not in hosts,
+                        free.get(node.node_id, {}).get("CPU", 2.0),
+                    ),
+                )
                 cluster.remove_node(victim)
                 removed.update(at_units=len(committed), node=victim.node_id)
                 return
