@@ -51,6 +51,7 @@ non-finite floats become None, dates/decimals become strings.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import datetime as _dt
@@ -1094,7 +1095,8 @@ def _tar_items(
                 elif spool is not None and _is_audio_ext(ext) and spool.wants(member.size):
                     # the stream's errors pass through: classified below, as a whole read's are
                     try:
-                        stream = functools.partial(_Unclosed, extracted)
+                        # lent to the copy, which closes what it opens: the tar's stream stays open
+                        stream = functools.partial(contextlib.nullcontext, extracted)
                         data = _spool_copy(spool, stream, policy, None, member.size)
                     except ItemReadError as exc:  # the local file could not be written
                         data = exc
@@ -1113,19 +1115,6 @@ def _tar_items(
 
 def _is_audio_ext(ext: str) -> bool:
     return ext.rsplit(".", 1)[-1] in AUDIO_EXTS
-
-
-class _Unclosed:
-    """A member's stream lent to a copy (which closes what it opens): closing it is a no-op."""
-
-    def __init__(self, stream: Any) -> None:
-        self._stream = stream
-
-    def __enter__(self) -> Any:
-        return self._stream
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def _tar_group(

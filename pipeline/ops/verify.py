@@ -273,10 +273,13 @@ def _verify_version(
     from_manifest: set[str] = set()  # units whose ids came from their entry
     for unit_id, entry in manifest.items():
         records = [r for r in entry.get("files", []) if r["path"] in present]
+        intact = []  # listed at the manifest's size: worth reading
         for rec in records:
             problem = _size_problem(rec, present[rec["path"]])
             if problem:
                 result.bad_files.append({"path": rec["path"], "problem": problem})
+            else:
+                intact.append(rec)
         derived = None if deep else _ids_from_manifest(entry, present)
         if derived is not None:
             from_manifest.add(unit_id)
@@ -288,11 +291,7 @@ def _verify_version(
                 elif rec["kind"] == "errors":
                     result.items_errors += int(rec["rows"])
             continue
-        jobs += [
-            (rec["path"], unit_id, rec)
-            for rec in records
-            if not _size_problem(rec, present[rec["path"]]) and (deep or rec["kind"] in ("tokens", "errors"))
-        ]
+        jobs += [(rec["path"], unit_id, rec) for rec in intact if deep or rec["kind"] in ("tokens", "errors")]
 
     def check(job: tuple[str, str, dict[str, Any]]) -> tuple[list[str], str]:
         rel, _, rec = job
