@@ -4,7 +4,9 @@ Starts a `ray.cluster_utils.Cluster` of `--nodes` nodes (`--cpus-per-node` logic
 one machine they share its cores), writes N tiny synthetic WAV items (50 ms each, in folders of
 1,000), and runs the tokenize job on them with the tiny codec and random weights. While it runs,
 a thread of the driver process samples the driver's RSS and CPU time (`getrusage`, all its threads:
-planning, Ray Data's executor, assembly, commits) and counts committed units (entry files).
+planning, Ray Data's executor, routing block references to the committers, counting their
+reports) and counts committed units (entry files). Assembly and commits run in the committer
+actors (pipeline/tokenize/commit_stage.py), not in the driver.
 
 Reports items/s, driver CPU seconds per item (and items per driver-CPU second: how many items one
 driver core absorbs), and the driver's RSS when 10 %, 50 % and 100 % of the units were committed
@@ -103,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpus-per-node", type=float, default=2)
     parser.add_argument("--num-encoders", type=int, default=2)
     parser.add_argument("--cpus-per-encoder", type=float, default=1)
+    parser.add_argument("--committers", type=int, help="committer actors (default: the job's, 1 here)")
     parser.add_argument("--workdir", help="keep the corpus and output here (default: a temp folder)")
     parser.add_argument("--json", help="append the figures to this JSONL file")
     args = parser.parse_args(argv)
@@ -139,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             files_per_unit=args.files_per_unit,
             num_encoders=args.num_encoders,
             cpus_per_encoder=args.cpus_per_encoder,
+            committers=args.committers,
             progress_interval_s=30,
             **TINY,
         )

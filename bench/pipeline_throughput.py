@@ -7,10 +7,10 @@ wall second. Prints figures, never passes or fails.
     python bench/pipeline_throughput.py memory --files 40 --scale 10     # tiny codec, peak RSS
     python bench/pipeline_throughput.py driver --units 200 --items-per-unit 100   # no Ray, no codec
 
-`driver` measures the driver's own share (pipeline/tokenize/job.py: `UnitAssembler` + `commit_finished`
-on `commit_threads` threads, exactly what `execute_units` does per batch) on synthesized encoder
-output batches, with no Ray and no codec: items, units and segments per second, and per second of
-driver CPU (all threads), which is how many of them one driver core absorbs.
+`driver` measures one committer's work (pipeline/tokenize/commit_stage.py: `UnitAssembler` +
+`commit_finished` on `commit_threads` threads, what a `UnitCommitter` does per block) on synthesized
+encoder output batches, with no Ray and no codec: items, units and segments per second, and per
+second of CPU (all threads), which is how many of them one committer core absorbs.
 
 `memory` runs the pipeline on N and scale×N files, each in a fresh process with a fresh local Ray,
 and reports the peak private memory (RssAnon) of the driver and of every Ray worker process, and
@@ -285,7 +285,7 @@ def driver(args) -> None:
     from pipeline.dataset.layout import OutputLayout
     from pipeline.io.storage import open_filesystem
     from pipeline.tokenize.assemble import UnitAssembler
-    from pipeline.tokenize.job import commit_finished
+    from pipeline.tokenize.commit_stage import commit_finished
 
     fingerprint = {"codec": "semanticodec", "token_rate": 50, "semantic_vocab_size": 16384, "bench": "driver"}
     batches = _encoded_batches(args)

@@ -5,11 +5,15 @@ then plans them in a fresh process per mode, so each peak RSS is its own:
 - `eager`: `plan_units` (today's whole listing: one `find`, sorted, then all units in a list);
 - `stream`: `iter_units` consumed as a run consumes it (units dropped once taken), with the time
   to the first unit — when encoding could start;
-- `plan`: `PlanStream` against an empty output, as `run_tokenize` iterates it.
+- `plan`: `PlanStream` against an empty output, as `run_tokenize` iterates it;
+- `rerun`: `PlanStream` against an output whose compacted manifest has committed every listed file
+  (one index, 100-file units by default): a no-op rerun's planning, which must hold what is
+  committed while it lists (`CommittedFiles`).
 Prints figures only.
 
     python bench/plan_scale.py --objects 1000000                   # local disk, ~1 GB of inodes
     python bench/plan_scale.py --objects 20000 --s3                # a local SeaweedFS S3 server
+    python bench/plan_scale.py --objects 1000000 --modes rerun --files-per-unit 100
 """
 
 from __future__ import annotations
@@ -24,11 +28,63 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # the SeaweedFS helper lives in tests/
     sys.path.insert(0, str(REPO))
 MODES = ("eager", "stream", "plan")
+EXTRA_MODES = ("rerun",)
+TINY = {"codec_size": "tiny", "weights": "random:0", "token_rate": 50, "semantic_vocab_size": 16384}
+
+
+def committed_layout(url: str, options: dict) -> Any:
+    """The output version `rerun` plans against (next to the input, under `<input>-out`)."""
+    from pipeline.config import TokenizeConfig
+    from pipeline.dataset.layout import OutputLayout
+    from pipeline.tokenize.fingerprint import job_fingerprint
+
+    out = url.rstrip("/") + "-out"
+    config = TokenizeConfig(input=url, output=out, input_kind="files", storage_options=options, **TINY)
+    return OutputLayout.for_fingerprint(out, job_fingerprint(config))
+
+
+def write_committed(url: str, options: dict, files_per_unit: int) -> None:
+    """A compacted manifest (one index file) that commits every unit of the input, with the same
+    entry shape `commit_unit` writes (its data files are not written: planning never reads them)."""
+    import hashlib
+
+    from pipeline.dataset.layout import fingerprint_digest
+    from pipeline.dataset.manifest_index import IndexRow, encode_index, index_rel
+    from pipeline.io.sources import plan_units
+    from pipeline.io.storage import open_filesystem
+
+    layout = committed_layout(url, options)
+    fs, _ = open_filesystem(layout.root_url, options)
+    rows = {}
+    for unit in plan_units(url, storage_options=options, kind="files", files_per_unit=files_per_unit):
+        rel = layout.tokens_rel(unit.unit_id)
+        entry = {
+            "unit_id": unit.unit_id,
+            "unit_info": {**unit.to_dict(), "n_items": len(unit.uris)},
+            "files": [
+                {"kind": "tokens", "path": rel, "rows": len(unit.uris), "bytes": 1, "sha256": "0" * 64}
+            ],
+            "formats": ["parquet"],
+            "n_items": len(unit.uris),
+            "n_tokens_rows": len(unit.uris),
+            "n_error_rows": 0,
+            "dataset_version": layout.version,
+            "fingerprint_digest": fingerprint_digest({}),
+            "committed_at": "2026-12-01T00:00:00+00:00",
+            "run_id": "bench",
+            "attempt_id": "bench-" + hashlib.sha256(unit.unit_id.encode()).hexdigest()[:32],
+        }
+        rows[unit.unit_id] = IndexRow(entry=entry, stamp="")
+    data = encode_index(rows, seq=1, base=None, run_id="bench")
+    fs.makedirs(layout.path("_manifest/_index"), exist_ok=True)
+    fs.pipe_file(layout.path(index_rel(1)), data)
+    print(f"committed: {len(rows)} units in one index of {len(data) / 2**20:.1f} MiB")
 
 
 def write_local(root: Path, objects: int, per_folder: int) -> None:
@@ -58,7 +114,20 @@ def run_mode(mode: str, url: str, options: dict, files_per_unit: int) -> dict:
     if mode == "eager":
         units = len(plan_units(url, storage_options=options, kind="files", files_per_unit=files_per_unit))
     else:
-        if mode == "stream":
+        if mode == "rerun":
+            from pipeline.io.storage import open_filesystem
+
+            layout = committed_layout(url, options)
+            stream = PlanStream(
+                url,
+                open_filesystem(layout.root_url, options)[0],
+                layout,
+                storage_options=options,
+                kind="files",
+                files_per_unit=files_per_unit,
+                glob=None,
+            )
+        elif mode == "stream":
             stream = iter_units(url, storage_options=options, kind="files", files_per_unit=files_per_unit)
         else:
             stream = PlanStream(
@@ -110,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             url = str(Path(tmp) / "in")
             write_local(Path(url), args.objects, args.per_folder)
+        if "rerun" in args.modes.split(","):
+            write_committed(url, options, args.files_per_unit)
         print(
             f"input: {args.objects} objects in folders of {args.per_folder} on "
             f"{'s3' if args.s3 else 'local disk'}, written in {time.perf_counter() - started:.1f} s"

@@ -217,7 +217,9 @@ class TokenizeConfig:
     encode_batch_segments: PositiveInt | None = None
     read_cpus: PositiveFloat = 0.5
     object_store_budget_mb: PositiveInt | None = None  # None: 512 MiB per encoder, at least 1 GiB
-    commit_threads: PositiveInt = 8
+    commit_threads: PositiveInt = 8  # per committer
+    # committer actors (assemble + commit units); None: 1 for a local output, else 1 per 8 encoders (≤ 8)
+    committers: PositiveInt | None = None
     max_error_fraction: Fraction | None = None
     storage_options: dict[str, Any] = field(default_factory=dict)
     progress_interval_s: PositiveFloat = 5.0

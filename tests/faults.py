@@ -1,10 +1,12 @@
-"""Test-only fault injection into the tokenize job's encode stage; production code has no test hooks.
+"""Test-only fault injection into the tokenize job's encode and commit stages; production code has
+no test hooks.
 
-`FaultyEncodeActor` is the real `EncodeActor` plus faults chosen by the environment variables below
-(set on the CLI process; Ray workers inherit them). `python -m tests.faults ARGS...` runs the real
-`semtok` CLI with this actor in place of the production one, so tests/test_faults.py can inject
-faults into a job running in its own process. Ray workers load the class by its module name: the
-repository root must be on their PYTHONPATH (test_faults.cli_env sets it).
+`FaultyEncodeActor` and `FaultyUnitCommitter` are the real `EncodeActor` and `UnitCommitter` plus
+faults chosen by the environment variables below (set on the CLI process; Ray workers inherit
+them). `python -m tests.faults ARGS...` runs the real `semtok` CLI with these in place of the
+production ones, so tests/test_faults.py can inject faults into a job running in its own process.
+Ray workers load the classes by their module name: the repository root must be on their
+PYTHONPATH (test_faults.cli_env sets it).
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from pipeline.tokenize import job
+from pipeline.tokenize.commit_stage import CommitReport, UnitCommitter
 from pipeline.tokenize.encode_stage import EncodeActor
 from pipeline.tokenize.prepare_stage import SEGMENT
 
@@ -30,6 +34,10 @@ FAIL_ITEMS_ENV = "SEMTOK_TEST_FAIL_ITEMS"
 # restarted actor is a fresh process: Ray must redo the batch, and the item must end exactly once.
 CRASH_ONCE_ENV = "SEMTOK_TEST_CRASH_ONCE_ITEM"
 CRASH_MARKER_ENV = "SEMTOK_TEST_CRASH_MARKER"
+# "item_id": the committer PROCESS that is handed the first block holding that item dies, once
+# (marker file as above): the units it held half-assembled must be encoded again, exactly once.
+COMMITTER_CRASH_ONCE_ENV = "SEMTOK_TEST_COMMITTER_CRASH_ONCE_ITEM"
+COMMITTER_CRASH_MARKER_ENV = "SEMTOK_TEST_COMMITTER_CRASH_MARKER"
 
 
 class FaultyEncodeActor(EncodeActor):
@@ -44,6 +52,19 @@ class FaultyEncodeActor(EncodeActor):
         return super()._encode(batch, index)
 
 
+class FaultyUnitCommitter(UnitCommitter):
+    """The production committer, dying on the first block that holds the item the environment names."""
+
+    def add(self, block: Any) -> list[CommitReport]:
+        from ray.data.block import BlockAccessor
+
+        ids = BlockAccessor.for_block(block).to_batch_format("numpy")["item_id"]
+        target = os.environ.get(COMMITTER_CRASH_ONCE_ENV)
+        if target and any(str(i) == target for i in ids):
+            _die_once(os.environ.get(COMMITTER_CRASH_MARKER_ENV), f"committer {self.index}", target)
+        return super().add(block)
+
+
 def _maybe_fail_always(batch: dict[str, np.ndarray], index: np.ndarray) -> None:
     targets = {t for t in os.environ.get(FAIL_ITEMS_ENV, "").split(",") if t}
     hit = targets.intersection(str(batch["item_id"][i]) for i in index)
@@ -52,8 +73,14 @@ def _maybe_fail_always(batch: dict[str, np.ndarray], index: np.ndarray) -> None:
 
 
 def _maybe_crash(batch: dict[str, np.ndarray], index: np.ndarray) -> None:
-    target, marker = os.environ.get(CRASH_ONCE_ENV), os.environ.get(CRASH_MARKER_ENV)
-    if not target or not marker or not any(batch["item_id"][i] == target for i in index):
+    target = os.environ.get(CRASH_ONCE_ENV)
+    if target and any(batch["item_id"][i] == target for i in index):
+        _die_once(os.environ.get(CRASH_MARKER_ENV), "encode actor", target)
+
+
+def _die_once(marker: str | None, who: str, target: str) -> None:
+    """Exit this process unless `marker` exists (then this is the redo); create it first."""
+    if not marker:
         return
     try:
         fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
@@ -62,15 +89,16 @@ def _maybe_crash(batch: dict[str, np.ndarray], index: np.ndarray) -> None:
     os.write(fd, f"{os.getpid()}\n".encode())
     os.fsync(fd)
     os.close(fd)
-    log.warning("injected test crash of encode actor pid %d on item %r", os.getpid(), target)
+    log.warning("injected test crash of %s pid %d on item %r", who, os.getpid(), target)
     os._exit(17)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The `semtok` CLI, its tokenize stream built with `FaultyEncodeActor`."""
+    """The `semtok` CLI, its tokenize stream built with `FaultyEncodeActor` and `FaultyUnitCommitter`."""
     from jobs import cli
 
     job.EncodeActor = FaultyEncodeActor  # the name build_tokenize_dataset builds its encode stage from
+    job.UnitCommitter = FaultyUnitCommitter  # the name execute_units starts its committers from
     return cli.main(argv)
 
 

@@ -31,7 +31,13 @@ from pipeline.ops.verify import verify
 from pipeline.tokenize.fingerprint import job_fingerprint
 from pipeline.tokenize.job import run_tokenize
 from tests.corpus import speech_like, wav_bytes
-from tests.faults import CRASH_MARKER_ENV, CRASH_ONCE_ENV, FAIL_ITEMS_ENV
+from tests.faults import (
+    COMMITTER_CRASH_MARKER_ENV,
+    COMMITTER_CRASH_ONCE_ENV,
+    CRASH_MARKER_ENV,
+    CRASH_ONCE_ENV,
+    FAIL_ITEMS_ENV,
+)
 from tests.helpers import FINGERPRINT, REPO, TINY, TINY_FLAGS, run_cli, token_row
 
 # --- helpers --------------------------------------------------------------------------------
@@ -359,6 +365,35 @@ def test_encode_actor_crash_on_one_item_is_redone_exactly_once(tmp_path: Path) -
         return next(r for r in load_tokens(fs, lay).to_pylist() if r["id"] == "f5.wav")
 
     assert row(layout)["semantic_tokens"] == row(clean_layout)["semantic_tokens"]
+
+
+@pytest.mark.slow
+def test_a_committer_lost_mid_job_has_its_units_encoded_again_exactly_once(tmp_path: Path) -> None:
+    """A committer dies holding half-assembled units (its node lost): a new one takes its place, the
+    round's unreported units are encoded again, and every item still ends exactly once."""
+    names = [f"f{i}.wav" for i in range(12)]
+    write_wavs(tmp_path / "in", names)
+    src, out, marker = str(tmp_path / "in"), str(tmp_path / "out"), tmp_path / "committer-crashed"
+    env = cli_env(**{COMMITTER_CRASH_ONCE_ENV: "f7.wav", COMMITTER_CRASH_MARKER_ENV: str(marker)})
+    args = tokenize_args(src, out, "--files-per-unit", "2", "--encode-batch-segments", "2")
+    done = semtok(*args, "--set", "committers=2", env=env, faults=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert marker.exists(), "the committer never crashed"
+    assert "was lost" in done.stderr and "encoding them again" in done.stderr, done.stderr[-3000:]
+    fs, _ = open_filesystem(out)
+    layout = the_version(fs, out)
+    tokens, errors = assert_exactly_once(fs, layout, set(names))
+    assert not errors and len(tokens) == len(names)
+    assert_clean(out, src, deep=True)
+    # the same rows as a run with one committer and no fault
+    clean = str(tmp_path / "clean")
+    assert semtok(*tokenize_args(src, clean, "--files-per-unit", "2")).returncode == 0
+    columns = ["id", "semantic_tokens", "acoustic_tokens"]
+
+    def rows(lay: OutputLayout) -> list[dict]:
+        return sorted(load_tokens(fs, lay, columns=columns).to_pylist(), key=lambda r: r["id"])
+
+    assert rows(layout) == rows(the_version(fs, clean))
 
 
 @pytest.mark.slow

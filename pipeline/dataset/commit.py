@@ -36,7 +36,7 @@ from pipeline.dataset.layout import (
     publish,
 )
 from pipeline.dataset.lease import OutputLease, read_lease
-from pipeline.dataset.manifest import FORMATS, entry_formats, entry_problem, json_bytes
+from pipeline.dataset.manifest import FORMATS, SLIM, entry_formats, entry_problem, json_bytes
 from pipeline.dataset.parquet_writer import (
     errors_table,
     parquet_bytes,
@@ -287,6 +287,8 @@ def add_webdataset_twin(
         raise ValueError(
             f"fingerprint belongs to version {dataset_version(fp)!r}, layout is {layout.version!r}"
         )
+    if entry.get(SLIM):
+        raise ValueError(f"manifest entry of {unit_id!r} is a reader's slim copy: pass the whole entry")
     problem = entry_problem(entry, unit_id)
     if problem:
         raise ValueError(f"manifest entry of {unit_id!r} is damaged: {problem}")

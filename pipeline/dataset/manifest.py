@@ -31,7 +31,7 @@ import io
 import json
 import logging
 import posixpath
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,6 +63,9 @@ log = logging.getLogger(__name__)
 
 
 READ_THREADS = 16
+# Marks an entry a reader holds without its files unit's URIs and stamps (a planner's compact copy,
+# pipeline/tokenize/work_plan.py): such an entry is never written back.
+SLIM = "_slim"
 READ_CHUNK = 64  # at most this many entry files per pool task
 
 
@@ -168,7 +171,10 @@ def _load_entry(fs: fsspec.AbstractFileSystem, path: str) -> tuple[dict[str, Any
 
 
 def _newest_index(
-    fs: fsspec.AbstractFileSystem, indexes: Mapping[int, str], result: ManifestRead
+    fs: fsspec.AbstractFileSystem,
+    indexes: Mapping[int, str],
+    result: ManifestRead,
+    shape: Callable[[str, dict[str, Any]], dict[str, Any] | None] | None = None,
 ) -> dict[str, IndexRow]:
     """Rows of the newest index that reads back whole; damaged ones go to `result.damaged_index`."""
     for seq in sorted(indexes, reverse=True):
@@ -177,7 +183,7 @@ def _newest_index(
         except FileNotFoundError:
             continue  # removed since the listing (superseded by a newer compaction)
         try:
-            rows = decode_index(data, seq=seq, check_entry=entry_problem)
+            rows = decode_index(data, seq=seq, check_entry=entry_problem, shape=shape)
         except IndexDamaged as error:
             result.damaged_index[index_rel(seq)] = str(error)
             continue
@@ -186,13 +192,22 @@ def _newest_index(
     return {}
 
 
-def read_manifest_report(fs: fsspec.AbstractFileSystem, layout: OutputLayout) -> ManifestRead:
+def read_manifest_report(
+    fs: fsspec.AbstractFileSystem,
+    layout: OutputLayout,
+    *,
+    shape: Callable[[str, dict[str, Any]], dict[str, Any] | None] | None = None,
+) -> ManifestRead:
     """Every committed unit of the version, from the newest good index plus the entry files (see
     the module doc for precedence), and the damaged entries and index files; never raises for
-    damage (storage errors still propagate: wrap in `with_retries`)."""
+    damage (storage errors still propagate: wrap in `with_retries`).
+
+    `shape(unit_id, entry)` is what `entries` holds of each good entry as it is read (None: leave
+    the unit out), so a reader of 10⁵ entries need not hold them whole. An index row may be shaped
+    and then replaced by a newer entry file of its unit, which is shaped in turn."""
     loose, indexes = list_manifest(fs, layout)
     result = ManifestRead(index_seqs=sorted(indexes))
-    rows = _newest_index(fs, indexes, result)
+    rows = _newest_index(fs, indexes, result, shape)
     result.loose = {unit: stamp for unit, (_, stamp) in loose.items()}
     to_read = []
     for unit, (path, stamp) in loose.items():
@@ -201,8 +216,8 @@ def read_manifest_report(fs: fsspec.AbstractFileSystem, layout: OutputLayout) ->
             result.covered.add(unit)
         else:
             to_read.append((unit, path, stamp))
-    entries = {unit: row.entry for unit, row in rows.items()}
-    stamps = {unit: row.stamp for unit, row in rows.items()}
+    entries = {unit: row.entry for unit, row in rows.items() if row.entry is not None}
+    stamps = {unit: row.stamp for unit, row in rows.items() if row.entry is not None}
     if to_read:
         # Chunks, not one task per entry: 10^5 tiny tasks cost more in the pool than the reads.
         size = max(1, min(READ_CHUNK, -(-len(to_read) // READ_THREADS)))
@@ -216,7 +231,12 @@ def read_manifest_report(fs: fsspec.AbstractFileSystem, layout: OutputLayout) ->
                 entries.pop(unit, None)  # the unit's current commit is damaged: not committed
                 stamps.pop(unit, None)
             elif entry is not None:
-                entries[unit], stamps[unit] = entry, stamp
+                kept = shape(unit, entry) if shape is not None else entry
+                if kept is None:
+                    entries.pop(unit, None)
+                    stamps.pop(unit, None)
+                else:
+                    entries[unit], stamps[unit] = kept, stamp
     result.entries = dict(sorted(entries.items()))
     result.stamps = stamps
     result.damaged = dict(sorted(result.damaged.items()))

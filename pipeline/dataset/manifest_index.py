@@ -71,9 +71,10 @@ class IndexDamaged(ValueError):
 
 @dataclass(frozen=True)
 class IndexRow:
-    """One unit in an index: its entry and the stamp of the entry file it was copied from."""
+    """One unit in an index: its entry and the stamp of the entry file it was copied from (entry
+    None: a row the reader's `shape` dropped, kept for its stamp)."""
 
-    entry: dict[str, Any]
+    entry: dict[str, Any] | None
     stamp: str
 
 
@@ -104,6 +105,12 @@ def entry_stamp(info: Mapping[str, Any]) -> str:
 def encode_index(rows: Mapping[str, IndexRow], *, seq: int, base: int | None, run_id: str = "") -> bytes:
     """The Parquet bytes of index `seq` holding `rows` (unit id → row), sorted by unit id."""
     units = sorted(rows)
+    entries: dict[str, dict[str, Any]] = {}
+    for unit in units:
+        entry = rows[unit].entry
+        if entry is None:
+            raise ValueError(f"index row {unit!r} has no entry (a shaped read): write whole entries only")
+        entries[unit] = entry
     meta = {
         "format": INDEX_FORMAT,
         "seq": seq,
@@ -115,10 +122,10 @@ def encode_index(rows: Mapping[str, IndexRow], *, seq: int, base: int | None, ru
     table = pa.table(
         {
             "unit_id": units,
-            "entry": [canonical_json(rows[u].entry) for u in units],
+            "entry": [canonical_json(entries[u]) for u in units],
             "entry_stamp": [rows[u].stamp for u in units],
-            "committed_at": [str(rows[u].entry.get("committed_at") or "") for u in units],
-            "attempt_id": [str(rows[u].entry.get("attempt_id") or "") for u in units],
+            "committed_at": [str(entries[u].get("committed_at") or "") for u in units],
+            "attempt_id": [str(entries[u].get("attempt_id") or "") for u in units],
         },
         schema=SCHEMA.with_metadata({METADATA_KEY: json.dumps(meta).encode()}),
     )
@@ -127,17 +134,30 @@ def encode_index(rows: Mapping[str, IndexRow], *, seq: int, base: int | None, ru
     return sink.getvalue()
 
 
+# Rows decoded at a time: the index's JSON is parsed batch by batch, so reading it never holds
+# more than one batch of parsed entries beyond what `shape` keeps.
+DECODE_BATCH_ROWS = 4096
+
+
 def decode_index(
-    data: bytes, *, seq: int, check_entry: Callable[[Any, str], str | None]
+    data: bytes,
+    *,
+    seq: int,
+    check_entry: Callable[[Any, str], str | None],
+    shape: Callable[[str, dict[str, Any]], dict[str, Any] | None] | None = None,
 ) -> dict[str, IndexRow]:
     """The rows of index `seq` from its bytes; `IndexDamaged` when anything is off.
 
-    `check_entry(entry, unit_id)` says why an entry cannot be trusted (the manifest's own check)."""
+    `check_entry(entry, unit_id)` says why an entry cannot be trusted (the manifest's own check).
+    `shape(unit_id, entry)`, when given, is what to hold of each good entry (None: hold no entry,
+    only the row's stamp), e.g. a planner that keeps a compact copy of the input files instead
+    (`CommittedFiles`)."""
     try:
-        table = pq.read_table(io.BytesIO(data), page_checksum_verification=True)
+        reader = pq.ParquetFile(io.BytesIO(data), page_checksum_verification=True)
+        schema = reader.schema_arrow
     except Exception as error:  # noqa: BLE001 - any reader failure means a damaged file
         raise IndexDamaged(f"not a readable Parquet index: {type(error).__name__}: {error}"[:300]) from None
-    raw = (table.schema.metadata or {}).get(METADATA_KEY)
+    raw = (schema.metadata or {}).get(METADATA_KEY)
     try:
         meta = json.loads(raw) if raw else None
     except (UnicodeDecodeError, json.JSONDecodeError):
@@ -148,24 +168,39 @@ def decode_index(
         raise IndexDamaged(f"index format {meta.get('format')!r}, this semtok reads {INDEX_FORMAT}")
     if meta.get("seq") != seq:
         raise IndexDamaged(f"names seq {meta.get('seq')!r} but is stored as {seq}")
-    missing = [name for name in SCHEMA.names[:3] if name not in table.column_names]
+    missing = [name for name in SCHEMA.names[:3] if name not in schema.names]
     if missing:
         raise IndexDamaged(f"lacks column(s) {missing}")
-    if table.num_rows != meta.get("units"):
-        raise IndexDamaged(f"{table.num_rows} rows but its metadata says {meta.get('units')!r} units")
+    if reader.metadata.num_rows != meta.get("units"):
+        rows_stored = reader.metadata.num_rows
+        raise IndexDamaged(f"{rows_stored} rows but its metadata says {meta.get('units')!r} units")
     rows: dict[str, IndexRow] = {}
-    units = table.column("unit_id").to_pylist()
-    entries = table.column("entry").to_pylist()
-    stamps = table.column("entry_stamp").to_pylist()
-    for unit_id, text, stamp in zip(units, entries, stamps, strict=True):
-        if not isinstance(unit_id, str) or not SAFE_ID.match(unit_id) or unit_id in rows:
-            raise IndexDamaged(f"unit id {unit_id!r} is missing, unsafe or repeated")
+    seen: set[str] = set()
+    batches = reader.iter_batches(batch_size=DECODE_BATCH_ROWS, columns=list(SCHEMA.names[:3]))
+    while True:
         try:
-            entry = json.loads(text)
-        except (TypeError, json.JSONDecodeError) as error:
-            raise IndexDamaged(f"row {unit_id!r}: entry is not JSON: {error}") from None
-        problem = check_entry(entry, unit_id)
-        if problem:
-            raise IndexDamaged(f"row {unit_id!r}: {problem}")
-        rows[unit_id] = IndexRow(entry=entry, stamp=str(stamp or ""))
+            batch = next(batches, None)
+        except Exception as error:  # noqa: BLE001 - a bad page (checksum, truncation) mid-file
+            why = f"not a readable Parquet index: {type(error).__name__}: {error}"
+            raise IndexDamaged(why[:300]) from None
+        if batch is None:
+            break
+        units = batch.column(0).to_pylist()
+        entries = batch.column(1).to_pylist()
+        stamps = batch.column(2).to_pylist()
+        for unit_id, text, stamp in zip(units, entries, stamps, strict=True):
+            if not isinstance(unit_id, str) or not SAFE_ID.match(unit_id) or unit_id in seen:
+                raise IndexDamaged(f"unit id {unit_id!r} is missing, unsafe or repeated")
+            seen.add(unit_id)
+            try:
+                entry = json.loads(text)
+            except (TypeError, json.JSONDecodeError) as error:
+                raise IndexDamaged(f"row {unit_id!r}: entry is not JSON: {error}") from None
+            problem = check_entry(entry, unit_id)
+            if problem:
+                raise IndexDamaged(f"row {unit_id!r}: {problem}")
+            kept = shape(unit_id, entry) if shape is not None else entry
+            rows[unit_id] = IndexRow(entry=kept, stamp=str(stamp or ""))
+    if len(seen) != meta.get("units"):
+        raise IndexDamaged(f"{len(seen)} rows read but its metadata says {meta.get('units')!r} units")
     return rows

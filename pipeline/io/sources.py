@@ -73,9 +73,9 @@ import stat
 import tarfile
 import threading
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Container, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import fsspec
 from fsspec.core import split_protocol
@@ -370,11 +370,11 @@ def plan_units(
     storage_options: Mapping[str, Any] | None = None,
     kind: str = "auto",
     files_per_unit: int = 256,
-    exclude_uris: frozenset[str] = frozenset(),
+    exclude_uris: Container[str] = frozenset(),
     glob: str | None = None,
     exclude_under: str | None = None,
     id_prefix: str = "",
-    seen: dict[str, str] | None = None,
+    seen: StampMarks | None = None,
 ) -> list[InputUnit]:
     """List the input and cut it into deterministic units (sorted listing -> stable ids).
 
@@ -411,11 +411,11 @@ def iter_units(
     storage_options: Mapping[str, Any] | None = None,
     kind: str = "auto",
     files_per_unit: int = 256,
-    exclude_uris: frozenset[str] = frozenset(),
+    exclude_uris: Container[str] = frozenset(),
     glob: str | None = None,
     exclude_under: str | None = None,
     id_prefix: str = "",
-    seen: dict[str, str] | None = None,
+    seen: StampMarks | None = None,
 ) -> Iterator[InputUnit]:
     """`plan_units`, streaming: the same units in the same order, each yielded as soon as the
     listing has reached past it, listing one folder at a time (`_walk_sorted`).
@@ -443,6 +443,12 @@ def iter_units(
     )
 
 
+class StampMarks(Protocol):
+    """Where the listing marks committed files it still sees: `marks[uri] = current stamp`."""
+
+    def __setitem__(self, uri: str, stamp: str, /) -> None: ...
+
+
 def _check_plan_args(kind: str, files_per_unit: int) -> None:
     if kind not in ("auto", *KINDS):
         raise ValueError(f"unknown kind {kind!r}; expected auto or one of {KINDS}")
@@ -455,18 +461,18 @@ def _plan(
     storage_options: Mapping[str, Any] | None,
     kind: str,
     files_per_unit: int,
-    exclude_uris: frozenset[str],
+    exclude_uris: Container[str],
     glob: str | None,
     exclude_under: str | None,
     id_prefix: str,
-    seen: dict[str, str] | None,
+    seen: StampMarks | None,
     *,
     lazy: bool,
 ) -> Iterator[InputUnit]:
     """Both planners: one listing (whole and sorted, or a lazy sorted walk), one cutting."""
     fs, path = open_filesystem(input_url, storage_options)
     path = path.rstrip("/") or path
-    excluded = set(exclude_uris)
+    excluded = exclude_uris  # a set, or the planner's compact `CommittedFiles`
     skip_folder = None
     if exclude_under is not None and protocol_of(exclude_under) == protocol_of(input_url):
         skip_folder = open_filesystem(exclude_under, storage_options)[1].rstrip("/")

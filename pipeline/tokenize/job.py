@@ -1,15 +1,15 @@
-"""The tokenize job: plan → prepare (CPU) → encode (actor pool) → assemble + commit (driver).
+"""The tokenize job: plan → prepare (CPU) → encode (actor pool) → assemble + commit (committers).
 
 `build_tokenize_dataset` wires the Ray Data stages; `run_tokenize` plans the work against what is
 already committed (the plan streams while the input is listed, on a planning thread: `UnitFeed`),
-encodes the units in rounds of up to ROUND_UNITS, commits each finished unit atomically (in a
-thread pool, so storage latency never stalls the stream), compacts the manifest once enough entry
-files exist, and writes the run record and dataset card.
+encodes the units in rounds of up to ROUND_UNITS, has committer actors assemble and commit each
+finished unit atomically (pipeline/tokenize/commit_stage.py: the driver routes block references
+and counts reports, it opens no block), compacts the manifest once enough entry files exist, and
+writes the run record and dataset card.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import functools
 import logging
@@ -22,15 +22,14 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from pipeline.config import ConfigError, TokenizeConfig
 from pipeline.dataset.card import write_dataset_card
-from pipeline.dataset.commit import add_webdataset_twin, cleanup_tmp, commit_unit
+from pipeline.dataset.commit import add_webdataset_twin, cleanup_tmp
 from pipeline.dataset.compaction import COMPACT_MIN_LOOSE, compact_manifest
-from pipeline.dataset.layout import OutputLayout
+from pipeline.dataset.layout import OutputLayout, is_local
 from pipeline.dataset.lease import LeaseLost, OutputLease, acquire_lease
 from pipeline.dataset.run_records import utc_now_iso, write_run_record
 from pipeline.io.sources import ReadPolicy
@@ -44,7 +43,8 @@ from pipeline.records import InputUnit
 from pipeline.runtime.interrupt import Interrupted
 from pipeline.runtime.ray_setup import init_ray, worker_storage_options
 from pipeline.runtime.telemetry import JobMetrics
-from pipeline.tokenize.assemble import FinishedUnit, UnitAssembler
+from pipeline.tokenize.assemble import FinishedUnit
+from pipeline.tokenize.commit_stage import COMMIT_RETRIES, CommitReport, CommitterPool, UnitCommitter
 from pipeline.tokenize.encode_stage import EncodeActor
 from pipeline.tokenize.fingerprint import job_fingerprint
 from pipeline.tokenize.prepare_stage import PrepareUnit
@@ -53,8 +53,6 @@ from pipeline.tokenize.work_plan import PlanStream, stream_remaining
 log = logging.getLogger(__name__)
 
 
-# A failed commit fails the job, so commits wait out a storage outage of ~half a minute.
-COMMIT_RETRIES: dict[str, Any] = {"attempts": 8, "max_delay": 30.0}
 # The plan streams while the input is listed (`PlanStream`); the units are encoded in rounds of at
 # most ROUND_UNITS, one Ray Data execution each (Ray Data needs a dataset's blocks up front), so
 # driver memory holds at most two rounds of units and encoding starts after the first round is
@@ -346,12 +344,11 @@ def run_tokenize(config: TokenizeConfig, *, stream: TextIO = sys.stderr) -> RunS
                 file=stream,
                 flush=True,
             )
+        whole = plan.full_entries(twins) if twins else {}  # `plan.manifest` holds slim copies
         for unit_id in twins:
             lease.check()
             entry = with_retries(
-                functools.partial(
-                    add_webdataset_twin, fs, layout, unit_id, plan.manifest[unit_id], fingerprint
-                ),
+                functools.partial(add_webdataset_twin, fs, layout, unit_id, whole[unit_id], fingerprint),
                 **COMMIT_RETRIES,
             )
             plan.manifest[unit_id] = entry
@@ -450,11 +447,14 @@ class UnitFeed:
                 raise self._error
             return bool(self._queue)
 
-    def take(self, n: int, *, wait_s: float = 0.0) -> list[InputUnit]:
-        """Up to `n` units: waits for the first one, then up to `wait_s` for `n`; [] at the end."""
+    def take(self, n: int, *, wait_s: float = 0.0, wait_first: bool = True) -> list[InputUnit]:
+        """Up to `n` units: waits for the first one (unless not `wait_first`), then up to `wait_s`
+        for `n`; [] at the end."""
         deadline: float | None = None
         with self._cond:
             while len(self._queue) < n and not self._ended:
+                if not self._queue and not wait_first:
+                    break
                 if self._queue:
                     deadline = deadline if deadline is not None else time.monotonic() + wait_s
                     if time.monotonic() >= deadline:
@@ -601,140 +601,212 @@ def execute_units(
     only_items: Mapping[str, Sequence[str]] | None = None,
     transform: Callable[[FinishedUnit], FinishedUnit] | None = None,
     lease: OutputLease | None = None,
+    output_options: Mapping[str, Any] | None = None,
 ) -> None:
-    """Stream the dataset, assemble units, commit each (after `transform`, e.g. a merge); the
-    caller holds the writer lease (`writer_lease`).
+    """Encode `units` and commit each finished unit (after `transform`, e.g. a merge) through the
+    committer actors (pipeline/tokenize/commit_stage.py); the caller holds the writer lease.
 
     `units` may be a streaming plan (`UnitFeed` over `PlanStream`): it is encoded in rounds of up
-    to ROUND_UNITS units (one Ray Data execution each) while the listing goes on; a list of fewer
-    units is one round, as before."""
+    to ROUND_UNITS units (one Ray Data execution each) while the listing goes on. The driver only
+    routes block references and counts reports: units of a round that no report names (their
+    committer was lost with its node) are encoded again in a later round, up to
+    MAX_UNIT_ROUNDS times. `output_options` are the output's storage options (default: the
+    config's)."""
     import ray
 
     init_ray(config.ray_address)
     resources = plan_resources(config, ray.cluster_resources())
     summary.resources = dict(resources.__dict__)
+    committers = config.committers or _default_committers(fs, resources)
+    summary.resources["committers"] = committers
     print(
         f"[semtok] encoding on {resources.num_encoders} {resources.device} replica(s)"
         f"{' (the pool follows the cluster)' if resources.min_encoders is not None else ''}, "
-        f"{resources.batch_segments} segments per batch",
+        f"{resources.batch_segments} segments per batch; {committers} committer(s)",
         file=stream,
         flush=True,
     )
     feed = units if isinstance(units, UnitFeed) else UnitFeed(units, limit=ROUND_UNITS)
-    assembler = UnitAssembler()
     progress = _Progress(stream, config.progress_interval_s, None)
     metrics = JobMetrics(layout.version)
-    pending: list[Future] = []
+    make = _committer_factory(
+        config,
+        fs,
+        layout,
+        fingerprint,
+        summary.run_id,
+        count=committers,
+        transform=transform,
+        output_options=config.storage_options if output_options is None else output_options,
+    )
 
-    def commit(finished: FinishedUnit) -> None:
-        if lease is not None:
-            lease.check()  # a run that lost its lease (taken over as stale) must not write on
-        if transform is not None:
-            finished = transform(finished)
-        commit_finished(
-            fs, layout, finished, fingerprint=fingerprint, formats=config.formats, run_id=summary.run_id
+    def lost(index: int, why: str) -> None:
+        print(
+            f"[semtok] committer {index} was lost ({why}): a new one takes its place; the units it "
+            "held are encoded again",
+            file=stream,
+            flush=True,
         )
-        metrics.unit_committed()
 
+    done_ids: set[str] = set()  # units reported committed in the current round
+
+    def record(reports: Iterable[CommitReport]) -> None:
+        for report in reports:
+            if report.error:
+                raise RuntimeError(f"committing unit {report.unit_id} failed: {report.error}")
+            _count(summary, report, metrics)
+            done_ids.add(report.unit_id)
+
+    pool = CommitterPool(committers, make, on_lost=lost)
+    again: deque[InputUnit] = deque()  # units of earlier rounds that no report named
+    rounds_of: dict[str, int] = {}
     taken = rounds = 0
-    with ThreadPoolExecutor(max_workers=config.commit_threads) as pool:
-        try:
-            while batch_units := feed.take(ROUND_UNITS, wait_s=ROUND_WAIT_S):
-                rounds += 1
-                taken += len(batch_units)
-                summary.units_planned = max(summary.units_planned, taken)
-                progress.total = feed.total
-                if rounds > 1:
-                    print(
-                        f"[semtok] round {rounds}: {len(batch_units)} more units "
-                        f"({taken} so far{'' if feed.total is None else f' of {feed.total}'})",
-                        file=stream,
-                        flush=True,
-                    )
-                dataset = build_tokenize_dataset(
-                    config,
-                    batch_units,
-                    resources,
-                    prepare_cls=prepare_cls,
-                    only_items=only_items,
-                    run_id=summary.run_id,
+    try:
+        while True:
+            round_units = [again.popleft() for _ in range(min(len(again), ROUND_UNITS))]
+            if len(round_units) < ROUND_UNITS:
+                round_units += feed.take(
+                    ROUND_UNITS - len(round_units),
+                    wait_s=0.0 if round_units else ROUND_WAIT_S,
+                    wait_first=not round_units,
                 )
-                for batch in dataset.iter_batches(batch_format="numpy", batch_size=None):
-                    for finished in assembler.add(batch):
-                        pending.append(pool.submit(commit, finished))
-                        _count(summary, finished, metrics)
-                    pending = _reap(pending, summary, limit=4 * config.commit_threads)
-                    progress.total = feed.total
-                    progress.update(summary)
-                if assembler.pending:
-                    raise RuntimeError(f"{assembler.pending} unit(s) never finished: the stream ended early")
-        finally:
-            if feed is not units:
-                feed.close()
-        for future in pending:
-            future.result()
-            summary.units_committed += 1
-    if assembler.redelivered:
-        log.warning("ignored %d redelivered row(s) of finished units", assembler.redelivered)
+            if not round_units:
+                break
+            rounds += 1
+            taken += sum(1 for unit in round_units if unit.unit_id not in rounds_of)
+            summary.units_planned = max(summary.units_planned, taken)
+            progress.total = feed.total
+            if rounds > 1:
+                print(
+                    f"[semtok] round {rounds}: {len(round_units)} more units "
+                    f"({taken} so far{'' if feed.total is None else f' of {feed.total}'})",
+                    file=stream,
+                    flush=True,
+                )
+            done_ids.clear()
+            pool.begin_round()
+            dataset = build_tokenize_dataset(
+                config,
+                round_units,
+                resources,
+                prepare_cls=prepare_cls,
+                only_items=only_items,
+                run_id=summary.run_id,
+            )
+            for bundle in dataset.iter_internal_ref_bundles():
+                if lease is not None:
+                    lease.check()  # a run that lost its lease (taken over as stale) must not write on
+                for block_ref in bundle.block_refs:
+                    record(pool.send(block_ref))
+                progress.total = feed.total
+                progress.update(summary)
+            reports, unfinished = pool.finish_round()
+            record(reports)
+            missing = [unit for unit in round_units if unit.unit_id not in done_ids]
+            if missing:
+                _redo(missing, rounds_of, again, stream, unfinished=unfinished, lost=pool.lost)
+    finally:
+        pool.close()
+        if feed is not units:
+            feed.close()
     progress.total = feed.total
     progress.update(summary, force=True)
 
 
-def commit_finished(
+# A unit of a round that no committer reported (its committer was lost) is encoded again, at most
+# this many rounds in all; a unit that never finishes fails the job (rerunning resumes it).
+MAX_UNIT_ROUNDS = 3
+
+
+def _redo(
+    missing: list[InputUnit],
+    rounds_of: dict[str, int],
+    again: deque[InputUnit],
+    stream: TextIO,
+    *,
+    unfinished: int,
+    lost: int,
+) -> None:
+    """Queue a round's unreported units for another round, or fail once one has had its rounds."""
+    for unit in missing:
+        rounds_of[unit.unit_id] = rounds_of.get(unit.unit_id, 1) + 1
+    spent = [unit.unit_id for unit in missing if rounds_of[unit.unit_id] > MAX_UNIT_ROUNDS]
+    if spent:
+        raise RuntimeError(
+            f"{len(spent)} unit(s) never finished in {MAX_UNIT_ROUNDS} rounds (e.g. {spent[0]}): "
+            f"the stream ended before all their rows arrived ({unfinished} unfinished at the last "
+            f"round's end, {lost} committer(s) lost in the run)"
+        )
+    print(
+        f"[semtok] {len(missing)} unit(s) were not committed in this round "
+        f"({lost} committer(s) lost so far, {unfinished} unit(s) left unfinished): encoding them again",
+        file=stream,
+        flush=True,
+    )
+    again.extend(missing)
+
+
+def _default_committers(fs: Any, resources: Resources) -> int:
+    """One committer per 8 encoders (each commits ~10k items/s, bench/pipeline_throughput.py
+    `driver`), at most 8; a local output has one, on the driver's node (other nodes can't see it)."""
+    if is_local(fs):
+        return 1
+    return max(1, min(8, math.ceil(resources.num_encoders / 8)))
+
+
+def _committer_factory(
+    config: TokenizeConfig,
     fs: Any,
     layout: OutputLayout,
-    finished: FinishedUnit,
-    *,
     fingerprint: Mapping[str, Any],
-    formats: Sequence[str],
     run_id: str,
-) -> None:
-    """Commit one assembled unit (retrying storage errors): the driver's per-unit work after
-    assembly, which bench/pipeline_throughput.py `driver` measures."""
-    info = {**finished.unit.to_dict(), "n_items": len(finished.token_rows) + len(finished.error_rows)}
-    with_retries(
-        lambda: commit_unit(
-            fs,
-            layout,
-            finished.unit.unit_id,
-            token_rows=finished.token_rows,
-            error_rows=finished.error_rows,
-            fingerprint=fingerprint,
-            formats=formats,
-            unit_info=info,
-            run_id=run_id,
-        ),
-        **COMMIT_RETRIES,
+    *,
+    count: int,
+    transform: Callable[[FinishedUnit], FinishedUnit] | None,
+    output_options: Mapping[str, Any],
+) -> Callable[[int], Any]:
+    """`make(index)` for `CommitterPool`: committers take no CPU from the stages (like the driver
+    they wait on storage); a local output's stay on the driver's node, an object store's spread."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    if is_local(fs):
+        node = ray.get_runtime_context().get_node_id()
+        placement: Any = NodeAffinitySchedulingStrategy(node_id=node, soft=False)
+    else:
+        placement = "SPREAD"
+    actor_cls = ray.remote(UnitCommitter).options(
+        num_cpus=0, max_restarts=0, scheduling_strategy=placement, name=None
     )
+    options = worker_storage_options(layout.root_url, dict(output_options))
+
+    def make(index: int) -> Any:
+        return actor_cls.remote(
+            index,
+            count,
+            output=layout.root_url,
+            storage_options=options,
+            version=layout.version,
+            fingerprint=fingerprint,
+            formats=config.formats,
+            run_id=run_id,
+            threads=config.commit_threads,
+            transform=transform,
+        )
+
+    return make
 
 
-def _reap(pending: list[Future], summary: RunSummary, *, limit: int | None = None) -> list[Future]:
-    """Count finished commits (raising a failed one's error). With `limit`, first wait until at most
-    `limit` commits are queued: a driver slower than the encoders then stops taking batches, so
-    Ray Data's object-store budget backs the encoders off instead of finished units piling up in
-    driver memory."""
-    if limit is not None and len(pending) > limit:
-        concurrent.futures.wait(pending[: len(pending) - limit])
-    still = []
-    for future in pending:
-        if future.done():
-            future.result()  # a failed commit fails the job: rerunning resumes it
-            summary.units_committed += 1
-        else:
-            still.append(future)
-    return still
-
-
-def _count(summary: RunSummary, finished: FinishedUnit, metrics: JobMetrics) -> None:
-    summary.items += len(finished.token_rows) + len(finished.error_rows)
-    summary.items_ok += len(finished.token_rows)
-    summary.items_failed += len(finished.error_rows)
-    summary.audio_seconds += finished.audio_seconds
-    reasons: dict[str, int] = {}
-    for row in finished.error_rows:
-        reasons[row["reason"]] = reasons.get(row["reason"], 0) + 1
-        summary.errors_by_reason[row["reason"]] = summary.errors_by_reason.get(row["reason"], 0) + 1
-    metrics.unit_finished(finished.audio_seconds, len(finished.token_rows), reasons)
+def _count(summary: RunSummary, report: CommitReport, metrics: JobMetrics) -> None:
+    summary.units_committed += 1
+    summary.items += report.items_ok + report.items_failed
+    summary.items_ok += report.items_ok
+    summary.items_failed += report.items_failed
+    summary.audio_seconds += report.audio_seconds
+    for reason, count in report.reasons.items():
+        summary.errors_by_reason[reason] = summary.errors_by_reason.get(reason, 0) + count
+    metrics.unit_finished(report.audio_seconds, report.items_ok, report.reasons)
+    metrics.unit_committed()
 
 
 def _check_error_budget(config: TokenizeConfig, summary: RunSummary) -> None:

@@ -33,6 +33,7 @@ from pipeline.dataset.run_records import latest_tokenize_record
 from pipeline.dataset.versions import dataset_versions
 from pipeline.io.storage import open_filesystem, with_retries
 from pipeline.records import InputUnit
+from pipeline.runtime.ray_setup import worker_storage_options
 from pipeline.tokenize.assemble import FinishedUnit
 from pipeline.tokenize.fingerprint import job_fingerprint
 from pipeline.tokenize.job import RunSummary, compact_when_due, execute_units, recorded_run, writer_lease
@@ -115,13 +116,24 @@ def _token_row(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _merger(fs, layout: OutputLayout, manifest: Mapping[str, dict[str, Any]], targets: Mapping[str, _Target]):
-    def merge(finished: FinishedUnit) -> FinishedUnit:
-        """Committed rows + the retry's outcome; items the read did not produce keep their row."""
-        target = targets[finished.unit.unit_id]
-        entry = manifest[target.unit.unit_id]
+@dataclass
+class _Merger:
+    """Committed rows + the retry's outcome (items the read did not produce keep their row).
+
+    Runs in the committer actors, so it carries only the retried units' entries and opens the
+    output itself from its URL and storage options (credentials resolved on the driver)."""
+
+    layout: OutputLayout
+    storage_options: dict[str, Any]
+    entries: dict[str, dict[str, Any]]  # unit id → its committed manifest entry
+    targets: dict[str, _Target]
+
+    def __call__(self, finished: FinishedUnit) -> FinishedUnit:
+        fs, _ = open_filesystem(self.layout.root_url, self.storage_options)
+        target = self.targets[finished.unit.unit_id]
+        entry = self.entries[target.unit.unit_id]
         tokens_file = next(f for f in entry["files"] if f["kind"] == "tokens")
-        old_tokens = [_token_row(r) for r in _read_rows(fs, layout, tokens_file["path"])]
+        old_tokens = [_token_row(r) for r in _read_rows(fs, self.layout, tokens_file["path"])]
         redone = {r["id"] for r in finished.token_rows} | {r["id"] for r in finished.error_rows}
         redone &= target.retried
         new_tokens = [r for r in finished.token_rows if r["id"] in redone]
@@ -134,8 +146,6 @@ def _merger(fs, layout: OutputLayout, manifest: Mapping[str, dict[str, Any]], ta
                 f"unit {target.unit.unit_id}: retried items already in tokens: {sorted(clash)[:3]}"
             )
         return FinishedUnit(target.unit, old_tokens + new_tokens, kept_errors + new_errors)
-
-    return merge
 
 
 def retry_failed(
@@ -241,8 +251,14 @@ def _retry_version(
                 stream,
                 prepare_cls=OnlyItemsPrepare,
                 only_items={u: sorted(t.retried) for u, t in targets.items()},
-                transform=_merger(fs, layout, manifest, targets),
+                transform=_Merger(
+                    layout,
+                    worker_storage_options(layout.root_url, dict(storage_options or {})),
+                    {unit_id: manifest[t.unit.unit_id] for unit_id, t in targets.items()},
+                    targets,
+                ),
                 lease=lease,
+                output_options=storage_options or {},
             )
         # Each retried unit was recommitted (a new entry file): fold them like tokenize does.
         compact_when_due(fs, layout, lease, run_id, stream)

@@ -4,21 +4,23 @@ One place plans against an output (tokenize, plan, verify), so a rerun, `semtok 
 `semtok verify --input` agree on committed, changed, deleted and new inputs. `PlanStream` yields
 the units while the input is listed (`iter_units`), so a run starts encoding before a listing of
 millions of objects ends; `plan_against_output` materialises the same stream for verify and plan.
-The manifest is read once (one index GET once compacted) and held, with a map of the committed
-file URIs and their stamps, for the whole listing: that, not the listing, is the planner's memory
-(~0.33 KB per committed file with 100-file units).
+The manifest is read once (one index GET once compacted) and held for the whole listing, its
+files units' URIs and stamps as 128-bit digests (`CommittedFiles`, ~40 bytes per committed file):
+that, not the listing, is the planner's memory. Units whose files changed or vanished are read
+again whole once the listing ends.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.config import ConfigError, TokenizeConfig
+from pipeline.dataset.committed_files import CommittedFiles
 from pipeline.dataset.layout import OutputLayout
-from pipeline.dataset.manifest import ManifestRead, read_manifest_report
+from pipeline.dataset.manifest import SLIM, ManifestRead, read_manifest_report
 from pipeline.io.sources import iter_units
 from pipeline.io.storage import open_filesystem, protocol_of, redact_uri, with_retries
 from pipeline.records import InputUnit
@@ -103,32 +105,27 @@ class PlanStream:
     ) -> None:
         check_input_output(input_url, output, storage_options)
         self.input_url = input_url
+        self._fs, self._layout = fs, layout
+        # The committed files units' input files, compact (`CommittedFiles`): the entries held in
+        # `manifest` drop their `uris` and `stamps` as they are read (`_slim`), so a rerun over
+        # 10^7 committed files holds ~40 bytes per file, not the entries' lists.
+        self._files = CommittedFiles()
         found = ManifestRead()
         if layout is not None:
-            found = with_retries(lambda: read_manifest_report(fs, layout))
+            found = with_retries(lambda: read_manifest_report(fs, layout, shape=self._slim))
+        self._files.freeze()
         self.manifest: dict[str, dict[str, Any]] = found.entries
         self.damaged: dict[str, str] = dict(found.damaged)
-        # committed file URI → (unit id, recorded stamp)
-        self._recorded: dict[str, tuple[str, str]] = {}
-        for unit_id, entry in self.manifest.items():
-            info = entry.get("unit_info") or {}
-            if info.get("kind") != "files":
-                continue
-            uris = [str(u) for u in info.get("uris") or ()]
-            stamps = [str(x) for x in info.get("stamps") or ()]
-            for index, uri in enumerate(uris):
-                self._recorded[uri] = (unit_id, stamps[index] if index < len(stamps) else "")
-        self._seen: dict[str, str] = {}
         self._units = iter_units(
             input_url,
             storage_options=storage_options,
             kind=kind,
             files_per_unit=files_per_unit,
-            exclude_uris=frozenset(self._recorded),
+            exclude_uris=self._files,
             glob=glob,
             exclude_under=output,
             id_prefix=id_prefix,
-            seen=self._seen,
+            seen=self._files,
         )
         self.planned = 0  # units the input yields after excluding committed files (done ones included)
         self.changed: list[str] = []  # committed units whose inputs changed: redone
@@ -136,6 +133,30 @@ class PlanStream:
         self.deleted_uris: list[str] = []  # committed inputs no longer listed
         self.yielded = 0  # units handed out (to do)
         self.done = False
+
+    def _slim(self, unit_id: str, entry: dict[str, Any]) -> dict[str, Any]:
+        """What `manifest` holds of an entry: a files unit's URIs and stamps go to `_files`."""
+        info = entry.get("unit_info") or {}
+        if info.get("kind") != "files":
+            return entry
+        uris = [str(u) for u in info.get("uris") or ()]
+        self._files.add_unit(unit_id, uris, [str(x) for x in info.get("stamps") or ()])
+        slim = {k: v for k, v in info.items() if k not in ("uris", "stamps")}
+        slim["n_uris"] = len(uris)
+        return {**entry, "unit_info": slim, SLIM: True}
+
+    def full_entries(self, unit_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The whole manifest entries of `unit_ids` (`manifest` holds files units slimmed): one
+        more manifest read, keeping only these."""
+        wanted = set(unit_ids)
+        if not wanted or self._layout is None:
+            return {}
+        fs, layout = self._fs, self._layout
+
+        def keep(unit_id: str, entry: dict[str, Any]) -> dict[str, Any] | None:
+            return entry if unit_id in wanted else None
+
+        return with_retries(lambda: read_manifest_report(fs, layout, shape=keep)).entries
 
     def __iter__(self) -> Iterator[InputUnit]:
         for unit in self._units:
@@ -151,24 +172,32 @@ class PlanStream:
                 self.changed_uris.append(unit.uris[0])
             self.yielded += 1
             yield unit
-        # Files units: any recorded file whose stamp changed sends its whole unit back to work.
+        # Files units: any recorded file whose stamp changed sends its whole unit back to work;
+        # the few units with changed or vanished files are read again whole to name them.
+        files = self._files
+        changed_units = files.changed_units()
+        involved = self.full_entries(changed_units | files.unseen_units())
         stale: dict[str, InputUnit] = {}
-        seen = self._seen
-        for uri, (unit_id, stamp) in self._recorded.items():
-            current = seen.get(uri)
-            if current is None or not stamp or current == stamp:
+        for unit_id, full in sorted(involved.items()):
+            info = full.get("unit_info") or {}
+            uris = [str(u) for u in info.get("uris") or ()]
+            recorded = [str(x) for x in info.get("stamps") or ()]
+            self.deleted_uris += [uri for uri in uris if not files.seen(uri)]
+            self.changed_uris += [uri for uri in uris if files.is_changed(uri)]
+            if unit_id not in changed_units:
                 continue
-            self.changed_uris.append(uri)
-            if unit_id in stale:
-                continue
-            unit = InputUnit.from_dict(self.manifest[unit_id]["unit_info"])
-            keep = [i for i, u in enumerate(unit.uris) if u in seen]  # deleted files leave the unit
+            unit = InputUnit.from_dict({**info, "unit_id": unit_id})
+            keep = [i for i, uri in enumerate(uris) if files.seen(uri)]  # deleted files leave the unit
             stale[unit_id] = dataclasses.replace(
-                unit, uris=tuple(unit.uris[i] for i in keep), stamps=tuple(seen[unit.uris[i]] for i in keep)
+                unit,
+                uris=tuple(uris[i] for i in keep),
+                stamps=tuple(
+                    files.current_stamp(uris[i]) or (recorded[i] if i < len(recorded) else "") for i in keep
+                ),
             )
         self.changed.extend(sorted(stale))
         self.changed_uris.sort()
-        self.deleted_uris = sorted(uri for uri in self._recorded if uri not in seen)
+        self.deleted_uris.sort()
         self.done = True
         for unit_id in sorted(stale):
             self.yielded += 1

@@ -1,0 +1,135 @@
+"""Committers: each unit is assembled and committed by exactly one committer, wherever its rows land.
+
+The committers run here in-process (no Ray cluster): each is handed every block, as the driver
+hands it every block reference, and must keep only the units `owner_of` gives it. The job-level
+faults (a committer killed mid-job) are in tests/test_faults.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from pipeline.dataset.layout import OutputLayout, dataset_version
+from pipeline.dataset.manifest import load_errors, load_tokens, read_manifest
+from pipeline.io.storage import open_filesystem
+from pipeline.records import InputUnit
+from pipeline.tokenize.commit_stage import CommitReport, UnitCommitter, owner_of
+from pipeline.tokenize.prepare_stage import ERROR, SEGMENT, UNIT, empty_row
+from tests.helpers import FINGERPRINT
+
+
+def _block(rows: list[dict]) -> pa.Table:
+    """An encode-stage output block (Ray Data stores them as Arrow tables)."""
+    columns: dict[str, list] = {name: [] for name in empty_row()}
+    for overrides in rows:
+        for name, value in {**empty_row(), **overrides}.items():
+            columns[name].append(value)
+    return pa.table(columns)
+
+
+def _unit_rows(unit_id: str, items: int) -> list[dict]:
+    """Rows of a unit of `items` one-segment items; the last item fails to decode."""
+    unit = InputUnit(unit_id, "files", tuple(f"file:///{unit_id}/{i}.wav" for i in range(items)))
+    rows: list[dict] = [{"row_kind": UNIT, "unit_id": unit_id, "n_items": items, "unit": unit.to_json()}]
+    for i in range(items):
+        common = {"unit_id": unit_id, "item_index": i, "item_id": f"{unit_id}/{i}"}
+        common["source_uri"] = unit.uris[i]
+        if i == items - 1:
+            rows.append({**common, "row_kind": ERROR, "stage": "decode", "reason": "undecodable"})
+        else:
+            tokens = np.arange(4, dtype=np.uint16) + i
+            rows.append(
+                {
+                    **common,
+                    "row_kind": SEGMENT,
+                    "seg_index": 0,
+                    "n_segments": 1,
+                    "num_tokens": 2,
+                    "duration_s": 0.5,
+                    "tokens": tokens.tobytes(),
+                }
+            )
+    return rows
+
+
+def _committers(out: Path, count: int) -> list[UnitCommitter]:
+    version = dataset_version(FINGERPRINT)
+    return [
+        UnitCommitter(
+            index,
+            count,
+            output=str(out),
+            storage_options={},
+            version=version,
+            fingerprint=FINGERPRINT,
+            formats=("parquet",),
+            run_id="test-run",
+            threads=2,
+        )
+        for index in range(count)
+    ]
+
+
+@pytest.mark.parametrize("count", [1, 3])
+def test_every_unit_is_committed_once_by_its_owner(tmp_path: Path, count: int) -> None:
+    unit_ids = [f"u{n:02d}" for n in range(12)]
+    rows = [row for unit_id in unit_ids for row in _unit_rows(unit_id, 3)]
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(rows))  # rows of a unit arrive in any order, across blocks
+    blocks = [_block([rows[i] for i in order[start : start + 5]]) for start in range(0, len(rows), 5)]
+    committers = _committers(tmp_path / "out", count)
+    reports: dict[int, list[CommitReport]] = {c.index: [] for c in committers}
+    for block in blocks:
+        for committer in committers:  # the driver hands every block to every committer
+            reports[committer.index] += committer.add(block)
+    for committer in committers:
+        done, unfinished = committer.finish_round()
+        reports[committer.index] += done
+        assert unfinished == 0
+
+    for index, mine in reports.items():
+        assert {r.unit_id for r in mine} == {u for u in unit_ids if owner_of(u, count) == index}
+    every = [r for mine in reports.values() for r in mine]
+    assert sorted(r.unit_id for r in every) == unit_ids and not any(r.error for r in every)
+    assert sum(r.items_ok for r in every) == 24 and sum(r.items_failed for r in every) == 12
+    assert all(r.reasons == {"undecodable": 1} for r in every)
+
+    fs, _ = open_filesystem(str(tmp_path / "out"))
+    layout = OutputLayout(str(tmp_path / "out"), dataset_version(FINGERPRINT))
+    assert sorted(read_manifest(fs, layout)) == unit_ids
+    token_ids = load_tokens(fs, layout, columns=["id"]).column("id").to_pylist()
+    error_ids = [row["id"] for row in load_errors(fs, layout).to_pylist()]
+    assert sorted(token_ids + error_ids) == sorted(f"{u}/{i}" for u in unit_ids for i in range(3))
+
+
+def test_a_unit_split_across_a_round_boundary_is_never_committed_half(tmp_path: Path) -> None:
+    (committer,) = _committers(tmp_path / "out", 1)
+    rows = _unit_rows("u1", 3)
+    committer.add(_block(rows[:2]))
+    done, unfinished = committer.finish_round()
+    assert done == [] and unfinished == 1  # the driver redoes it in a later round
+    committer.begin_round()
+    committer.add(_block(rows))
+    done, unfinished = committer.finish_round()
+    assert [r.unit_id for r in done] == ["u1"] and unfinished == 0
+
+
+def test_a_failed_commit_is_reported_not_raised(tmp_path: Path) -> None:
+    blocker = tmp_path / "out"
+    blocker.write_text("a file where the output folder should be")
+    (committer,) = _committers(blocker, 1)
+    committer.add(_block(_unit_rows("u1", 2)))
+    (report,), _ = committer.finish_round()
+    assert report.unit_id == "u1" and report.error  # the driver fails the job with it
+
+
+def test_owner_of_is_stable_and_spreads() -> None:
+    ids = [f"shard-{n:05d}" for n in range(1000)]
+    owners = [owner_of(u, 4) for u in ids]
+    assert owners == [owner_of(u, 4) for u in ids]
+    assert all(200 <= owners.count(k) <= 300 for k in range(4))
+    assert {owner_of(u, 1) for u in ids} == {0}
