@@ -6,6 +6,7 @@ wall second. Prints figures, never passes or fails.
     python bench/pipeline_throughput.py throughput --files 6 --seconds 20 --size full
     python bench/pipeline_throughput.py memory --files 40 --scale 10     # tiny codec, peak RSS
     python bench/pipeline_throughput.py driver --units 200 --items-per-unit 100   # no Ray, no codec
+    python bench/pipeline_throughput.py route --units 200 --items-per-unit 100 --committers 2
 
 `driver` measures one committer's work (pipeline/tokenize/commit_stage.py: `UnitAssembler` +
 `commit_finished` on `commit_threads` threads, what a `UnitCommitter` does per block) on synthesized
@@ -358,11 +359,81 @@ def driver(args) -> None:
             server.stop()
 
 
+def route(args) -> None:
+    """The driver's work per block now that committers assemble and commit: the synthesized
+    encoder output goes into the object store as Arrow blocks (what the encode stage leaves
+    there), and the driver hands each block reference to `--committers` real `UnitCommitter`
+    actors through `CommitterPool`, as `execute_units` does. Driver CPU (this process, all
+    threads) per item is the driver's ceiling; committer CPU is not in it."""
+    import pyarrow as pa
+    import ray
+
+    from pipeline.dataset.layout import OutputLayout
+    from pipeline.tokenize.commit_stage import CommitterPool, UnitCommitter
+
+    fingerprint = {"codec": "semanticodec", "token_rate": 50, "semantic_vocab_size": 16384, "bench": "route"}
+    batches = _encoded_batches(args)
+    items = args.units * args.items_per_unit
+    work = Path(tempfile.mkdtemp(prefix="semtok-route-"))
+    layout = OutputLayout.for_fingerprint(str(work / "out"), fingerprint)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    try:
+        refs = [ray.put(pa.table({k: list(v) for k, v in batch.items()})) for batch in batches]
+        actor = ray.remote(UnitCommitter).options(num_cpus=0)
+
+        def make(index: int):
+            return actor.remote(
+                index,
+                args.committers,
+                output=layout.root_url,
+                storage_options={},
+                version=layout.version,
+                fingerprint=fingerprint,
+                formats=tuple(args.formats.split(",")),
+                run_id="bench",
+                threads=args.commit_threads,
+            )
+
+        pool = CommitterPool(args.committers, make)
+        pool.begin_round()
+        wall, cpu = time.perf_counter(), time.process_time()
+        reports = []
+        for start in range(0, len(refs), args.blocks_per_call):
+            reports += pool.send(refs[start : start + args.blocks_per_call])
+        done, unfinished = pool.finish_round()
+        reports += done
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        pool.close()
+    finally:
+        ray.shutdown()
+    assert len(reports) == args.units and not unfinished and not any(r.error for r in reports)
+    print(
+        json.dumps(
+            {
+                "units": args.units,
+                "items_per_unit": args.items_per_unit,
+                "blocks": len(refs),
+                "batch": args.batch,
+                "committers": args.committers,
+                "blocks_per_call": args.blocks_per_call,
+                "wall_s": round(wall, 2),
+                "items_per_s": round(items / wall),
+                "driver_cpu_s": round(cpu, 2),
+                "driver_items_per_cpu_s": round(items / cpu),
+                "driver_ms_per_block": round(1000 * cpu / len(refs), 3),
+            },
+            indent=1,
+        )
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("mode", choices=["throughput", "memory", "memory-child", "driver"])
+    parser.add_argument("mode", choices=["throughput", "memory", "memory-child", "driver", "route"])
+    parser.add_argument("--committers", type=int, default=1, help="route: committer actors")
+    parser.add_argument("--blocks-per-call", type=int, default=16, help="route: blocks per committer call")
     parser.add_argument("--files", type=int, default=6)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--scale", type=int, default=10)
@@ -379,7 +450,8 @@ def main() -> None:
     parser.add_argument("--s3", action="store_true", help="driver: commit to a local SeaweedFS")
     args = parser.parse_args()
     args.size = args.size or ("full" if args.mode == "throughput" else "tiny")
-    modes = {"throughput": throughput, "memory": memory, "memory-child": memory_child, "driver": driver}
+    modes = {"throughput": throughput, "memory": memory, "memory-child": memory_child}
+    modes.update(driver=driver, route=route)
     modes[args.mode](args)
 
 

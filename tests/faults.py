@@ -55,14 +55,17 @@ class FaultyEncodeActor(EncodeActor):
 class FaultyUnitCommitter(UnitCommitter):
     """The production committer, dying on the first block that holds the item the environment names."""
 
-    def add(self, block: Any) -> list[CommitReport]:
+    def add(self, blocks: Sequence[Any]) -> list[CommitReport]:
+        import ray
         from ray.data.block import BlockAccessor
 
-        ids = BlockAccessor.for_block(block).to_batch_format("numpy")["item_id"]
         target = os.environ.get(COMMITTER_CRASH_ONCE_ENV)
-        if target and any(str(i) == target for i in ids):
-            _die_once(os.environ.get(COMMITTER_CRASH_MARKER_ENV), f"committer {self.index}", target)
-        return super().add(block)
+        for block in blocks:
+            data = ray.get(block) if isinstance(block, ray.ObjectRef) else block
+            ids = BlockAccessor.for_block(data).to_batch_format("numpy")["item_id"]
+            if target and any(str(i) == target for i in ids):
+                _die_once(os.environ.get(COMMITTER_CRASH_MARKER_ENV), f"committer {self.index}", target)
+        return super().add(blocks)
 
 
 def _maybe_fail_always(batch: dict[str, np.ndarray], index: np.ndarray) -> None:

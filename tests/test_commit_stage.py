@@ -85,7 +85,7 @@ def test_every_unit_is_committed_once_by_its_owner(tmp_path: Path, count: int) -
     reports: dict[int, list[CommitReport]] = {c.index: [] for c in committers}
     for block in blocks:
         for committer in committers:  # the driver hands every block to every committer
-            reports[committer.index] += committer.add(block)
+            reports[committer.index] += committer.add([block])
     for committer in committers:
         done, unfinished = committer.finish_round()
         reports[committer.index] += done
@@ -109,11 +109,11 @@ def test_every_unit_is_committed_once_by_its_owner(tmp_path: Path, count: int) -
 def test_a_unit_split_across_a_round_boundary_is_never_committed_half(tmp_path: Path) -> None:
     (committer,) = _committers(tmp_path / "out", 1)
     rows = _unit_rows("u1", 3)
-    committer.add(_block(rows[:2]))
+    committer.add([_block(rows[:2])])
     done, unfinished = committer.finish_round()
     assert done == [] and unfinished == 1  # the driver redoes it in a later round
     committer.begin_round()
-    committer.add(_block(rows))
+    committer.add([_block(rows[:1]), _block(rows[1:])])
     done, unfinished = committer.finish_round()
     assert [r.unit_id for r in done] == ["u1"] and unfinished == 0
 
@@ -122,7 +122,7 @@ def test_a_failed_commit_is_reported_not_raised(tmp_path: Path) -> None:
     blocker = tmp_path / "out"
     blocker.write_text("a file where the output folder should be")
     (committer,) = _committers(blocker, 1)
-    committer.add(_block(_unit_rows("u1", 2)))
+    committer.add([_block(_unit_rows("u1", 2))])
     (report,), _ = committer.finish_round()
     assert report.unit_id == "u1" and report.error  # the driver fails the job with it
 

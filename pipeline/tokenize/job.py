@@ -44,7 +44,14 @@ from pipeline.runtime.interrupt import Interrupted
 from pipeline.runtime.ray_setup import init_ray, worker_storage_options
 from pipeline.runtime.telemetry import JobMetrics
 from pipeline.tokenize.assemble import FinishedUnit
-from pipeline.tokenize.commit_stage import COMMIT_RETRIES, CommitReport, CommitterPool, UnitCommitter
+from pipeline.tokenize.commit_stage import (
+    BLOCKS_PER_CALL,
+    BLOCKS_WAIT_S,
+    COMMIT_RETRIES,
+    CommitReport,
+    CommitterPool,
+    UnitCommitter,
+)
 from pipeline.tokenize.encode_stage import EncodeActor
 from pipeline.tokenize.fingerprint import job_fingerprint
 from pipeline.tokenize.prepare_stage import PrepareUnit
@@ -693,13 +700,21 @@ def execute_units(
                 only_items=only_items,
                 run_id=summary.run_id,
             )
+            waiting: list[Any] = []  # block references not handed over yet
+            since = time.monotonic()
             for bundle in dataset.iter_internal_ref_bundles():
                 if lease is not None:
                     lease.check()  # a run that lost its lease (taken over as stale) must not write on
-                for block_ref in bundle.block_refs:
-                    record(pool.send(block_ref))
+                waiting += bundle.block_refs
+                if len(waiting) >= BLOCKS_PER_CALL or time.monotonic() - since >= BLOCKS_WAIT_S:
+                    record(pool.send(waiting))
+                    waiting, since = [], time.monotonic()
+                else:
+                    record(pool.poll())
                 progress.total = feed.total
                 progress.update(summary)
+            if waiting:
+                record(pool.send(waiting))
             reports, unfinished = pool.finish_round()
             record(reports)
             missing = [unit for unit in round_units if unit.unit_id not in done_ids]
