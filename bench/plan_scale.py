@@ -104,10 +104,14 @@ def write_s3(fs, base: str, objects: int, per_folder: int) -> None:  # noqa: ANN
 
 def run_mode(mode: str, url: str, options: dict, files_per_unit: int) -> dict:
     """One mode, in this process: wall seconds, units, peak RSS (MiB) above the imports."""
+    import gc
+
     from pipeline.io.sources import iter_units, plan_units
     from pipeline.tokenize.work_plan import PlanStream
 
+    gc.collect()
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    before = _rss_mib()
     started = time.perf_counter()
     first = None
     units = 0
@@ -144,8 +148,25 @@ def run_mode(mode: str, url: str, options: dict, files_per_unit: int) -> dict:
                 first = time.perf_counter() - started
             units += 1
     wall = time.perf_counter() - started
+    gc.collect()
+    held = _rss_mib() - before  # what the planner still holds at the listing's end (stream alive)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"mode": mode, "wall_s": wall, "first_unit_s": first, "units": units, "peak_mib": peak - base}
+    return {
+        "mode": mode,
+        "wall_s": wall,
+        "first_unit_s": first,
+        "units": units,
+        "peak_mib": peak - base,
+        "held_mib": held,
+    }
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -200,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
                 first = "-" if r["first_unit_s"] is None else f"{r['first_unit_s']:.2f} s"
                 print(
                     f"{mode:>6}: {r['wall_s']:.1f} s, {r['units']} units, first unit after {first}, "
-                    f"driver peak +{r['peak_mib']:.0f} MiB"
+                    f"driver peak +{r['peak_mib']:.0f} MiB, held at the end +{r['held_mib']:.0f} MiB"
                 )
         finally:
             if server is not None:
