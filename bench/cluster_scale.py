@@ -91,8 +91,18 @@ class Sampler(threading.Thread):
         self.samples.append((time.perf_counter() - self.started, self.committed(), rss_mb(), cpu_s()))
 
     def run(self) -> None:
+        last_print = time.perf_counter()
         while not self.stop.wait(self.interval):
             self.run_once()
+            if time.perf_counter() - last_print >= 300:  # partial figures survive a stopped run
+                last_print = time.perf_counter()
+                t, committed, rss, cpu = self.samples[-1]
+                print(
+                    f"[bench] {t:.0f} s: {committed} units committed, driver RSS {rss:.0f} MiB, "
+                    f"driver CPU {cpu:.1f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -110,7 +109,7 @@ def run_mode(mode: str, url: str, options: dict, files_per_unit: int) -> dict:
     from pipeline.tokenize.work_plan import PlanStream
 
     gc.collect()
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    base = _status_mib("VmHWM")  # not ru_maxrss: Linux carries the parent's peak across exec
     before = _rss_mib()
     started = time.perf_counter()
     first = None
@@ -150,7 +149,7 @@ def run_mode(mode: str, url: str, options: dict, files_per_unit: int) -> dict:
     wall = time.perf_counter() - started
     gc.collect()
     held = _rss_mib() - before  # what the planner still holds at the listing's end (stream alive)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _status_mib("VmHWM")
     return {
         "mode": mode,
         "wall_s": wall,
@@ -162,9 +161,14 @@ def run_mode(mode: str, url: str, options: dict, files_per_unit: int) -> dict:
 
 
 def _rss_mib() -> float:
+    return _status_mib("VmRSS")
+
+
+def _status_mib(field: str) -> float:
+    """A memory figure of this process from /proc/self/status (VmRSS now, VmHWM its peak)."""
     with open("/proc/self/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return 0.0
 
