@@ -178,7 +178,8 @@ def decode_index(
         raise IndexDamaged(f"{rows_stored} rows but its metadata says {meta.get('units')!r} units")
     rows: dict[str, IndexRow] = {}
     seen: set[str] = set()
-    batches = reader.iter_batches(batch_size=DECODE_BATCH_ROWS, columns=list(SCHEMA.names[:3]))
+    # Every column, so a damaged page anywhere (its CRC) damns the file, as the format says.
+    batches = reader.iter_batches(batch_size=DECODE_BATCH_ROWS)
     while True:
         try:
             batch = next(batches, None)
@@ -187,9 +188,9 @@ def decode_index(
             raise IndexDamaged(why[:300]) from None
         if batch is None:
             break
-        units = batch.column(0).to_pylist()
-        entries = batch.column(1).to_pylist()
-        stamps = batch.column(2).to_pylist()
+        units = batch.column("unit_id").to_pylist()
+        entries = batch.column("entry").to_pylist()
+        stamps = batch.column("entry_stamp").to_pylist()
         for unit_id, text, stamp in zip(units, entries, stamps, strict=True):
             if not isinstance(unit_id, str) or not SAFE_ID.match(unit_id) or unit_id in seen:
                 raise IndexDamaged(f"unit id {unit_id!r} is missing, unsafe or repeated")
