@@ -14,10 +14,12 @@ import pyarrow as pa
 import pytest
 
 from pipeline.dataset.layout import OutputLayout, dataset_version
+from pipeline.dataset.lease import acquire_lease
 from pipeline.dataset.manifest import load_errors, load_tokens, read_manifest
 from pipeline.io.storage import open_filesystem
 from pipeline.records import InputUnit
-from pipeline.tokenize.commit_stage import CommitReport, UnitCommitter, owner_of
+from pipeline.tokenize import commit_stage
+from pipeline.tokenize.commit_stage import CommitReport, LeaseGuard, UnitCommitter, owner_of
 from pipeline.tokenize.prepare_stage import ERROR, SEGMENT, UNIT, empty_row
 from tests.helpers import FINGERPRINT
 
@@ -56,7 +58,7 @@ def _unit_rows(unit_id: str, items: int) -> list[dict]:
     return rows
 
 
-def _committers(out: Path, count: int) -> list[UnitCommitter]:
+def _committers(out: Path, count: int, lease: LeaseGuard | None = None) -> list[UnitCommitter]:
     version = dataset_version(FINGERPRINT)
     return [
         UnitCommitter(
@@ -69,6 +71,7 @@ def _committers(out: Path, count: int) -> list[UnitCommitter]:
             formats=("parquet",),
             run_id="test-run",
             threads=2,
+            lease=lease,
         )
         for index in range(count)
     ]
@@ -133,3 +136,26 @@ def test_owner_of_is_stable_and_spreads() -> None:
     assert owners == [owner_of(u, 4) for u in ids]
     assert all(200 <= owners.count(k) <= 300 for k in range(4))
     assert {owner_of(u, 1) for u in ids} == {0}
+
+
+def test_committers_stop_committing_once_another_run_holds_the_lease(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The driver may be blocked while committers work through their queue: each checks the lock
+    record itself, and commits nothing once it names another run (taken over as stale)."""
+    monkeypatch.setattr(commit_stage, "LEASE_CHECK_S", 0.0)
+    out = tmp_path / "out"
+    fs, _ = open_filesystem(str(out))
+    layout = OutputLayout.for_fingerprint(str(out), FINGERPRINT)
+    ours = acquire_lease(fs, layout, "run-a", command="test", heartbeat=False)
+    (committer,) = _committers(out, 1, LeaseGuard(ours.run_id, ours.nonce))
+    committer.add([_block(_unit_rows("u1", 2))])
+    (report,), _ = committer.finish_round()
+    assert report.unit_id == "u1" and not report.error
+    ours.release()
+    theirs = acquire_lease(fs, layout, "run-b", command="test", heartbeat=False)
+    committer.add([_block(_unit_rows("u2", 2))])
+    (report,), _ = committer.finish_round()
+    assert "run-b" in report.error and "not committing" in report.error
+    assert sorted(read_manifest(fs, layout)) == ["u1"]  # u2 was never published
+    theirs.release()

@@ -111,3 +111,33 @@ def test_a_rerun_plans_new_changed_and_gone_files_as_before(tmp_path: Path, comp
     assert whole == read_manifest(fs, layout)[changed.unit_id] and len(whole["unit_info"]["uris"]) == 2
     with pytest.raises(ValueError, match="slim"):
         add_webdataset_twin(fs, layout, changed.unit_id, held, FINGERPRINT)
+
+
+def test_a_unit_whose_newest_entry_is_damaged_is_planned_again(tmp_path: Path) -> None:
+    """Its index row was read (and its files noted) before its newer entry file turned out damaged:
+    the unit counts as not committed, so its files are planned, not skipped as committed."""
+    src, out = tmp_path / "in", str(tmp_path / "out")
+    _write(src, [f"f{i}.wav" for i in range(4)])
+    layout, units = _commit_all(str(src), out)
+    fs, _ = open_filesystem(out)
+    compact_output(out)
+    first = units[0]
+    rows = [token_row(uri.rsplit("/", 1)[-1], source_uri=uri) for uri in first.uris]
+    info = {**first.to_dict(), "n_items": len(rows)}
+    commit_unit(fs, layout, first.unit_id, token_rows=rows, fingerprint=FINGERPRINT, unit_info=info)
+    Path(layout.manifest_path(first.unit_id)).write_text("{damaged")  # newer than its index row
+    kwargs = {"storage_options": {}, "kind": "files", "files_per_unit": 2, "glob": None}
+    stream = PlanStream(str(src), fs, layout, **kwargs)
+    planned = list(stream)
+    assert first.unit_id not in stream.manifest and stream.damaged
+    assert [u.uris for u in planned] == [first.uris] and not stream.deleted_uris
+
+
+def test_a_file_committed_without_a_stamp_gets_its_current_one_when_its_unit_is_redone() -> None:
+    files = CommittedFiles()
+    files.add_unit("u1", ["file:///a.wav", "file:///b.wav"], ["", "size:1;mtime:1"])
+    files.freeze()
+    files["file:///a.wav"] = "size:5;mtime:5"
+    files["file:///b.wav"] = "size:2;mtime:2"
+    assert files.changed_units() == {"u1"} and not files.is_changed("file:///a.wav")
+    assert files.current_stamp("file:///a.wav") == "size:5;mtime:5"  # recorded with the redo

@@ -21,7 +21,7 @@ re-read from the manifest once the listing ends (`pipeline/tokenize/work_plan.py
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Container, Iterator, Sequence
 
 import numpy as np
 
@@ -60,7 +60,8 @@ class CommittedFiles:
         self._units = np.empty(0, dtype=np.int32)
         self._seen = np.empty(0, dtype=bool)
         self._current = np.empty(0, dtype=np.uint64)
-        self._current_text: dict[int, str] = {}  # current stamps that differ from the recorded one
+        self._current_text: dict[int, str] = {}  # current stamps: changed, or none was recorded
+        self._changed: set[int] = set()  # positions whose current stamp differs from the recorded
         self._last: tuple[str | None, int] = (None, -1)
 
     def add_unit(self, unit_id: str, uris: Sequence[str], stamps: Sequence[str]) -> None:
@@ -72,6 +73,15 @@ class CommittedFiles:
             dtype=np.uint64,
         )
         self._building[unit_id] = (keys, recorded.tobytes())
+
+    def retain(self, unit_ids: Container[str]) -> None:
+        """Keep only these units: a reader may have handed over entries it then found superseded
+        by a damaged newer one, or read from an index it then found damaged (their files must be
+        planned again, not skipped)."""
+        if self._building is None:
+            raise RuntimeError("CommittedFiles is frozen")
+        for unit_id in [u for u in self._building if u not in unit_ids]:
+            del self._building[unit_id]
 
     def freeze(self) -> CommittedFiles:
         """Sort the digests for lookups; no unit can be added after."""
@@ -115,29 +125,33 @@ class CommittedFiles:
             return
         self._seen[at] = True
         self._current[at] = _stamp_key(stamp)
-        if self._stamps[at] != _NO_STAMP and self._current[at] != self._stamps[at]:
+        if self._stamps[at] == _NO_STAMP:
+            self._current_text[at] = stamp  # a redone unit records it: later reruns can compare
+        elif self._current[at] != self._stamps[at]:
             self._current_text[at] = stamp
+            self._changed.add(at)
 
     def seen(self, uri: str) -> bool:
         at = self._index(uri)
         return at >= 0 and bool(self._seen[at])
 
     def current_stamp(self, uri: str) -> str | None:
-        """The stamp the listing saw for `uri` when it differs from the recorded one, else None."""
+        """The stamp the listing saw for `uri` when it differs from the recorded one (or none was
+        recorded), else None: the recorded one is current."""
         return self._current_text.get(self._index(uri))
 
     def is_changed(self, uri: str) -> bool:
         at = self._index(uri)
-        return at >= 0 and at in self._current_text
+        return at >= 0 and at in self._changed
 
     def _unit_names(self, mask: np.ndarray) -> set[str]:
         return {self._unit_ids[u] for u in np.unique(self._units[mask])}
 
     def changed_units(self) -> set[str]:
         """Units with a file still listed whose stamp differs from the recorded one."""
-        if not self._current_text:
+        if not self._changed:
             return set()
-        return self._unit_names(np.fromiter(self._current_text, dtype=np.int64))
+        return self._unit_names(np.fromiter(self._changed, dtype=np.int64))
 
     def unseen_units(self) -> set[str]:
         """Units with a file the listing did not see (deleted, or moved out of the input)."""

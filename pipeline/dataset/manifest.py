@@ -203,8 +203,10 @@ def read_manifest_report(
     damage (storage errors still propagate: wrap in `with_retries`).
 
     `shape(unit_id, entry)` is what `entries` holds of each good entry as it is read (None: leave
-    the unit out), so a reader of 10⁵ entries need not hold them whole. An index row may be shaped
-    and then replaced by a newer entry file of its unit, which is shaped in turn."""
+    the unit out), so a reader of 10⁵ entries need not hold them whole. `shape` may see entries
+    that do not make it into `entries`: an index row replaced by its unit's newer entry file
+    (shaped in turn) or dropped because that file is damaged, rows of an index found damaged
+    partway; a `shape` with side effects must check the result (`PlanStream` does)."""
     loose, indexes = list_manifest(fs, layout)
     result = ManifestRead(index_seqs=sorted(indexes))
     rows = _newest_index(fs, indexes, result, shape)

@@ -1,9 +1,10 @@
-"""Stage 3 (driver): join segment tokens back into items, and items into finished units.
+"""Stage 3 (committer actors, pipeline/tokenize/commit_stage.py): join segment tokens back into
+items, and items into finished units.
 
 Rows of one unit arrive in any order, across many batches. A unit is finished when its closing
 `unit` row has arrived and every one of its items is accounted for: all segments encoded (a token
 row) or an error (an error row). Only unfinished units are held, and only their tokens (a few KB
-per minute of audio), so driver memory stays flat however large the corpus is.
+per minute of audio), so a committer's memory stays flat however large the corpus is.
 
 Ray Data redoes work after faults (a restarted actor redoes its in-flight batch; a lost node's
 blocks are rebuilt), so a row may arrive twice. Segments are keyed, never counted, and rows of a

@@ -11,7 +11,8 @@ and answers with one small `CommitReport` per unit. The driver opens no block an
 A committer that dies (its node lost) takes its half-assembled units with it. `CommitterPool`
 starts a replacement, and the driver encodes the units of that round that no report names again
 in a later round (pipeline/tokenize/job.py). A commit is idempotent (same final names), so a unit
-committed whose report was lost is committed again, never added twice.
+committed whose report was lost is committed again, never added twice. Committers check the
+output's lease themselves (`LeaseGuard`): once another run holds it, they commit nothing more.
 
     pool = CommitterPool(2, make_actor)           # make_actor(index) -> an actor handle
     pool.begin_round()
@@ -23,6 +24,7 @@ committed whose report was lost is committed again, never added twice.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
 import zlib
 from collections.abc import Callable, Mapping, Sequence
@@ -39,12 +41,16 @@ from pipeline.tokenize.assemble import FinishedUnit, UnitAssembler
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CommitReport", "CommitterPool", "UnitCommitter", "commit_finished", "owner_of"]
+__all__ = ["CommitReport", "CommitterPool", "LeaseGuard", "UnitCommitter", "commit_finished", "owner_of"]
 
 # A failed commit fails the job, so commits wait out a storage outage of ~half a minute.
 COMMIT_RETRIES: dict[str, Any] = {"attempts": 8, "max_delay": 30.0}
 # Calls in flight per committer before the driver waits: bounds the blocks held for committers.
 CALLS_IN_FLIGHT = 4
+# A committer re-reads the output's lease record at most this often (one small GET), before commits.
+LEASE_CHECK_S = 5.0
+# Committers replaced in one run before the run gives up (they keep dying: e.g. cannot start).
+MAX_LOST_PER_COMMITTER = 3
 # Blocks the driver hands over per call: a call costs the driver about the same for 1 block or 16
 # (bench/pipeline_throughput.py route), so it batches references, up to BLOCKS_WAIT_S old.
 BLOCKS_PER_CALL = 16
@@ -75,6 +81,30 @@ class CommitReport:
             reasons,
             error,
         )
+
+
+class LeaseGuard:
+    """A committer's check that its run still holds the output's writer lease: the lock record
+    (`_lock.json`) must still carry this run's nonce. Read at most every LEASE_CHECK_S; a run
+    whose lease was taken over (it looked dead: e.g. a storage outage stopped its heartbeat) must
+    not write on, even with commits queued on committers the driver cannot reach in time."""
+
+    def __init__(self, run_id: str, nonce: str) -> None:
+        self.run_id, self.nonce = run_id, nonce
+        self._checked = float("-inf")
+
+    def check(self, fs: Any, layout: OutputLayout) -> None:
+        import time
+
+        from pipeline.dataset.lease import LeaseLost, read_lease
+
+        if time.monotonic() - self._checked < LEASE_CHECK_S:
+            return
+        holder = with_retries(lambda: read_lease(fs, layout))
+        if holder is None or holder.record.get("nonce") != self.nonce:
+            who = "nobody" if holder is None else holder.describe()
+            raise LeaseLost(f"the output's lease of run {self.run_id} is now held by {who}: not committing")
+        self._checked = time.monotonic()
 
 
 def owner_of(unit_id: str, count: int) -> int:
@@ -114,8 +144,9 @@ class UnitCommitter:
     """One committer (run as a Ray actor): assembles and commits the units `owner_of` gives it.
 
     `transform` (picklable) rewrites a finished unit before its commit, e.g. retry-failed's merge
-    with what is committed. Commits run on `threads` threads, so storage latency never stalls
-    assembly; `add` waits once 4 × `threads` commits are queued, which backs the driver off."""
+    with what is committed; `lease` is checked before each commit. Commits run on `threads`
+    threads, so storage latency never stalls assembly; `add` waits once 4 × `threads` commits are
+    queued, which backs the driver off."""
 
     def __init__(
         self,
@@ -130,8 +161,10 @@ class UnitCommitter:
         run_id: str,
         threads: int = 8,
         transform: Callable[[FinishedUnit], FinishedUnit] | None = None,
+        lease: LeaseGuard | None = None,
     ) -> None:
         self.index, self.count = index, count
+        self._lease = lease
         self._fs, _ = open_filesystem(output, dict(storage_options))
         self._layout = OutputLayout(output.rstrip("/"), version)
         self._fingerprint, self._formats, self._run_id = dict(fingerprint), tuple(formats), run_id
@@ -181,6 +214,8 @@ class UnitCommitter:
 
     def _commit(self, finished: FinishedUnit) -> CommitReport:
         try:
+            if self._lease is not None:
+                self._lease.check(self._fs, self._layout)
             unit = self._transform(finished) if self._transform is not None else finished
             commit_finished(
                 self._fs,
@@ -278,8 +313,31 @@ class CommitterPool:
             unfinished += pending
         return reports, unfinished
 
+    def drain(self, timeout_s: float) -> list[CommitReport]:
+        """Let the committers finish what they were handed, for up to `timeout_s` (a run ending on
+        an error or a stop): a recommit cut between its data and its manifest entry would leave
+        the unit's old entry naming new data until a rerun recommits it."""
+        import time
+
+        import ray
+
+        deadline = time.monotonic() + timeout_s
+        reports: list[CommitReport] = []
+        try:
+            if self._calls:
+                ray.wait(list(self._calls), num_returns=len(self._calls), timeout=timeout_s)
+            calls = [actor.finish_round.remote() for actor in self._actors]
+            ray.wait(calls, num_returns=len(calls), timeout=max(0.0, deadline - time.monotonic()))
+            for call in calls:
+                with contextlib.suppress(Exception):
+                    reports.extend(ray.get(call, timeout=0)[0])
+        except Exception as error:  # noqa: BLE001 - best effort on the way out
+            log.warning("committers not drained: %s", type(error).__name__)
+        return reports
+
     def close(self) -> None:
-        """Stop every committer now (commits in flight stop too: each is safe to cut anywhere)."""
+        """Stop every committer now (after `finish_round` or `drain`: nothing is in flight, or
+        the lease is lost and nothing more may be written)."""
         import ray
 
         for actor in self._actors:
@@ -293,6 +351,11 @@ class CommitterPool:
         if self._actors[index] is not actor:
             return  # already replaced
         self.lost += 1
+        if self.lost > MAX_LOST_PER_COMMITTER * self.count:
+            raise RuntimeError(
+                f"{self.lost} committers were lost in this run, the last with {type(error).__name__}: "
+                f"{(str(error).strip().splitlines() or [''])[0][:300]}"
+            )
         if self._on_lost is not None:
             first_line = (str(error).strip().splitlines() or [""])[0][:200]
             self._on_lost(index, f"{type(error).__name__}: {first_line}")

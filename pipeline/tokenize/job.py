@@ -50,6 +50,7 @@ from pipeline.tokenize.commit_stage import (
     COMMIT_RETRIES,
     CommitReport,
     CommitterPool,
+    LeaseGuard,
     UnitCommitter,
 )
 from pipeline.tokenize.encode_stage import EncodeActor
@@ -645,6 +646,7 @@ def execute_units(
         count=committers,
         transform=transform,
         output_options=config.storage_options if output_options is None else output_options,
+        lease=LeaseGuard(lease.run_id, lease.nonce) if lease is not None else None,
     )
 
     def lost(index: int, why: str) -> None:
@@ -661,6 +663,8 @@ def execute_units(
         for report in reports:
             if report.error:
                 raise RuntimeError(f"committing unit {report.unit_id} failed: {report.error}")
+            if report.unit_id in done_ids:
+                continue  # committed twice in a round (rows redelivered to a new committer): once
             _count(summary, report, metrics)
             done_ids.add(report.unit_id)
 
@@ -720,6 +724,12 @@ def execute_units(
             missing = [unit for unit in round_units if unit.unit_id not in done_ids]
             if missing:
                 _redo(missing, rounds_of, again, stream, unfinished=unfinished, lost=pool.lost)
+    except LeaseLost:
+        pool.close()  # another run holds the output now: not one more write
+        raise
+    except BaseException:
+        pool.drain(DRAIN_S)  # a failed commit or a stop: let the other commits in flight land
+        raise
     finally:
         pool.close()
         if feed is not units:
@@ -728,6 +738,8 @@ def execute_units(
     progress.update(summary, force=True)
 
 
+# How long a run that fails or is stopped waits for the commits already handed to committers.
+DRAIN_S = 20.0
 # A unit of a round that no committer reported (its committer was lost) is encoded again, at most
 # this many rounds in all; a unit that never finishes fails the job (rerunning resumes it).
 MAX_UNIT_ROUNDS = 3
@@ -779,6 +791,7 @@ def _committer_factory(
     count: int,
     transform: Callable[[FinishedUnit], FinishedUnit] | None,
     output_options: Mapping[str, Any],
+    lease: LeaseGuard | None,
 ) -> Callable[[int], Any]:
     """`make(index)` for `CommitterPool`: committers take no CPU from the stages (like the driver
     they wait on storage); a local output's stay on the driver's node, an object store's spread."""
@@ -794,12 +807,14 @@ def _committer_factory(
         num_cpus=0, max_restarts=0, scheduling_strategy=placement, name=None
     )
     options = worker_storage_options(layout.root_url, dict(output_options))
+    # A relative local output is the driver's: committers run with another working directory.
+    root = layout.root_url if "://" in layout.root_url else os.path.abspath(layout.root_url)
 
     def make(index: int) -> Any:
         return actor_cls.remote(
             index,
             count,
-            output=layout.root_url,
+            output=root,
             storage_options=options,
             version=layout.version,
             fingerprint=fingerprint,
@@ -807,6 +822,7 @@ def _committer_factory(
             run_id=run_id,
             threads=config.commit_threads,
             transform=transform,
+            lease=lease,
         )
 
     return make

@@ -18,6 +18,7 @@ import json
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
@@ -136,16 +137,18 @@ class _Merger:
         old_tokens = [_token_row(r) for r in _read_rows(fs, self.layout, tokens_file["path"])]
         redone = {r["id"] for r in finished.token_rows} | {r["id"] for r in finished.error_rows}
         redone &= target.retried
-        new_tokens = [r for r in finished.token_rows if r["id"] in redone]
-        new_errors = [r for r in finished.error_rows if r["id"] in redone]
-        kept_errors = [r for r in target.errors if r["id"] not in redone]
-        token_ids = {r["id"] for r in old_tokens}
-        clash = token_ids & {r["id"] for r in new_tokens}
-        if clash:  # an item in both tables would be a duplicate: refuse to commit it
-            raise RuntimeError(
-                f"unit {target.unit.unit_id}: retried items already in tokens: {sorted(clash)[:3]}"
-            )
-        return FinishedUnit(target.unit, old_tokens + new_tokens, kept_errors + new_errors)
+        # The tokens file may already hold this merge (a committer lost after the commit landed,
+        # the unit encoded again): retried items' old rows give way to their new outcome.
+        tokens = [r for r in old_tokens if r["id"] not in redone]
+        tokens += [r for r in finished.token_rows if r["id"] in redone]
+        in_tokens = {r["id"] for r in tokens}
+        errors = [r for r in target.errors if r["id"] not in redone and r["id"] not in in_tokens]
+        errors += [r for r in finished.error_rows if r["id"] in redone]
+        counts = Counter([r["id"] for r in tokens] + [r["id"] for r in errors])
+        if len(counts) != len(tokens) + len(errors):  # an item twice: refuse to commit it
+            twice = sorted(i for i, n in counts.items() if n > 1)
+            raise RuntimeError(f"unit {target.unit.unit_id}: items would appear twice: {twice[:3]}")
+        return FinishedUnit(target.unit, tokens, errors)
 
 
 def retry_failed(

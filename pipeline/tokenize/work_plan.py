@@ -113,6 +113,7 @@ class PlanStream:
         found = ManifestRead()
         if layout is not None:
             found = with_retries(lambda: read_manifest_report(fs, layout, shape=self._slim))
+        self._files.retain(found.entries)  # units the read handed over and then dropped: not committed
         self._files.freeze()
         self.manifest: dict[str, dict[str, Any]] = found.entries
         self.damaged: dict[str, str] = dict(found.damaged)
