@@ -13,15 +13,18 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from pipeline.dataset.commit import commit_unit
 from pipeline.dataset.layout import OutputLayout, dataset_version
 from pipeline.dataset.lease import acquire_lease
 from pipeline.dataset.manifest import load_errors, load_tokens, read_manifest
 from pipeline.io.storage import open_filesystem
 from pipeline.records import InputUnit
 from pipeline.tokenize import commit_stage
+from pipeline.tokenize.assemble import FinishedUnit
 from pipeline.tokenize.commit_stage import CommitReport, LeaseGuard, UnitCommitter, owner_of
 from pipeline.tokenize.prepare_stage import ERROR, SEGMENT, UNIT, empty_row
-from tests.helpers import FINGERPRINT
+from pipeline.tokenize.retry import _Merger, _Target
+from tests.helpers import FINGERPRINT, token_row
 
 
 def _block(rows: list[dict]) -> pa.Table:
@@ -159,3 +162,48 @@ def test_committers_stop_committing_once_another_run_holds_the_lease(
     assert "run-b" in report.error and "not committing" in report.error
     assert sorted(read_manifest(fs, layout)) == ["u1"]  # u2 was never published
     theirs.release()
+
+
+def test_a_retry_merge_done_twice_keeps_every_item_once(tmp_path: Path) -> None:
+    """retry-failed's merge runs in the committers: when a committer is lost after its commit
+    landed, the unit is encoded and merged again over the already merged tokens file."""
+    out = str(tmp_path / "out")
+    fs, _ = open_filesystem(out)
+    layout = OutputLayout.for_fingerprint(out, FINGERPRINT)
+    unit = InputUnit("u1", "files", ("file:///a.wav", "file:///b.wav", "file:///c.wav"))
+    errors = [
+        {
+            "id": name,
+            "source_uri": f"file:///{name}",
+            "stage": "decode",
+            "reason": "undecodable",
+            "detail": "",
+        }
+        for name in ("b.wav", "c.wav")
+    ]
+    info = {**unit.to_dict(), "n_items": 3}
+    tokens = [token_row("a.wav", source_uri="file:///a.wav")]
+    commit_unit(
+        fs, layout, "u1", token_rows=tokens, error_rows=errors, fingerprint=FINGERPRINT, unit_info=info
+    )
+    entry = read_manifest(fs, layout)["u1"]
+    target = _Target(unit, unit, errors, {"b.wav", "c.wav"})
+    merge = _Merger(layout, {}, {"u1": entry}, {"u1": target})
+    still = {**errors[1], "stage": "encode", "reason": "encode_failed"}
+    outcome = FinishedUnit(unit, [token_row("b.wav", source_uri="file:///b.wav")], [still])
+    for _ in range(2):  # the second merge reads the tokens file the first one committed
+        merged = merge(outcome)
+        assert [r["id"] for r in merged.token_rows] == ["a.wav", "b.wav"]
+        assert [(r["id"], r["reason"]) for r in merged.error_rows] == [("c.wav", "encode_failed")]
+        commit_unit(
+            fs,
+            layout,
+            "u1",
+            token_rows=merged.token_rows,
+            error_rows=merged.error_rows,
+            fingerprint=FINGERPRINT,
+            unit_info=info,
+        )
+    token_ids = load_tokens(fs, layout, columns=["id"]).column("id").to_pylist()
+    assert sorted(token_ids) == ["a.wav", "b.wav"]
+    assert [r["id"] for r in load_errors(fs, layout).to_pylist()] == ["c.wav"]
