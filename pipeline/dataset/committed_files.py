@@ -21,7 +21,7 @@ re-read from the manifest once the listing ends (`pipeline/tokenize/work_plan.py
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Container, Iterator, Sequence
+from collections.abc import Container, Sequence
 
 import numpy as np
 
@@ -156,6 +156,3 @@ class CommittedFiles:
     def unseen_units(self) -> set[str]:
         """Units with a file the listing did not see (deleted, or moved out of the input)."""
         return self._unit_names(~self._seen)
-
-    def units(self) -> Iterator[str]:
-        return iter(self._unit_ids)

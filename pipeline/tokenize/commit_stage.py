@@ -24,8 +24,8 @@ output's lease themselves (`LeaseGuard`): once another run holds it, they commit
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import logging
+import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -94,8 +94,6 @@ class LeaseGuard:
         self._checked = float("-inf")
 
     def check(self, fs: Any, layout: OutputLayout) -> None:
-        import time
-
         from pipeline.dataset.lease import LeaseLost, read_lease
 
         if time.monotonic() - self._checked < LEASE_CHECK_S:
@@ -313,27 +311,20 @@ class CommitterPool:
             unfinished += pending
         return reports, unfinished
 
-    def drain(self, timeout_s: float) -> list[CommitReport]:
+    def drain(self, timeout_s: float) -> None:
         """Let the committers finish what they were handed, for up to `timeout_s` (a run ending on
         an error or a stop): a recommit cut between its data and its manifest entry would leave
         the unit's old entry naming new data until a rerun recommits it."""
-        import time
-
         import ray
 
         deadline = time.monotonic() + timeout_s
-        reports: list[CommitReport] = []
         try:
             if self._calls:
                 ray.wait(list(self._calls), num_returns=len(self._calls), timeout=timeout_s)
             calls = [actor.finish_round.remote() for actor in self._actors]
             ray.wait(calls, num_returns=len(calls), timeout=max(0.0, deadline - time.monotonic()))
-            for call in calls:
-                with contextlib.suppress(Exception):
-                    reports.extend(ray.get(call, timeout=0)[0])
         except Exception as error:  # noqa: BLE001 - best effort on the way out
             log.warning("committers not drained: %s", type(error).__name__)
-        return reports
 
     def close(self) -> None:
         """Stop every committer now (after `finish_round` or `drain`: nothing is in flight, or
