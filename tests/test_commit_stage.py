@@ -61,6 +61,14 @@ def _unit_rows(unit_id: str, items: int) -> list[dict]:
     return rows
 
 
+def _round(committer: UnitCommitter, blocks: list[pa.Table]) -> tuple[list[CommitReport], int]:
+    """Hand `blocks` to `committer` and finish the round: every report, whether `add` already
+    collected it (a fast commit) or `finish_round` waited for it."""
+    reports = committer.add(blocks)
+    done, unfinished = committer.finish_round()
+    return reports + done, unfinished
+
+
 def _committers(out: Path, count: int, lease: LeaseGuard | None = None) -> list[UnitCommitter]:
     version = dataset_version(FINGERPRINT)
     return [
@@ -115,12 +123,10 @@ def test_every_unit_is_committed_once_by_its_owner(tmp_path: Path, count: int) -
 def test_a_unit_split_across_a_round_boundary_is_never_committed_half(tmp_path: Path) -> None:
     (committer,) = _committers(tmp_path / "out", 1)
     rows = _unit_rows("u1", 3)
-    committer.add([_block(rows[:2])])
-    done, unfinished = committer.finish_round()
+    done, unfinished = _round(committer, [_block(rows[:2])])
     assert done == [] and unfinished == 1  # the driver redoes it in a later round
     committer.begin_round()
-    committer.add([_block(rows[:1]), _block(rows[1:])])
-    done, unfinished = committer.finish_round()
+    done, unfinished = _round(committer, [_block(rows[:1]), _block(rows[1:])])
     assert [r.unit_id for r in done] == ["u1"] and unfinished == 0
 
 
@@ -128,8 +134,7 @@ def test_a_failed_commit_is_reported_not_raised(tmp_path: Path) -> None:
     blocker = tmp_path / "out"
     blocker.write_text("a file where the output folder should be")
     (committer,) = _committers(blocker, 1)
-    committer.add([_block(_unit_rows("u1", 2))])
-    (report,), _ = committer.finish_round()
+    (report,), _ = _round(committer, [_block(_unit_rows("u1", 2))])
     assert report.unit_id == "u1" and report.error  # the driver fails the job with it
 
 
@@ -152,13 +157,11 @@ def test_committers_stop_committing_once_another_run_holds_the_lease(
     layout = OutputLayout.for_fingerprint(str(out), FINGERPRINT)
     ours = acquire_lease(fs, layout, "run-a", command="test", heartbeat=False)
     (committer,) = _committers(out, 1, LeaseGuard(ours.run_id, ours.nonce))
-    committer.add([_block(_unit_rows("u1", 2))])
-    (report,), _ = committer.finish_round()
+    (report,), _ = _round(committer, [_block(_unit_rows("u1", 2))])
     assert report.unit_id == "u1" and not report.error
     ours.release()
     theirs = acquire_lease(fs, layout, "run-b", command="test", heartbeat=False)
-    committer.add([_block(_unit_rows("u2", 2))])
-    (report,), _ = committer.finish_round()
+    (report,), _ = _round(committer, [_block(_unit_rows("u2", 2))])
     assert "run-b" in report.error and "not committing" in report.error
     assert sorted(read_manifest(fs, layout)) == ["u1"]  # u2 was never published
     theirs.release()
