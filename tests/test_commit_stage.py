@@ -210,3 +210,13 @@ def test_a_retry_merge_done_twice_keeps_every_item_once(tmp_path: Path) -> None:
     token_ids = load_tokens(fs, layout, columns=["id"]).column("id").to_pylist()
     assert sorted(token_ids) == ["a.wav", "b.wav"]
     assert [r["id"] for r in load_errors(fs, layout).to_pylist()] == ["c.wav"]
+
+
+def test_a_committer_keeps_its_rows_of_a_block_in_several_chunks(tmp_path: Path) -> None:
+    """Ray Data may hand a block whose columns are in several chunks (concatenated batches)."""
+    rows = [row for unit_id in ("a", "b", "c", "d") for row in _unit_rows(unit_id, 2)]
+    block = pa.concat_tables([_block(rows[:5]), _block(rows[5:])])
+    assert block.column("unit_id").num_chunks == 2
+    kept = {c.index: [r.unit_id for r in _round(c, [block])[0]] for c in _committers(tmp_path / "out", 2)}
+    assert sorted(kept[0] + kept[1]) == ["a", "b", "c", "d"]
+    assert all(owner_of(unit_id, 2) == index for index, ids in kept.items() for unit_id in ids)

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.dataset.commit import commit_unit
 from pipeline.dataset.layout import OutputLayout
@@ -189,19 +191,29 @@ class UnitCommitter:
     def _add_block(self, block: Any) -> None:
         from ray.data.block import BlockAccessor
 
+        if self.count > 1:
+            block = self._mine(BlockAccessor.for_block(block).to_arrow())
+            if block.num_rows == 0:
+                return
         batch: dict[str, np.ndarray] = BlockAccessor.for_block(block).to_batch_format("numpy")
-        if self.count > 1 and len(batch["unit_id"]):
-            mine = np.fromiter(
-                (owner_of(str(u), self.count) == self.index for u in batch["unit_id"]),
-                dtype=bool,
-                count=len(batch["unit_id"]),
-            )
-            batch = {name: column[mine] for name, column in batch.items()}
         for finished in self._assembler.add(batch):
             self._pending.append(self._pool.submit(self._commit, finished))
         limit = 4 * self._threads
         if len(self._pending) > limit:
             concurrent.futures.wait(self._pending[: len(self._pending) - limit])
+
+    def _mine(self, table: pa.Table) -> pa.Table:
+        """This committer's rows of a block, chosen in Arrow before any conversion: every
+        committer sees every block, so converting whole blocks would cost each of them the whole
+        stream. Owners are hashed once per distinct unit id (a block holds few)."""
+        ids = pc.dictionary_encode(table.column("unit_id").combine_chunks())
+        owners = np.fromiter(
+            (owner_of(str(u), self.count) for u in ids.dictionary.to_pylist()),
+            dtype=np.int64,
+            count=len(ids.dictionary),
+        )
+        indices = ids.indices.to_numpy(zero_copy_only=False)
+        return table.filter(pa.array(owners[indices] == self.index))
 
     def finish_round(self) -> tuple[list[CommitReport], int]:
         """Wait for every queued commit: their reports, and how many units never finished."""
