@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.tokenize import job
-from pipeline.tokenize.commit_stage import CommitReport, UnitCommitter
+from pipeline.tokenize.commit_stage import CommitReport, UnitCommitter, owner_of
 from pipeline.tokenize.encode_stage import EncodeActor
 from pipeline.tokenize.prepare_stage import SEGMENT
 
@@ -53,7 +53,9 @@ class FaultyEncodeActor(EncodeActor):
 
 
 class FaultyUnitCommitter(UnitCommitter):
-    """The production committer, dying on the first block that holds the item the environment names."""
+    """The production committer, dying on the first block that holds the item the environment names,
+    if that item's unit is its own: it dies before taking the item's rows, so that unit is always
+    left unreported (every committer sees every block; another's death might lose nothing)."""
 
     def add(self, blocks: Sequence[Any]) -> list[CommitReport]:
         import ray
@@ -62,8 +64,13 @@ class FaultyUnitCommitter(UnitCommitter):
         target = os.environ.get(COMMITTER_CRASH_ONCE_ENV)
         for block in blocks:
             data = ray.get(block) if isinstance(block, ray.ObjectRef) else block
-            ids = BlockAccessor.for_block(data).to_batch_format("numpy")["item_id"]
-            if target and any(str(i) == target for i in ids):
+            batch = BlockAccessor.for_block(data).to_batch_format("numpy")
+            owners = {
+                owner_of(str(u), self.count)
+                for i, u in zip(batch["item_id"], batch["unit_id"], strict=True)
+                if str(i) == target
+            }
+            if target and self.index in owners:
                 _die_once(os.environ.get(COMMITTER_CRASH_MARKER_ENV), f"committer {self.index}", target)
         return super().add(blocks)
 

@@ -223,7 +223,7 @@ def test_a_recommit_after_compaction_wins_over_the_index(store, request) -> None
     _compact(fs, layout)
     _compact(fs, layout)
     assert read_manifest_report(fs, layout).loose == {}
-    time.sleep(0.01)  # a new mtime for the local and memory stores
+    time.sleep(0.05)  # a new mtime for the local and memory stores (a few clock ticks)
     # a changed input: u2 recommitted with other rows; u3 gets its WebDataset twin
     new = commit_unit(fs, layout, "u2", token_rows=[_row("u2-b"), _row("u2-c")], fingerprint=FINGERPRINT)
     twin = add_webdataset_twin(fs, layout, "u3", read_manifest(fs, layout)["u3"], FINGERPRINT)
