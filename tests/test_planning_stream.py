@@ -317,3 +317,24 @@ def test_the_gpu_encoder_pool_starts_full_and_follows_the_cluster() -> None:
     assert (fixed.pool().min_size, fixed.pool().max_size, fixed.pool().initial_size) == (2, 2, 2)
     cpu = plan_resources(TokenizeConfig(input="x", output="y", **TINY), {"CPU": 64.0}).pool()
     assert cpu.min_size == cpu.max_size == cpu.initial_size == 8
+
+
+def test_rounds_are_sized_by_files_and_units() -> None:
+    """A round takes units until it holds `max_files` files or `n` units, so units of 1 file and of
+    256 files make rounds of about the same work; a unit larger than the cap still goes, alone."""
+    from pipeline.records import InputUnit
+    from pipeline.tokenize.job import UnitFeed
+
+    sizes = [3, 3, 3, 10, 1, 1, 1, 1, 1, 2]
+    units = [
+        InputUnit(f"u{i}", "files", tuple(f"/in/{i}/{k}.wav" for k in range(n))) for i, n in enumerate(sizes)
+    ]
+    feed = UnitFeed(units, limit=4, max_files=6)
+    try:
+        rounds = []
+        while batch := feed.take(4, max_files=6, wait_s=5.0):
+            rounds.append([len(unit.uris) for unit in batch])
+    finally:
+        feed.close()
+    assert rounds == [[3, 3], [3], [10], [1, 1, 1, 1], [1, 2]]
+    assert feed.total == len(units)

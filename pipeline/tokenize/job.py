@@ -2,10 +2,10 @@
 
 `build_tokenize_dataset` wires the Ray Data stages; `run_tokenize` plans the work against what is
 already committed (the plan streams while the input is listed, on a planning thread: `UnitFeed`),
-encodes the units in rounds of up to ROUND_UNITS, has committer actors assemble and commit each
-finished unit atomically (pipeline/tokenize/commit_stage.py: the driver routes block references
-and counts reports, it opens no block), compacts the manifest once enough entry files exist, and
-writes the run record and dataset card.
+encodes the units in rounds (up to ROUND_FILES files, ROUND_UNITS units), has committer actors
+assemble and commit each finished unit atomically (pipeline/tokenize/commit_stage.py: the driver
+routes block references and counts reports, it opens no block), compacts the manifest once enough
+entry files exist, and writes the run record and dataset card.
 """
 
 from __future__ import annotations
@@ -61,13 +61,17 @@ from pipeline.tokenize.work_plan import PlanStream, stream_remaining
 log = logging.getLogger(__name__)
 
 
-# The plan streams while the input is listed (`PlanStream`); the units are encoded in rounds of at
-# most ROUND_UNITS, one Ray Data execution each (Ray Data needs a dataset's blocks up front), so
-# driver memory holds at most two rounds of units and encoding starts after the first round is
-# listed. A round waits up to ROUND_WAIT_S for a full round while the listing is slower than that.
-# Each round starts its encoder pool afresh (one model load per encoder) and drains its last units
-# before the next starts: 10^5 units make ~50 rounds.
-ROUND_UNITS = 2048
+# The plan streams while the input is listed (`PlanStream`); the units are encoded in rounds, one
+# Ray Data execution each (Ray Data needs a dataset's blocks up front), so driver memory holds at
+# most two rounds of units and encoding starts after the first round is listed. A round holds at
+# most ROUND_FILES input files (a unit weighs its URIs: files, or shards and tables) and ROUND_UNITS
+# units; it waits up to ROUND_WAIT_S to fill while the listing is slower than that. Each round
+# starts its encoder pool afresh (one model load per encoder) and drains its last units before the
+# next starts, so rounds are sized by work, not by unit count: 10^7 files make ~20 rounds in units
+# of 32 files or more, and two rounds of URIs (~2^20 strings) bound what the driver holds. The unit
+# cap stays because each unit is one Ray Data block (put by the driver) and one prepare task.
+ROUND_FILES = 2**19
+ROUND_UNITS = 16384
 ROUND_WAIT_S = 30.0
 
 
@@ -322,7 +326,9 @@ def run_tokenize(config: TokenizeConfig, *, stream: TextIO = sys.stderr) -> RunS
             file=stream,
             flush=True,
         )
-        feed = UnitFeed(plan, limit=ROUND_UNITS, on_end=lambda: _report_plan(plan, layout, stream))
+        feed = UnitFeed(
+            plan, limit=ROUND_UNITS, max_files=ROUND_FILES, on_end=lambda: _report_plan(plan, layout, stream)
+        )
         try:
             if feed.wait_any():  # nothing to do: no cluster is started
                 execute_units(config, feed, fs, layout, fingerprint, summary, stream, lease=lease)
@@ -401,7 +407,8 @@ def _report_plan(plan: PlanStream, layout: OutputLayout, stream: TextIO) -> None
 
 
 class UnitFeed:
-    """A unit iterator run in a background thread, at most `limit` units ahead of its consumer.
+    """A unit iterator run in a background thread, at most `limit` units and `max_files` files
+    (a unit weighs `len(unit.uris)`) ahead of its consumer.
 
     Why: listing millions of input objects takes minutes. The plan streams (`PlanStream`); this
     keeps listing while the consumer encodes the units already listed, with bounded memory.
@@ -409,10 +416,17 @@ class UnitFeed:
     to the consumer after the units listed before it."""
 
     def __init__(
-        self, units: Iterable[InputUnit], *, limit: int, on_end: Callable[[], None] | None = None
+        self,
+        units: Iterable[InputUnit],
+        *,
+        limit: int,
+        max_files: int | None = None,
+        on_end: Callable[[], None] | None = None,
     ) -> None:
         self._units, self._limit, self._on_end = iter(units), max(1, limit), on_end
+        self._max_files = max_files
         self._queue: deque[InputUnit] = deque()
+        self._files = 0  # files of the queued units
         self._cond = threading.Condition()
         self._ended = self._stop = False
         self._error: BaseException | None = None
@@ -424,11 +438,12 @@ class UnitFeed:
         try:
             for unit in self._units:
                 with self._cond:
-                    while len(self._queue) >= self._limit and not self._stop:
+                    while self._full(len(self._queue), self._limit, self._max_files) and not self._stop:
                         self._cond.wait(0.5)
                     if self._stop:
                         return
                     self._queue.append(unit)
+                    self._files += len(unit.uris)
                     self.produced += 1
                     self._cond.notify_all()
             if self._on_end is not None:
@@ -455,12 +470,18 @@ class UnitFeed:
                 raise self._error
             return bool(self._queue)
 
-    def take(self, n: int, *, wait_s: float = 0.0, wait_first: bool = True) -> list[InputUnit]:
-        """Up to `n` units: waits for the first one (unless not `wait_first`), then up to `wait_s`
-        for `n`; [] at the end."""
+    def _full(self, units: int, limit: int, max_files: int | None) -> bool:
+        return units >= limit or (max_files is not None and units > 0 and self._files >= max_files)
+
+    def take(
+        self, n: int, *, max_files: int | None = None, wait_s: float = 0.0, wait_first: bool = True
+    ) -> list[InputUnit]:
+        """Up to `n` units holding at most `max_files` files (at least one unit, however large):
+        waits for the first one (unless not `wait_first`), then up to `wait_s` for a full batch;
+        [] at the end."""
         deadline: float | None = None
         with self._cond:
-            while len(self._queue) < n and not self._ended:
+            while not self._full(len(self._queue), n, max_files) and not self._ended:
                 if not self._queue and not wait_first:
                     break
                 if self._queue:
@@ -468,7 +489,15 @@ class UnitFeed:
                     if time.monotonic() >= deadline:
                         break
                 self._cond.wait(0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic())))
-            batch = [self._queue.popleft() for _ in range(min(n, len(self._queue)))]
+            batch: list[InputUnit] = []
+            files = 0
+            while self._queue and len(batch) < n:
+                weight = len(self._queue[0].uris)
+                if batch and max_files is not None and files + weight > max_files:
+                    break
+                batch.append(self._queue.popleft())
+                files += weight
+            self._files -= files
             self._cond.notify_all()
             if not batch and self._error is not None:
                 raise self._error
@@ -615,7 +644,8 @@ def execute_units(
     committer actors (pipeline/tokenize/commit_stage.py); the caller holds the writer lease.
 
     `units` may be a streaming plan (`UnitFeed` over `PlanStream`): it is encoded in rounds of up
-    to ROUND_UNITS units (one Ray Data execution each) while the listing goes on. The driver only
+    to ROUND_FILES files and ROUND_UNITS units (one Ray Data execution each) while the listing goes
+    on. The driver only
     routes block references and counts reports: units of a round that no report names (their
     committer was lost with its node) are encoded again in a later round, up to
     MAX_UNIT_ROUNDS times. `output_options` are the output's storage options (default: the
@@ -634,7 +664,7 @@ def execute_units(
         file=stream,
         flush=True,
     )
-    feed = units if isinstance(units, UnitFeed) else UnitFeed(units, limit=ROUND_UNITS)
+    feed = units if isinstance(units, UnitFeed) else UnitFeed(units, limit=ROUND_UNITS, max_files=ROUND_FILES)
     progress = _Progress(stream, config.progress_interval_s, None)
     metrics = JobMetrics(layout.version)
     make = _committer_factory(
@@ -674,10 +704,15 @@ def execute_units(
     taken = rounds = 0
     try:
         while True:
-            round_units = [again.popleft() for _ in range(min(len(again), ROUND_UNITS))]
-            if len(round_units) < ROUND_UNITS:
+            round_units: list[InputUnit] = []
+            files = 0
+            while again and len(round_units) < ROUND_UNITS and files < ROUND_FILES:
+                round_units.append(again.popleft())
+                files += len(round_units[-1].uris)
+            if len(round_units) < ROUND_UNITS and files < ROUND_FILES:
                 round_units += feed.take(
                     ROUND_UNITS - len(round_units),
+                    max_files=ROUND_FILES - files,
                     wait_s=0.0 if round_units else ROUND_WAIT_S,
                     wait_first=not round_units,
                 )
