@@ -645,10 +645,9 @@ def execute_units(
 
     `units` may be a streaming plan (`UnitFeed` over `PlanStream`): it is encoded in rounds of up
     to ROUND_FILES files and ROUND_UNITS units (one Ray Data execution each) while the listing goes
-    on. The driver only
-    routes block references and counts reports: units of a round that no report names (their
-    committer was lost with its node) are encoded again in a later round, up to
-    MAX_UNIT_ROUNDS times. `output_options` are the output's storage options (default: the
+    on. The driver only routes block references and counts reports: units of a round that no
+    report names (their committer was lost with its node) are encoded again in a later round, up
+    to MAX_UNIT_ROUNDS times. `output_options` are the output's storage options (default: the
     config's)."""
     import ray
 
