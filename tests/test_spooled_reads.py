@@ -28,10 +28,11 @@ from fsspec.implementations.memory import MemoryFileSystem
 from pipeline.config import TokenizeConfig
 from pipeline.io import spool as spool_module
 from pipeline.io.sources import ReadPolicy, plan_units, read_unit
+from pipeline.io.spill_files import sweep_spill_dir
 from pipeline.io.spool import Spooler
 from pipeline.records import InputUnit, SourceItem
 from pipeline.tokenize.encode_stage import EncodeActor
-from pipeline.tokenize.prepare_stage import ERROR, SEGMENT, PrepareUnit, sweep_spill_dir
+from pipeline.tokenize.prepare_stage import ERROR, SEGMENT, PrepareUnit
 from tests import poison
 from tests.corpus import encode_sf, speech_like, wav_bytes
 from tests.helpers import TINY

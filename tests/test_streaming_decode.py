@@ -30,12 +30,13 @@ from pipeline.dataset.layout import OutputLayout
 from pipeline.dataset.manifest import load_errors, load_tokens
 from pipeline.io.audio_decoding import AudioDecodeError, SpilledAudio, decode_audio
 from pipeline.io.isolated_decode import IsolatedDecoder
+from pipeline.io.spill_files import sweep_spill_dir
 from pipeline.io.storage import open_filesystem
 from pipeline.records import InputUnit
 from pipeline.tokenize import prepare_stage
 from pipeline.tokenize.fingerprint import job_fingerprint
 from pipeline.tokenize.job import run_tokenize
-from pipeline.tokenize.prepare_stage import ERROR, SEGMENT, UNIT, PrepareUnit, sweep_spill_dir
+from pipeline.tokenize.prepare_stage import ERROR, SEGMENT, UNIT, PrepareUnit
 from tests.corpus import encode_av, encode_sf, speech_like
 from tests.helpers import TINY
 

@@ -543,6 +543,9 @@ def _execute(
             storage_options=worker_storage_options(tokenize_config.input, tokenize_config.storage_options),
             audio_column=tokenize_config.audio_column,
             uri_column=tokenize_config.uri_column,
+            stream_min_seconds=tokenize_config.stream_min_seconds,
+            max_spill_bytes=tokenize_config.max_spill_bytes,
+            spill_dir=tokenize_config.spill_dir,
         ),
         num_cpus=READ_CPUS,
     )

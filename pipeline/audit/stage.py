@@ -21,9 +21,10 @@ import torch
 from codec import CodecSpec, build_codec
 from pipeline.audit.quality_metrics import DEFAULT_METRICS, score_pair, scores_to_json
 from pipeline.config import ChannelPolicy
-from pipeline.io.audio_decoding import AudioDecodeError, decode_audio
+from pipeline.io.audio_decoding import DEFAULT_MAX_SPILL_BYTES, AudioDecodeError, SpilledAudio, decode_audio
 from pipeline.io.sources import read_unit
-from pipeline.records import DecodedAudio, InputUnit
+from pipeline.io.spill_files import new_spill_path, remove_quietly, spill_folder
+from pipeline.records import InputUnit
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,9 @@ class ReadOriginals:
     Reads the unit through the same readers as tokenize (so tar members, Parquet rows and
     manifests resolve the same way), stops as soon as every wanted item was seen, and decodes
     with the tokenize job's channel policy: the reference is the audio the codec was given.
+    An item of `stream_min_seconds` or longer is decoded as tokenize decodes it, to a local spill
+    file (`spill_dir`), and only its audited start is read back: a multi-hour original never sits
+    decoded in the worker's memory, and is not refused for the in-memory budget either.
     """
 
     def __init__(
@@ -97,6 +101,9 @@ class ReadOriginals:
         storage_options: dict | None = None,
         audio_column: str | None = None,
         uri_column: str | None = None,
+        stream_min_seconds: float | None = 600.0,
+        max_spill_bytes: int | None = DEFAULT_MAX_SPILL_BYTES,
+        spill_dir: str | None = None,
     ) -> None:
         self.max_samples = max_samples  # the audited start of each item (its tokens are cut to match)
         self.channel_policy = channel_policy
@@ -104,6 +111,9 @@ class ReadOriginals:
         self.storage_options = storage_options or {}
         self.audio_column = audio_column
         self.uri_column = uri_column
+        self.stream_min_seconds = stream_min_seconds
+        self.max_spill_bytes = max_spill_bytes
+        self.spill_dir = spill_dir
 
     def __call__(self, row: dict[str, Any]) -> Iterator[dict[str, Any]]:
         unit = InputUnit.from_json(row["unit"])
@@ -157,26 +167,40 @@ class ReadOriginals:
         row = self._base(unit_id, spec)
         if item.error is not None:
             return _failed(row, "read", "original_unreadable", f"{item.error.reason}: {item.error.detail}")
+        spill = None
+        if self.stream_min_seconds is not None:
+            spill = new_spill_path(spill_folder(self.spill_dir))
         try:
-            audio = decode_audio(
-                item.data,
-                channel_policy=self.channel_policy,
-                name_hint=item.source_uri,
-                max_seconds=self.max_audio_seconds,
-            )
-        except AudioDecodeError as error:
-            return _failed(row, "read", "original_undecodable", f"{error.reason}: {error.detail}")
-        assert isinstance(audio, DecodedAudio)  # no spill_path: always decoded in memory
-        if abs(audio.duration_s - row["duration_s"]) > _DURATION_TOLERANCE_S:
-            return _failed(
-                row,
-                "read",
-                "original_changed",
-                f"the original now lasts {audio.duration_s:.3f} s, its tokens "
-                f"{row['duration_s']:.3f} s: it changed since it was tokenized",
-            )
-        row["reference"] = np.ascontiguousarray(audio.samples[: self.max_samples], dtype=np.float32).tobytes()
-        return row
+            try:
+                audio = decode_audio(
+                    item.data,
+                    channel_policy=self.channel_policy,
+                    name_hint=item.source_uri,
+                    max_seconds=self.max_audio_seconds,
+                    spill_path=spill,
+                    stream_min_seconds=self.stream_min_seconds,
+                    max_spill_bytes=self.max_spill_bytes,
+                )
+            except AudioDecodeError as error:
+                return _failed(row, "read", "original_undecodable", f"{error.reason}: {error.detail}")
+            if isinstance(audio, SpilledAudio):  # read back only the audited start
+                count = min(self.max_samples, audio.num_samples)
+                head = np.fromfile(audio.path, dtype=np.float32, count=count)
+            else:
+                head = audio.samples[: self.max_samples]
+            if abs(audio.duration_s - row["duration_s"]) > _DURATION_TOLERANCE_S:
+                return _failed(
+                    row,
+                    "read",
+                    "original_changed",
+                    f"the original now lasts {audio.duration_s:.3f} s, its tokens "
+                    f"{row['duration_s']:.3f} s: it changed since it was tokenized",
+                )
+            row["reference"] = np.ascontiguousarray(head, dtype=np.float32).tobytes()
+            return row
+        finally:
+            if spill is not None:
+                remove_quietly(spill)
 
 
 class DecodeActor:

@@ -11,7 +11,7 @@ The spooler owns its files: `release_all` deletes every file it made, and the re
 soon as the consumer moves past an item, drops it, or stops; a copy that fails deletes its own
 partial file. File names start with the worker's pid, so the files of a worker that died (a
 SIGKILL gives no chance to clean up) are deleted by the next worker's sweep of the folder
-(`pipeline.tokenize.prepare_stage.sweep_spill_dir`).
+(`pipeline.io.spill_files.sweep_spill_dir`).
 """
 
 from __future__ import annotations

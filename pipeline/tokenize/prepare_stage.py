@@ -36,12 +36,9 @@ not reading: skipping an item that crashes the reader would need the source to s
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import re
-import tempfile
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,6 +49,7 @@ from codec import CodecSpec, Segments, build_segmenter
 from pipeline.io.audio_decoding import DEFAULT_MAX_SPILL_BYTES, AudioDecodeError, SpilledAudio
 from pipeline.io.isolated_decode import IsolatedDecoder, shared_decoder
 from pipeline.io.sources import ReadPolicy, read_unit
+from pipeline.io.spill_files import new_spill_path, remove_quietly, spill_folder
 from pipeline.io.spool import Spooler
 from pipeline.records import InputUnit, ItemError, SourceItem
 
@@ -59,12 +57,7 @@ SEGMENT, ERROR, UNIT = "segment", "error", "unit"
 WORKER_CRASHED = "worker_crashed"
 DEFAULT_STREAM_MIN_SECONDS = 600.0
 SEGMENT_BATCH = 16  # segments cut from a spill file at a time (~10 MB)
-SPILL_SUFFIX = ".f32"
 SPOOL_MIN_BYTES = 64 * 2**20  # larger items reach the decode process through a file it maps
-# spill files (.f32), in-memory items handed over through a file (.f32.in), spooled reads (.in)
-_SPILL_NAME = re.compile(r"^(\d+)-[0-9a-f-]+(\.f32|\.f32\.in|\.in)$")
-_SPILL_SEQ = itertools.count()
-_SWEPT: set[str] = set()  # spill folders this process has cleaned of dead workers' files
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -223,7 +216,7 @@ class PrepareUnit:
         if self.spool_min_bytes is None:
             return None
         if self._spooler is None:
-            self._spooler = Spooler(self._local_folder(), self.spool_min_bytes)
+            self._spooler = Spooler(spill_folder(self.spill_dir), self.spool_min_bytes)
         return self._spooler
 
     def __call__(self, row: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -269,7 +262,7 @@ class PrepareUnit:
                     try:
                         audio = self.decoder().decode_file(item.path, **kwargs)
                     finally:  # decoded or failed: the encoded bytes are not needed again
-                        _remove(item.path)
+                        remove_quietly(item.path)
                 else:
                     big = len(item.data) >= SPOOL_MIN_BYTES
                     spool = spill + ".in" if spill is not None and big else None
@@ -287,7 +280,7 @@ class PrepareUnit:
             yield from rows.emit(segments, 0, self.stats)
         finally:
             if spill is not None:
-                _remove(spill)
+                remove_quietly(spill)
 
     def _spilled_rows(
         self, unit_id: str, index: int, item, audio: SpilledAudio, spill: str | None
@@ -348,18 +341,7 @@ class PrepareUnit:
         created, and cleaned of dead workers' files, on first use in this process."""
         if self.stream_min_seconds is None:
             return None
-        name = f"{os.getpid()}-{next(_SPILL_SEQ)}-{uuid.uuid4().hex[:12]}{SPILL_SUFFIX}"
-        return os.path.join(self._local_folder(), name)
-
-    def _local_folder(self) -> str:
-        """The local folder of spill and spool files: created, and cleaned of dead workers' files,
-        on first use in this process."""
-        folder = self.spill_dir or os.path.join(tempfile.gettempdir(), "semtok-spill")
-        if folder not in _SWEPT:
-            os.makedirs(folder, exist_ok=True)
-            sweep_spill_dir(folder)
-            _SWEPT.add(folder)
-        return folder
+        return new_spill_path(spill_folder(self.spill_dir))
 
     def _decode_kwargs(self, item, spill: str | None = None) -> dict[str, Any]:
         kwargs = {
@@ -421,42 +403,6 @@ class _SegmentRows:
             )
             stats.segments += 1
             yield row
-
-
-def sweep_spill_dir(folder: str) -> int:
-    """Delete spill files whose worker (the pid in the name) is gone; how many were deleted."""
-    removed = 0
-    try:
-        names = os.listdir(folder)
-    except OSError:
-        return 0
-    for name in names:
-        match = _SPILL_NAME.match(name)
-        if match is None or int(match.group(1)) == os.getpid() or _alive(int(match.group(1))):
-            continue
-        if _remove(os.path.join(folder, name)):
-            removed += 1
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
-def _remove(path: str) -> bool:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        return False
-    except OSError:  # another user's file, a read-only folder: leave it
-        return False
-    return True
 
 
 class ItemLedger:
