@@ -61,6 +61,7 @@ from pipeline.dataset.manifest import read_manifest
 from pipeline.dataset.parquet_writer import ERRORS_SCHEMA
 from pipeline.dataset.run_records import latest_tokenize_record, utc_now_iso
 from pipeline.dataset.versions import dataset_versions
+from pipeline.io.sources import read_policy_for
 from pipeline.io.storage import open_filesystem, with_retries
 from pipeline.runtime.ray_setup import init_ray, worker_storage_options
 from pipeline.tokenize.fingerprint import job_fingerprint
@@ -543,6 +544,14 @@ def _execute(
             storage_options=worker_storage_options(tokenize_config.input, tokenize_config.storage_options),
             audio_column=tokenize_config.audio_column,
             uri_column=tokenize_config.uri_column,
+            decode_options={
+                "resampler": tokenize_config.resampler,
+                "max_decoded_bytes": tokenize_config.max_decoded_bytes,
+            },
+            read_policy=read_policy_for(tokenize_config),
+            item_timeout_s=tokenize_config.item_timeout_s,
+            max_decode_memory_bytes=tokenize_config.max_decode_memory_bytes,
+            spool_min_bytes=tokenize_config.spool_min_bytes,
             stream_min_seconds=tokenize_config.stream_min_seconds,
             max_spill_bytes=tokenize_config.max_spill_bytes,
             spill_dir=tokenize_config.spill_dir,

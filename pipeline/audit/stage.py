@@ -21,9 +21,11 @@ import torch
 from codec import CodecSpec, build_codec
 from pipeline.audit.quality_metrics import DEFAULT_METRICS, score_pair, scores_to_json
 from pipeline.config import ChannelPolicy
-from pipeline.io.audio_decoding import DEFAULT_MAX_SPILL_BYTES, AudioDecodeError, SpilledAudio, decode_audio
-from pipeline.io.sources import read_unit
+from pipeline.io.audio_decoding import DEFAULT_MAX_SPILL_BYTES, AudioDecodeError, SpilledAudio
+from pipeline.io.isolated_decode import DEFAULT_MAX_MEMORY_BYTES, DEFAULT_TIMEOUT_S, shared_decoder
+from pipeline.io.sources import DEFAULT_POLICY, ReadPolicy, read_unit
 from pipeline.io.spill_files import new_spill_path, remove_quietly, spill_folder
+from pipeline.io.spool import Spooler
 from pipeline.records import InputUnit
 
 log = logging.getLogger(__name__)
@@ -87,9 +89,13 @@ class ReadOriginals:
     Reads the unit through the same readers as tokenize (so tar members, Parquet rows and
     manifests resolve the same way), stops as soon as every wanted item was seen, and decodes
     with the tokenize job's channel policy: the reference is the audio the codec was given.
-    An item of `stream_min_seconds` or longer is decoded as tokenize decodes it, to a local spill
-    file (`spill_dir`), and only its audited start is read back: a multi-hour original never sits
-    decoded in the worker's memory, and is not refused for the in-memory budget either.
+    Originals are read and decoded as tokenize reads and decodes them: with its read policy
+    (`read_policy`: size, time, links), big ones copied to a local file in chunks
+    (`spool_min_bytes`), decoding in a child process (`pipeline.io.isolated_decode`: an original
+    replaced since by one that crashes or hangs the decoder is an error row, not a dead worker that
+    Ray retries without end), and one of `stream_min_seconds` or longer decoded to a local spill
+    file (`spill_dir`) of which only the audited start is read back. So a multi-hour original costs
+    the audit no more memory than a short one.
     """
 
     def __init__(
@@ -101,6 +107,12 @@ class ReadOriginals:
         storage_options: dict | None = None,
         audio_column: str | None = None,
         uri_column: str | None = None,
+        decode_options: dict[str, Any] | None = None,
+        decode_fn: str | None = None,
+        read_policy: ReadPolicy = DEFAULT_POLICY,
+        item_timeout_s: float | None = DEFAULT_TIMEOUT_S,
+        max_decode_memory_bytes: int | None = DEFAULT_MAX_MEMORY_BYTES,
+        spool_min_bytes: int | None = 64 * 2**20,
         stream_min_seconds: float | None = 600.0,
         max_spill_bytes: int | None = DEFAULT_MAX_SPILL_BYTES,
         spill_dir: str | None = None,
@@ -111,6 +123,12 @@ class ReadOriginals:
         self.storage_options = storage_options or {}
         self.audio_column = audio_column
         self.uri_column = uri_column
+        self.decode_options = dict(decode_options or {})  # tokenize's: resampler, max_decoded_bytes
+        self.decode_fn = decode_fn  # "module:function" run in the decode process (tests name theirs)
+        self.read_policy = read_policy
+        self.item_timeout_s = item_timeout_s
+        self.max_decode_memory_bytes = max_decode_memory_bytes
+        self.spool_min_bytes = spool_min_bytes
         self.stream_min_seconds = stream_min_seconds
         self.max_spill_bytes = max_spill_bytes
         self.spill_dir = spill_dir
@@ -120,11 +138,16 @@ class ReadOriginals:
         wanted = {item["item_id"]: item for item in json.loads(row["items"])}
         pending = dict(wanted)
         try:
+            spool = None
+            if self.spool_min_bytes is not None:
+                spool = Spooler(spill_folder(self.spill_dir), self.spool_min_bytes)
             for item in read_unit(
                 unit,
                 storage_options=self.storage_options,
                 audio_column=self.audio_column,
                 uri_column=self.uri_column,
+                policy=self.read_policy,
+                spool=spool,
             ):
                 spec = pending.pop(item.item_id, None)
                 if spec is None:
@@ -171,16 +194,31 @@ class ReadOriginals:
         if self.stream_min_seconds is not None:
             spill = new_spill_path(spill_folder(self.spill_dir))
         try:
-            try:
-                audio = decode_audio(
-                    item.data,
-                    channel_policy=self.channel_policy,
-                    name_hint=item.source_uri,
-                    max_seconds=self.max_audio_seconds,
+            options: dict[str, Any] = {
+                "channel_policy": self.channel_policy,
+                "name_hint": item.source_uri,
+                "max_seconds": self.max_audio_seconds,
+                **self.decode_options,
+            }
+            if spill is not None:
+                options.update(
                     spill_path=spill,
                     stream_min_seconds=self.stream_min_seconds,
                     max_spill_bytes=self.max_spill_bytes,
                 )
+            decoder = shared_decoder(
+                decode_fn=self.decode_fn,
+                timeout_s=self.item_timeout_s,
+                max_memory_bytes=self.max_decode_memory_bytes,
+            )
+            try:
+                if item.path is not None:  # spooled by the reader: the decode child maps the file
+                    try:
+                        audio = decoder.decode_file(item.path, **options)
+                    finally:
+                        remove_quietly(item.path)
+                else:
+                    audio = decoder.decode(item.data, **options)
             except AudioDecodeError as error:
                 return _failed(row, "read", "original_undecodable", f"{error.reason}: {error.detail}")
             if isinstance(audio, SpilledAudio):  # read back only the audited start

@@ -120,6 +120,18 @@ class ReadPolicy:
 DEFAULT_POLICY = ReadPolicy()
 
 
+def read_policy_for(config: Any) -> ReadPolicy:
+    """The read policy a tokenize config asks for (`max_item_bytes`, `item_timeout_s`,
+    `follow_links`, `allow_manifest_schemes`): tokenize reads its inputs with it, and the audit
+    reads the same originals again with it."""
+    return ReadPolicy(
+        max_item_bytes=config.max_item_bytes,
+        item_timeout_s=config.item_timeout_s,
+        follow_links=config.follow_links,
+        allow_manifest_schemes=tuple(config.allow_manifest_schemes),
+    )
+
+
 class ItemReadError(Exception):
     """One item cannot be read; ``reason`` is the error row's reason."""
 

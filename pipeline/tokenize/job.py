@@ -32,7 +32,7 @@ from pipeline.dataset.compaction import COMPACT_MIN_LOOSE, compact_manifest
 from pipeline.dataset.layout import OutputLayout, is_local
 from pipeline.dataset.lease import LeaseLost, OutputLease, acquire_lease
 from pipeline.dataset.run_records import utc_now_iso, write_run_record
-from pipeline.io.sources import ReadPolicy
+from pipeline.io.sources import read_policy_for
 from pipeline.io.storage import (
     open_filesystem,
     redact_text,
@@ -203,12 +203,7 @@ def prepare_options(config: TokenizeConfig, run_id: str = "") -> dict[str, Any]:
         "spool_min_bytes": config.spool_min_bytes,
         "ledger_dir": ledger,
         "max_item_attempts": config.max_item_attempts,
-        "read_policy": ReadPolicy(
-            max_item_bytes=config.max_item_bytes,
-            item_timeout_s=config.item_timeout_s,
-            follow_links=config.follow_links,
-            allow_manifest_schemes=tuple(config.allow_manifest_schemes),
-        ),
+        "read_policy": read_policy_for(config),
     }
 
 
