@@ -196,3 +196,18 @@ def test_plan_counts_items_of_every_input_kind(tmp_path: Path, kind: str) -> Non
     if all(i.frames for i in ok):  # the tar spec does not record lengths
         expected = sum(i.frames / i.sample_rate for i in ok)
         assert report.source_audio_hours * 3600 == pytest.approx(expected, rel=1e-6)
+
+
+def test_plan_reads_with_the_runs_read_policy(tmp_path: Path) -> None:
+    """An item over the job's `max_item_bytes` is counted as the read error the run will make it,
+    not as audio the run would encode."""
+    small, big = (
+        wav_bytes(speech_like(0.5, 16000, seed=1), 16000),
+        wav_bytes(speech_like(3.0, 16000, seed=2), 16000),
+    )
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "small.wav").write_bytes(small)
+    (tmp_path / "in" / "big.wav").write_bytes(big)
+    report = plan_job(TokenizeConfig(input=str(tmp_path / "in"), max_item_bytes=len(small) + 1, **TINY))
+    assert report.items == 2 and report.items_decodable == 1
+    assert report.read_errors_by_reason == {"too_large": 1}

@@ -7,9 +7,10 @@ same function `run_tokenize` uses (`plan_remaining`), so it counts exactly the u
 Durations come from headers where the format allows (libsndfile's `info` for wav/flac/ogg/mp3…,
 PyAV container/stream metadata for m4a/aac/webm/mp4), then go through the pipeline's own arithmetic:
 samples at 16 kHz after the job's resampler (official: `ceil(frames × 16000 / rate)`) and codec token frames
-(`codec.num_tokens`). Items are still read whole (`read_unit`, several units at once in threads):
-header reads save the decode and resample, which is most of the CPU. An item whose header says
-nothing is counted as "unknown duration": the run will most likely make it an error row.
+(`codec.num_tokens`). Items are read with the run's read policy (what it refuses for size, time or
+links is counted as the read error it will be) and still whole (`read_unit`, several units at once
+in threads): header reads save the decode and resample, which is most of the CPU. An item whose
+header says nothing is counted as "unknown duration": the run will most likely make it an error row.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from codec import num_tokens
 from pipeline.config import ConfigError, TokenizeConfig
 from pipeline.dataset.layout import OutputLayout
 from pipeline.io.audio_decoding import _PYAV_FIRST_EXTS, TARGET_SR
-from pipeline.io.sources import read_unit
+from pipeline.io.sources import read_policy_for, read_unit
 from pipeline.io.storage import open_filesystem, with_retries
 from pipeline.records import InputUnit, SourceItem
 from pipeline.runtime.ray_setup import worker_storage_options
@@ -192,7 +193,11 @@ def _tally_item(tally: _Tally, item: SourceItem, config: TokenizeConfig) -> None
 def _tally_unit(unit: InputUnit, config: TokenizeConfig, storage_options: Mapping[str, Any]) -> _Tally:
     tally = _Tally()
     for item in read_unit(
-        unit, storage_options=storage_options, audio_column=config.audio_column, uri_column=config.uri_column
+        unit,
+        storage_options=storage_options,
+        audio_column=config.audio_column,
+        uri_column=config.uri_column,
+        policy=read_policy_for(config),  # the run's: its size and time caps, links refused as it refuses
     ):
         _tally_item(tally, item, config)
     return tally
