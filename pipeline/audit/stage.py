@@ -24,8 +24,8 @@ from pipeline.config import ChannelPolicy
 from pipeline.io.audio_decoding import DEFAULT_MAX_SPILL_BYTES, AudioDecodeError, SpilledAudio
 from pipeline.io.isolated_decode import DEFAULT_MAX_MEMORY_BYTES, DEFAULT_TIMEOUT_S, shared_decoder
 from pipeline.io.sources import DEFAULT_POLICY, ReadPolicy, read_unit
-from pipeline.io.spill_files import new_spill_path, remove_quietly, spill_folder
-from pipeline.io.spool import Spooler
+from pipeline.io.spill_files import DEFAULT_STREAM_MIN_SECONDS, new_spill_path, remove_quietly, spill_folder
+from pipeline.io.spool import DEFAULT_SPOOL_MIN_BYTES, Spooler
 from pipeline.records import InputUnit
 
 log = logging.getLogger(__name__)
@@ -112,8 +112,8 @@ class ReadOriginals:
         read_policy: ReadPolicy = DEFAULT_POLICY,
         item_timeout_s: float | None = DEFAULT_TIMEOUT_S,
         max_decode_memory_bytes: int | None = DEFAULT_MAX_MEMORY_BYTES,
-        spool_min_bytes: int | None = 64 * 2**20,
-        stream_min_seconds: float | None = 600.0,
+        spool_min_bytes: int | None = DEFAULT_SPOOL_MIN_BYTES,
+        stream_min_seconds: float | None = DEFAULT_STREAM_MIN_SECONDS,
         max_spill_bytes: int | None = DEFAULT_MAX_SPILL_BYTES,
         spill_dir: str | None = None,
     ) -> None:

@@ -21,6 +21,8 @@ import tempfile
 import uuid
 
 SPILL_SUFFIX = ".f32"
+# Items this long or longer are decoded to a spill file rather than memory (tokenize and audit).
+DEFAULT_STREAM_MIN_SECONDS = 600.0
 # spill files (.f32), in-memory items handed over through a file (.f32.in), spooled reads (.in)
 _SPILL_NAME = re.compile(r"^(\d+)-[0-9a-f-]+(\.f32|\.f32\.in|\.in)$")
 _SEQ = itertools.count()
@@ -38,9 +40,15 @@ def spill_folder(folder: str | None) -> str:
     return folder
 
 
+def scratch_path(folder: str, suffix: str) -> str:
+    """A fresh name in `folder` for this process ("<pid>-<seq>-<random><suffix>", not created):
+    the pid lets `sweep_spill_dir` find the files of workers that died."""
+    return os.path.join(folder, f"{os.getpid()}-{next(_SEQ)}-{uuid.uuid4().hex[:12]}{suffix}")
+
+
 def new_spill_path(folder: str) -> str:
     """A fresh spill file name in `folder` for this process (the file is not created)."""
-    return os.path.join(folder, f"{os.getpid()}-{next(_SEQ)}-{uuid.uuid4().hex[:12]}{SPILL_SUFFIX}")
+    return scratch_path(folder, SPILL_SUFFIX)
 
 
 def sweep_spill_dir(folder: str) -> int:

@@ -17,18 +17,18 @@ SIGKILL gives no chance to clean up) are deleted by the next worker's sweep of t
 from __future__ import annotations
 
 import io
-import itertools
 import os
 import shutil
 import threading
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO
 
+from pipeline.io.spill_files import scratch_path
+
 CHUNK = 8 * 2**20  # bytes per read: the most of an item the copy holds at a time
 SPOOL_SUFFIX = ".in"
-_SEQ = itertools.count()
+DEFAULT_SPOOL_MIN_BYTES = 64 * 2**20  # items this big or bigger are copied to a local file
 
 
 class SpoolCancelled(Exception):
@@ -81,8 +81,7 @@ class Spooler:
     def new_path(self) -> str:
         """A fresh file name in the folder (created on first use), registered for `release_all`."""
         os.makedirs(self.folder, exist_ok=True)
-        name = f"{os.getpid()}-{next(_SEQ)}-{uuid.uuid4().hex[:12]}{SPOOL_SUFFIX}"
-        path = os.path.join(self.folder, name)
+        path = scratch_path(self.folder, SPOOL_SUFFIX)
         with self._lock:
             self._live.add(path)
         return path

@@ -354,13 +354,10 @@ class CommitterPool:
         if self._actors[index] is not actor:
             return  # already replaced
         self.lost += 1
+        why = f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0][:300]}"
         if self.lost > MAX_LOST_PER_COMMITTER * self.count:
-            raise RuntimeError(
-                f"{self.lost} committers were lost in this run, the last with {type(error).__name__}: "
-                f"{(str(error).strip().splitlines() or [''])[0][:300]}"
-            )
+            raise RuntimeError(f"{self.lost} committers were lost in this run, the last with {why}")
         if self._on_lost is not None:
-            first_line = (str(error).strip().splitlines() or [""])[0][:200]
-            self._on_lost(index, f"{type(error).__name__}: {first_line}")
+            self._on_lost(index, why)
         ray.kill(actor)
         self._actors[index] = self._make(index)

@@ -433,7 +433,7 @@ class UnitFeed:
         try:
             for unit in self._units:
                 with self._cond:
-                    while self._full(len(self._queue), self._limit, self._max_files) and not self._stop:
+                    while self._full(self._limit, self._max_files) and not self._stop:
                         self._cond.wait(0.5)
                     if self._stop:
                         return
@@ -465,8 +465,9 @@ class UnitFeed:
                 raise self._error
             return bool(self._queue)
 
-    def _full(self, units: int, limit: int, max_files: int | None) -> bool:
-        return units >= limit or (max_files is not None and units > 0 and self._files >= max_files)
+    def _full(self, limit: int, max_files: int | None) -> bool:
+        queued = len(self._queue)
+        return queued >= limit or (max_files is not None and queued > 0 and self._files >= max_files)
 
     def take(
         self, n: int, *, max_files: int | None = None, wait_s: float = 0.0, wait_first: bool = True
@@ -476,7 +477,7 @@ class UnitFeed:
         [] at the end."""
         deadline: float | None = None
         with self._cond:
-            while not self._full(len(self._queue), n, max_files) and not self._ended:
+            while not self._full(n, max_files) and not self._ended:
                 if not self._queue and not wait_first:
                     break
                 if self._queue:
@@ -484,14 +485,7 @@ class UnitFeed:
                     if time.monotonic() >= deadline:
                         break
                 self._cond.wait(0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic())))
-            batch: list[InputUnit] = []
-            files = 0
-            while self._queue and len(batch) < n:
-                weight = len(self._queue[0].uris)
-                if batch and max_files is not None and files + weight > max_files:
-                    break
-                batch.append(self._queue.popleft())
-                files += weight
+            batch, files = pop_units(self._queue, n, max_files)
             self._files -= files
             self._cond.notify_all()
             if not batch and self._error is not None:
@@ -503,6 +497,20 @@ class UnitFeed:
         with self._cond:
             self._stop = True
             self._cond.notify_all()
+
+
+def pop_units(queue: deque[InputUnit], n: int, max_files: int | None) -> tuple[list[InputUnit], int]:
+    """Up to `n` units from the front of `queue` holding at most `max_files` files (a unit weighs
+    its URIs; the first unit goes however large), and how many files they hold."""
+    batch: list[InputUnit] = []
+    files = 0
+    while queue and len(batch) < n:
+        weight = len(queue[0].uris)
+        if batch and max_files is not None and files + weight > max_files:
+            break
+        batch.append(queue.popleft())
+        files += weight
+    return batch, files
 
 
 def missing_twins(
@@ -698,11 +706,7 @@ def execute_units(
     taken = rounds = 0
     try:
         while True:
-            round_units: list[InputUnit] = []
-            files = 0
-            while again and len(round_units) < ROUND_UNITS and files < ROUND_FILES:
-                round_units.append(again.popleft())
-                files += len(round_units[-1].uris)
+            round_units, files = pop_units(again, ROUND_UNITS, ROUND_FILES)
             if len(round_units) < ROUND_UNITS and files < ROUND_FILES:
                 round_units += feed.take(
                     ROUND_UNITS - len(round_units),

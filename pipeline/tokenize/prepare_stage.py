@@ -49,15 +49,14 @@ from codec import CodecSpec, Segments, build_segmenter
 from pipeline.io.audio_decoding import DEFAULT_MAX_SPILL_BYTES, AudioDecodeError, SpilledAudio
 from pipeline.io.isolated_decode import IsolatedDecoder, shared_decoder
 from pipeline.io.sources import ReadPolicy, read_unit
-from pipeline.io.spill_files import new_spill_path, remove_quietly, spill_folder
-from pipeline.io.spool import Spooler
+from pipeline.io.spill_files import DEFAULT_STREAM_MIN_SECONDS, new_spill_path, remove_quietly, spill_folder
+from pipeline.io.spool import DEFAULT_SPOOL_MIN_BYTES, Spooler
 from pipeline.records import InputUnit, ItemError, SourceItem
 
 SEGMENT, ERROR, UNIT = "segment", "error", "unit"
 WORKER_CRASHED = "worker_crashed"
-DEFAULT_STREAM_MIN_SECONDS = 600.0
 SEGMENT_BATCH = 16  # segments cut from a spill file at a time (~10 MB)
-SPOOL_MIN_BYTES = 64 * 2**20  # larger items reach the decode process through a file it maps
+SPOOL_MIN_BYTES = DEFAULT_SPOOL_MIN_BYTES  # larger items reach the decode process through a file it maps
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
