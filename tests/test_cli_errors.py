@@ -275,3 +275,23 @@ def test_signal_during_tokenize(tmp_path: Path, signum: int, status: int) -> Non
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     check = run_cli("verify", str(tmp_path / "out"), "--input", str(tmp_path / "in"), env=env)
     assert check.returncode == 0, check.stdout[-3000:] + check.stderr[-3000:]
+
+
+def test_the_cli_runs_without_the_audit_extra(tmp_path: Path) -> None:
+    """`pip install -e .` (the README's first command) has no matplotlib or scipy: every command
+    but the audit works, and the audit says in one line what to install."""
+    hide = "import sys; sys.modules.update(matplotlib=None, scipy=None); from jobs.cli import main; "
+
+    def semtok(*args: str) -> subprocess.CompletedProcess[str]:
+        code = hide + f"sys.exit(main({list(args)!r}))"
+        return subprocess.run(
+            [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
+        )
+
+    made = semtok("demo-corpus", str(tmp_path / "demo"))
+    assert made.returncode == 0, made.stderr
+    assert any((tmp_path / "demo").iterdir())
+    audit = semtok("audit", str(tmp_path / "tokens"))
+    assert audit.returncode != 0
+    lines = audit.stderr.strip().splitlines()
+    assert len(lines) == 1 and 'pip install -e ".[audit]"' in lines[0], audit.stderr

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import heapq
+import importlib.util
 import io
 import json
 import math
@@ -23,7 +24,7 @@ import uuid
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Annotated, Any, TextIO
+from typing import TYPE_CHECKING, Annotated, Any, TextIO
 
 import numpy as np
 import pyarrow as pa
@@ -34,7 +35,6 @@ from pydantic import Field
 from codec import CodecSpec, build_segmenter, check_decode_options
 from pipeline.audit.quality_metrics import DEFAULT_METRICS, DOMAINS, METRICS, SAMPLE_RATE, goodness
 from pipeline.audit.reference_figures import load_reference_figures
-from pipeline.audit.report import AuditMedia, ExampleAudio, write_report
 from pipeline.audit.sampling import (
     Candidate,
     decode_seed,
@@ -65,6 +65,9 @@ from pipeline.io.sources import read_policy_for
 from pipeline.io.storage import open_filesystem, with_retries
 from pipeline.runtime.ray_setup import init_ray, worker_storage_options
 from pipeline.tokenize.fingerprint import job_fingerprint
+
+if TYPE_CHECKING:  # the report draws with matplotlib (the audit extra): imported where it is written
+    from pipeline.audit.report import ExampleAudio
 
 DEFAULT_SAMPLE = 20
 READ_THREADS = 16
@@ -366,8 +369,19 @@ class _Examples:
         return [item_id for item_id in self.random_order if item_id in self.kept]
 
 
+def _require_audit_extra() -> None:
+    """A one-line error before any work when the report's libraries are missing (the CLI and
+    `AuditConfig` need none of them, so `pip install -e .` runs tokenize)."""
+    missing = [name for name in ("matplotlib", "scipy") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ConfigError(
+            f'the audit needs {", ".join(missing)}, which is not installed: pip install -e ".[audit]"'
+        )
+
+
 def run_audit(config: AuditConfig, *, stream: TextIO = sys.stderr) -> AuditResult:
     """Sample, decode, score and report one dataset version of `config.output`."""
+    _require_audit_extra()
     started = time.monotonic()
     started_at = utc_now_iso()
     fs, root_path = open_filesystem(config.output, config.storage_options)
@@ -434,6 +448,8 @@ def run_audit(config: AuditConfig, *, stream: TextIO = sys.stderr) -> AuditResul
         config, spec, tokenize_config, fs, layout, manifest, scan, chosen, stream
     )
     wall = time.monotonic() - started
+    from pipeline.audit.report import AuditMedia, write_report
+
     media = AuditMedia(
         examples=examples.kept, worst_ids=examples.worst_ids(), random_ids=examples.shown_random_ids()
     )
@@ -495,6 +511,8 @@ def _execute(
     stream: TextIO,
 ) -> tuple[list[dict[str, Any]], _Examples, dict[str, Any]]:
     import ray
+
+    from pipeline.audit.report import ExampleAudio
 
     rows: list[dict[str, Any]] = []
     random_ids = random_pick([c.item_id for c in chosen], config.random_k, seed=config.seed)
